@@ -1,0 +1,38 @@
+'use strict';
+// A socket.io-client that starts on HTTP long-polling, upgrades to WebSocket, then
+// emits "echo" and reports the ack. withCredentials turns on the client's cookie jar
+// in Node, as a browser would keep the proxy's affinity cookie.
+//
+//   node socketio-client.js URL
+const { io } = require('socket.io-client');
+const { emit, parseArgs } = require('./lib');
+
+const args = parseArgs(process.argv.slice(2));
+const socket = io(args._[0], {
+  transports: ['polling', 'websocket'],
+  upgrade: true,
+  withCredentials: true,
+  reconnection: false,
+  timeout: 10000,
+});
+
+socket.on('connect', () => {
+  emit('connect', { transport: socket.io.engine.transport.name });
+  socket.io.engine.on('upgrade', (transport) => {
+    emit('upgrade', { transport: transport.name });
+    socket.timeout(5000).emit('echo', 'hello through wsgate', (err, reply) => {
+      if (err) {
+        emit('error', { message: String(err) });
+        process.exit(1);
+      }
+      emit('ack', reply);
+      socket.close();
+      process.exit(0);
+    });
+  });
+});
+socket.on('connect_error', (e) => {
+  emit('error', { message: e.message });
+  process.exit(1);
+});
+socket.on('disconnect', (reason) => emit('disconnect', { reason }));

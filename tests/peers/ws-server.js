@@ -1,0 +1,89 @@
+'use strict';
+// A backend built on the `ws` package: echoes every message, answers plain HTTP
+// requests, and reports what it sees (request headers, messages, pings, closes) as
+// JSON lines.
+//
+//   node ws-server.js --name A [--port 0] [--deflate] [--reject-status 403]
+//
+// Special text messages: "__name__" is answered with the backend's name,
+// "__headers__" with the upgrade request's headers as JSON.
+// Plain HTTP: any path answers 200 with {name, method, url, headers}; /stream
+// answers a chunked body "chunk-1\n", then after ?delay=MS "chunk-2\n".
+// Commands (stdin): {op: send|ping|close|terminate, id?, data?, code?, reason?}.
+const http = require('http');
+const { WebSocketServer } = require('ws');
+const { emit, describe, onCommands, parseArgs } = require('./lib');
+
+const args = parseArgs(process.argv.slice(2));
+const name = String(args.name || 'backend');
+const rejectStatus = args['reject-status'] ? Number(args['reject-status']) : 0;
+
+const server = http.createServer((req, res) => {
+  emit('http', { method: req.method, url: req.url, headers: req.headers });
+  const url = new URL(req.url, 'http://x');
+  if (url.pathname === '/stream') {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.write('chunk-1\n');
+    setTimeout(() => res.end('chunk-2\n'), Number(url.searchParams.get('delay') || 1000));
+    return;
+  }
+  const body = JSON.stringify({ name, method: req.method, url: req.url, headers: req.headers });
+  res.writeHead(200, { 'content-type': 'application/json', 'x-backend': name });
+  res.end(body);
+});
+
+const wss = new WebSocketServer({
+  server,
+  perMessageDeflate: !!args.deflate,
+  maxPayload: 1 << 30,
+  verifyClient: rejectStatus ? (info, cb) => cb(false, rejectStatus, 'rejected by backend') : undefined,
+});
+
+const sockets = new Map();
+let nextId = 1;
+
+wss.on('connection', (ws, req) => {
+  const id = nextId++;
+  sockets.set(id, ws);
+  emit('connection', {
+    id,
+    url: req.url,
+    headers: req.headers,
+    protocol: ws.protocol,
+    extensions: ws.extensions,
+  });
+  ws.on('message', (data, isBinary) => {
+    emit('message', Object.assign({ id }, describe(data, isBinary)));
+    if (!isBinary && data.length < 64) {
+      const text = data.toString();
+      if (text === '__name__') return ws.send(name);
+      if (text === '__headers__') return ws.send(JSON.stringify(req.headers));
+    }
+    ws.send(data, { binary: isBinary });
+  });
+  ws.on('ping', (data) => emit('ping', { id, data: data.toString() }));
+  ws.on('pong', (data) => emit('pong', { id, data: data.toString() }));
+  ws.on('close', (code, reason) => {
+    sockets.delete(id);
+    emit('close', { id, code, reason: reason.toString() });
+  });
+  ws.on('error', (e) => emit('error', { id, message: e.message }));
+});
+
+function target(cmd) {
+  if (cmd.id !== undefined) return [sockets.get(cmd.id)].filter(Boolean);
+  return [...sockets.values()];
+}
+
+onCommands((cmd) => {
+  for (const ws of target(cmd)) {
+    if (cmd.op === 'send') ws.send(cmd.b64 !== undefined ? Buffer.from(cmd.b64, 'base64') : cmd.data);
+    else if (cmd.op === 'ping') ws.ping(cmd.data || '');
+    else if (cmd.op === 'close') ws.close(cmd.code, cmd.reason);
+    else if (cmd.op === 'terminate') ws.terminate();
+  }
+});
+
+server.listen(Number(args.port || 0), '127.0.0.1', () => {
+  emit('listening', { port: server.address().port, name });
+});

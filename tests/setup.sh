@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs the real peers that wsgate's black-box tests (tests/*.rs) talk to:
+#   - Node: ws, wscat, socket.io(-client), sockjs(-client), from tests/peers/package-lock.json
+#   - Python: websockets, from tests/peers/requirements.txt, in a virtualenv
+#   - websocat, built with cargo
+# Everything goes under $WSGATE_CACHE (default /var/cache/wsgate), outside the clone, so
+# a fresh clone reuses it. Idempotent: each part is redone only when its pinned inputs
+# change. tests/common/mod.rs looks in the same places.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=${WSGATE_CACHE:-/var/cache/wsgate}
+websocat_version=1.14.1
+mkdir -p "$cache"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+apt_updated=
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Toolchains: present on the project's machines; installed from Debian when not.
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+command -v python3 >/dev/null || apt_install python3
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+command -v cc >/dev/null || apt_install build-essential
+# websocat's TLS support links OpenSSL.
+if ! pkg-config --exists openssl 2>/dev/null; then apt_install pkg-config libssl-dev; fi
+
+# Node peers: `npm ci` into the cache when the lock file changed.
+node_dir=$cache/peers-node
+if ! cmp -s "$here/peers/package-lock.json" "$node_dir/package-lock.json" ||
+  [ ! -d "$node_dir/node_modules" ]; then
+  log "installing Node peers into $node_dir"
+  mkdir -p "$node_dir"
+  cp "$here/peers/package.json" "$here/peers/package-lock.json" "$node_dir/"
+  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# Python peers: a virtualenv, reinstalled when requirements.txt changed.
+venv=$cache/venv
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating virtualenv $venv"
+  python3 -m venv "$venv"
+fi
+if ! cmp -s "$here/peers/requirements.txt" "$venv/wsgate-requirements.txt"; then
+  log "installing Python peers into $venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/peers/requirements.txt"
+  cp "$here/peers/requirements.txt" "$venv/wsgate-requirements.txt"
+fi
+
+# websocat: cargo install skips the build when this version is already there. Its own
+# target directory keeps it off the project's shared build cache and lock.
+tools=$cache/tools
+if ! "$tools/bin/websocat" --version 2>/dev/null | grep -qF "$websocat_version"; then
+  log "building websocat $websocat_version into $tools (about a minute)"
+  CARGO_TARGET_DIR=$cache/tools-target cargo install --quiet --locked \
+    --root "$tools" --version "$websocat_version" websocat
+  rm -rf "$cache/tools-target"
+fi
+
+cat >&2 <<INFO
+setup: peers ready
+  node modules  $node_dir/node_modules   (NODE_PATH for tests/peers/*.js)
+  wscat         $node_dir/node_modules/.bin/wscat
+  python        $venv/bin/python         ($("$venv/bin/python" -c 'import websockets; print("websockets", websockets.__version__)'))
+  websocat      $tools/bin/websocat      ($("$tools/bin/websocat" --version))
+INFO
