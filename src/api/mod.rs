@@ -1,0 +1,375 @@
+//! The `WebSocketRoute` resource (`wsgate.io/v1alpha1`): one set of types for the CRD
+//! and for standalone route files, so both sources describe routes the same way.
+//!
+//! Defaults live here (serde and the generated schema agree on them); meaning —
+//! validation and resolution into a live table — lives in [`crate::compile`].
+
+mod duration;
+
+pub use duration::{Duration, DURATION_PATTERN};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The API group of every wsgate resource.
+pub const GROUP: &str = "wsgate.io";
+/// The served version of `WebSocketRoute`.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in documents.
+pub const API_VERSION: &str = "wsgate.io/v1alpha1";
+/// The class a route belongs to when it names none.
+pub const DEFAULT_CLASS: &str = "wsgate";
+
+/// A WebSocket route: which requests (host, path) go to which backends, and how the
+/// proxy treats their tunnels (keepalive, limits, affinity, drain).
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[kube(
+    group = "wsgate.io",
+    version = "v1alpha1",
+    kind = "WebSocketRoute",
+    namespaced,
+    shortname = "wsr",
+    status = "WebSocketRouteStatus",
+    printcolumn = r#"{"name":"Hosts","type":"string","jsonPath":".spec.hostnames"}"#,
+    printcolumn = r#"{"name":"Path","type":"string","jsonPath":".spec.path.value"}"#,
+    printcolumn = r#"{"name":"Backends","type":"integer","jsonPath":".status.backends"}"#,
+    printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebSocketRouteSpec {
+    /// Which wsgate instances serve this route (their `--class`); empty means `wsgate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Host names this route answers: exact (`chat.example.com`) or one leading
+    /// wildcard label (`*.example.com`). Empty means any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    /// The request path this route answers; the longest matching route wins.
+    #[serde(default)]
+    pub path: PathMatch,
+    /// Where tunnels go: one or more backends.
+    pub backends: Vec<Backend>,
+    /// How a backend is chosen for each new tunnel or request.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// Proxy-generated pings that keep idle tunnels alive and find dead peers.
+    #[serde(default)]
+    pub keepalive: Keepalive,
+    /// Connect, handshake, idle and lifetime limits.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Connection and message-size limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Origins allowed to open tunnels (exact match); empty allows any Origin.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    /// Subprotocols a client may ask for; empty allows any `Sec-WebSocket-Protocol`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subprotocols: Vec<String>,
+    /// Also proxy plain HTTP requests (Socket.IO and SockJS polling and streaming
+    /// fallbacks). Without it, non-upgrade requests get 426.
+    #[serde(default = "default_true")]
+    pub proxy_http: bool,
+    /// How tunnels of a removed route or backend are closed.
+    #[serde(default)]
+    pub drain: Drain,
+    /// Terminates `wss` for the route's hostnames (SNI picks the certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// How the request path is matched.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathMatch {
+    /// `PathPrefix` matches whole segments (`/chat` matches `/chat/room`, not `/chatter`);
+    /// `Exact` matches the path alone.
+    #[serde(default, rename = "type")]
+    pub kind: PathMatchType,
+    /// The path, starting with `/`.
+    #[serde(default = "default_path")]
+    pub value: String,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+impl Default for PathMatch {
+    fn default() -> Self {
+        PathMatch { kind: PathMatchType::PathPrefix, value: default_path() }
+    }
+}
+
+/// The two path match kinds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum PathMatchType {
+    /// Matches the path and everything below it, segment-wise.
+    #[default]
+    PathPrefix,
+    /// Matches exactly this path.
+    Exact,
+}
+
+/// One backend: a Service in the route's namespace or a static address.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    /// A Service in the route's namespace; its ready endpoints become backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
+    /// A static `host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Relative share of new tunnels (0 takes none).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A Service and one of its ports.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceRef {
+    /// The Service's name.
+    pub name: String,
+    /// The Service port, by number or by name.
+    pub port: PortRef,
+}
+
+/// A Service port given by number or by name.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PortRef {
+    /// The port number.
+    Number(u16),
+    /// The port's name.
+    Name(String),
+}
+
+/// Backend choice.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancing {
+    /// The policy; `RoundRobin` by default.
+    #[serde(default)]
+    pub policy: Policy,
+    /// What `ConsistentHash` hashes: exactly one of its fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// The affinity cookie of the `Cookie` policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<AffinityCookie>,
+}
+
+/// Load-balancing policies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum Policy {
+    /// In turn, by weight.
+    #[default]
+    RoundRobin,
+    /// The backend with the fewest open tunnels.
+    LeastConnections,
+    /// The same key always reaches the same backend while it exists (`hashOn`).
+    ConsistentHash,
+    /// The proxy sets an affinity cookie on the first response and honours it.
+    Cookie,
+}
+
+/// The key of `ConsistentHash`: exactly one field is set.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HashOn {
+    /// Hash the client's IP address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client_ip: bool,
+    /// Hash this request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Hash this cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Hash this query parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+/// The cookie of the `Cookie` policy.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AffinityCookie {
+    /// Cookie name.
+    #[serde(default = "default_cookie_name")]
+    pub name: String,
+    /// Cookie lifetime (`Max-Age`); `0s` makes a session cookie.
+    #[serde(default = "default_cookie_ttl")]
+    pub ttl: Duration,
+}
+
+fn default_cookie_name() -> String {
+    "wsgate-affinity".into()
+}
+
+fn default_cookie_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Default for AffinityCookie {
+    fn default() -> Self {
+        AffinityCookie { name: default_cookie_name(), ttl: default_cookie_ttl() }
+    }
+}
+
+/// Proxy pings on the client leg and, optionally, the backend leg.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Keepalive {
+    /// Ping the client when it has been silent this long; `0s` turns pings off.
+    #[serde(default = "default_ping_interval")]
+    pub interval: Duration,
+    /// The client is dead when nothing arrives this long after the ping; must be
+    /// shorter than `interval`.
+    #[serde(default = "default_ping_timeout")]
+    pub timeout: Duration,
+    /// Pings on the backend leg (off unless given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<LegKeepalive>,
+}
+
+fn default_ping_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_ping_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive { interval: default_ping_interval(), timeout: default_ping_timeout(), backend: None }
+    }
+}
+
+/// Ping settings of one leg.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LegKeepalive {
+    /// Ping the leg when it has been silent this long; `0s` turns pings off.
+    #[serde(default = "default_ping_interval")]
+    pub interval: Duration,
+    /// The leg is dead when nothing arrives this long after the ping.
+    #[serde(default = "default_ping_timeout")]
+    pub timeout: Duration,
+}
+
+/// Time limits (`0s` = none, except `connect` and `handshake`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP connect to a backend; a failed connect tries the next backend.
+    #[serde(default = "default_connect")]
+    pub connect: Duration,
+    /// The backend's answer to the upgrade request.
+    #[serde(default = "default_handshake")]
+    pub handshake: Duration,
+    /// Close a tunnel after this long without a data message either way.
+    #[serde(default)]
+    pub idle: Duration,
+    /// Close a tunnel this long after it opened.
+    #[serde(default)]
+    pub max_lifetime: Duration,
+}
+
+fn default_connect() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_handshake() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: default_connect(),
+            handshake: default_handshake(),
+            idle: Duration::default(),
+            max_lifetime: Duration::default(),
+        }
+    }
+}
+
+/// Limits (`0` = none).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Open tunnels on this route; more get 503.
+    #[serde(default)]
+    pub max_connections: u64,
+    /// Open tunnels per client IP on this route; more get 429.
+    #[serde(default)]
+    pub max_connections_per_client_ip: u64,
+    /// Largest message (all fragments) either way; larger closes the tunnel with 1009.
+    #[serde(default)]
+    pub max_message_bytes: u64,
+}
+
+/// Drain of tunnels whose route or backend is gone.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Drain {
+    /// How long such tunnels live on before Close 1001.
+    #[serde(default = "default_grace")]
+    pub grace_period: Duration,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain { grace_period: default_grace() }
+    }
+}
+
+/// Certificate for `wss`: a Secret in Kubernetes, files in standalone mode.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tls {
+    /// A `kubernetes.io/tls` Secret in the route's namespace (controller mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// PEM certificate chain file (standalone mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// PEM private key file (standalone mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+/// What the controller observed of a route.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSocketRouteStatus {
+    /// The generation the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Resolved backend endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backends: Option<i64>,
+    /// `Accepted`, `ResolvedRefs`, `Programmed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,111 @@
+//! Header rewriting shared by the upgrade and plain HTTP paths: hop-by-hop removal
+//! (RFC 9110 §7.6.1) and the `X-Forwarded-*` / `X-Real-IP` headers users know from
+//! NGINX configs.
+
+use std::net::SocketAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// True when the request asks for a WebSocket upgrade (`Connection: upgrade` and
+/// `Upgrade: websocket`, tokens compared case-insensitively).
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    has_token(headers, &CONNECTION, "upgrade") && has_token(headers, &UPGRADE, "websocket")
+}
+
+/// Whether a comma-separated header holds a token.
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+}
+
+/// Sets `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host` and
+/// `X-Real-IP` for a request from `client`.
+pub fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, tls: bool) {
+    let ip = client.ip().to_canonical().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+    if let Some(host) = headers.get(HOST).cloned() {
+        headers.insert("x-forwarded-host", host);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        headers.insert("x-real-ip", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_named() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-app", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-app"));
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.insert("host", HeaderValue::from_static("chat.example.com"));
+        set_forwarded(&mut h, "127.0.0.2:5000".parse().unwrap(), true);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "chat.example.com");
+        assert_eq!(h["x-real-ip"], "127.0.0.2");
+    }
+
+    #[test]
+    fn upgrade_detection_is_token_based() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert("upgrade", HeaderValue::from_static("WebSocket"));
+        assert!(is_websocket_upgrade(&h));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        assert!(!is_websocket_upgrade(&h));
+    }
+}

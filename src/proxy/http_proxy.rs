@@ -1,0 +1,96 @@
+//! Plain HTTP on the same routes: Socket.IO and SockJS begin with long-polling and
+//! fall back to streaming transports. Bodies stream both ways, never buffered.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, SET_COOKIE, UPGRADE};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::balance;
+use super::headers::{set_forwarded, strip_hop_by_hop};
+use super::server::{request_host, status, Body};
+use super::upgrade::affinity_cookie;
+use super::Proxy;
+
+/// The pooled HTTP/1.1 client toward backends.
+pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
+
+/// A client with keep-alive pooling.
+pub fn client() -> Client {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// Proxies one plain HTTP request.
+pub async fn forward(proxy: &Arc<Proxy>, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
+    let live = proxy.live();
+    let host = request_host(&req);
+    let Some(route) = live.table.find(&host, req.uri().path()).cloned() else {
+        proxy.metrics.http_requests_total.with_label_values(&["", "", "404"]).inc();
+        return status(StatusCode::NOT_FOUND, "no route for this host and path");
+    };
+    let runtime = live.runtimes[&route.key].clone();
+    drop(live);
+    let m = &runtime.metrics;
+    if !route.proxy_http {
+        m.http(426);
+        let mut r = status(StatusCode::UPGRADE_REQUIRED, "this route only accepts WebSocket upgrades");
+        r.headers_mut().insert(UPGRADE, HeaderValue::from_static("websocket"));
+        return r;
+    }
+    let (mut parts, body) = req.into_parts();
+    let choice = balance::choose(&route, &runtime, &parts, peer.ip());
+    strip_hop_by_hop(&mut parts.headers);
+    set_forwarded(&mut parts.headers, peer, tls);
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    // A request without a body can be retried on the next backend when a connect
+    // fails; one with a body is sent once (its bytes may already be gone).
+    let bodyless = body_is_empty(&parts.headers);
+    let mut body = Some(body.boxed());
+    for (attempt, &index) in choice.order.iter().enumerate() {
+        let backend = &route.backends[index];
+        let Ok(uri) = format!("http://{}{}", backend.address, path).parse::<Uri>() else { break };
+        let mut p = parts.clone();
+        p.uri = uri;
+        let Some(b) = body.take() else { break };
+        let result = proxy.http_client.request(Request::from_parts(p, b)).await;
+        match result {
+            Ok(resp) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                if choice.set_cookie {
+                    if let Some(c) = affinity_cookie(&route, index) {
+                        rparts.headers.append(SET_COOKIE, c);
+                    }
+                }
+                m.http(rparts.status.as_u16());
+                return Response::from_parts(rparts, rbody.boxed());
+            }
+            Err(e) => {
+                tracing::warn!(route = %route.key, backend = %backend.address, error = %e, "backend request failed");
+                if !(bodyless && e.is_connect()) || attempt + 1 == choice.order.len() {
+                    break;
+                }
+                body = Some(http_body_util::Empty::<Bytes>::new().map_err(|n| match n {}).boxed());
+            }
+        }
+    }
+    m.http(502);
+    status(StatusCode::BAD_GATEWAY, "no backend reachable")
+}
+
+fn body_is_empty(headers: &http::HeaderMap) -> bool {
+    let cl = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    !headers.contains_key(http::header::TRANSFER_ENCODING) && cl.is_none_or(|v| v.trim() == "0")
+}

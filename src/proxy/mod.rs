@@ -1,0 +1,147 @@
+//! The data plane: listeners, the WebSocket handshake, the frame-aware relay, plain
+//! HTTP proxying, keepalive and drain. It never imports `kube` nor knows where its
+//! routes come from: a source hands it a [`RouteTable`] through [`Proxy::apply`],
+//! which swaps it in atomically without touching open tunnels.
+
+mod balance;
+pub mod frame;
+mod headers;
+mod http_proxy;
+mod registry;
+mod relay;
+mod server;
+mod stream;
+pub mod table;
+mod tls;
+mod upgrade;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+pub use registry::{CloseReason, Registry, RouteRuntime, TunnelInfo};
+pub use server::{serve_listener, Listener};
+pub use table::{Route, RouteKey, RouteTable};
+pub use tls::server_config;
+
+use crate::metrics::Metrics;
+
+/// The live table: routes plus the runtime state each one keeps across reloads.
+pub(crate) struct Live {
+    pub table: RouteTable,
+    pub runtimes: HashMap<RouteKey, Arc<RouteRuntime>>,
+}
+
+/// The proxy: the live table, the open tunnels, the metrics.
+pub struct Proxy {
+    live: ArcSwap<Live>,
+    runtimes: Mutex<HashMap<RouteKey, Arc<RouteRuntime>>>,
+    /// Open tunnels.
+    pub registry: Registry,
+    /// Exported metrics.
+    pub metrics: Metrics,
+    loaded: AtomicBool,
+    stopping: AtomicBool,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    pub(crate) http_client: http_proxy::Client,
+}
+
+impl Proxy {
+    /// A proxy with an empty table (not ready until the first [`Proxy::apply`]).
+    pub fn new(metrics: Metrics) -> Arc<Self> {
+        Arc::new(Proxy {
+            live: ArcSwap::from_pointee(Live { table: RouteTable::default(), runtimes: HashMap::new() }),
+            runtimes: Mutex::default(),
+            registry: Registry::default(),
+            metrics,
+            loaded: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            shutdown: tokio::sync::watch::channel(false).0,
+            http_client: http_proxy::client(),
+        })
+    }
+
+    pub(crate) fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
+
+    /// The routes being served.
+    pub fn table(&self) -> RouteTable {
+        self.live.load().table.clone()
+    }
+
+    /// True once a table has been applied and until shutdown begins.
+    pub fn ready(&self) -> bool {
+        self.loaded.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Swaps in a new table. Open tunnels are not touched, except those whose route
+    /// or backend is gone: they get Close 1001 after the route's drain grace period
+    /// (a tunnel whose backend comes back in time is kept).
+    pub fn apply(&self, table: RouteTable) {
+        let mut all = self.runtimes.lock().expect("lock");
+        let mut runtimes = HashMap::new();
+        for r in table.routes() {
+            let rt = all
+                .entry(r.key.clone())
+                .or_insert_with(|| Arc::new(RouteRuntime::new(self.metrics.route(&r.key.namespace, &r.key.name))))
+                .clone();
+            runtimes.insert(r.key.clone(), rt);
+        }
+        // Runtimes of removed routes live on in their tunnels; forget idle ones.
+        all.retain(|k, rt| runtimes.contains_key(k) || Arc::strong_count(rt) > 1);
+        drop(all);
+        self.metrics.routes.set(table.routes().len() as i64);
+        let now = Instant::now();
+        let by_key: HashMap<&RouteKey, &Arc<Route>> = table.routes().iter().map(|r| (&r.key, r)).collect();
+        for t in self.registry.snapshot() {
+            match by_key.get(&t.route.key) {
+                None => {
+                    tracing::info!(tunnel = t.id, route = %t.route.key, grace = ?t.route.drain_grace, "route removed; draining tunnel");
+                    self.registry.schedule_close(&t, Some(now + t.route.drain_grace), CloseReason::Drain);
+                }
+                Some(r) if !r.backends.iter().any(|b| b.address == t.backend) => {
+                    tracing::info!(tunnel = t.id, route = %t.route.key, backend = %t.backend, grace = ?r.drain_grace, "backend removed; draining tunnel");
+                    self.registry.schedule_close(&t, Some(now + r.drain_grace), CloseReason::Drain);
+                }
+                Some(_) => {
+                    if t.close_deadline(self.registry.epoch()).is_some() && t.close_reason() == CloseReason::Drain {
+                        self.registry.schedule_close(&t, None, CloseReason::Drain);
+                    }
+                }
+            }
+        }
+        self.live.store(Arc::new(Live { table, runtimes }));
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// A receiver that turns true when shutdown begins.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Graceful stop: `/readyz` turns 503, listeners stop accepting, and every
+    /// tunnel gets Close 1001 at a point spread over `drain` so clients do not all
+    /// reconnect at once. Returns when the last tunnel closed (or `drain` + 5 s).
+    pub async fn shutdown(&self, drain: Duration) {
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        let tunnels = self.registry.snapshot();
+        let n = tunnels.len();
+        tracing::info!(tunnels = n, drain = ?drain, "shutting down: draining tunnels");
+        let start = Instant::now();
+        for (i, t) in tunnels.iter().enumerate() {
+            // The i-th tunnel closes at (i+1)/n of the window, the last one at its end.
+            let at = start + drain.mul_f64((i + 1) as f64 / n.max(1) as f64);
+            self.registry.schedule_close(t, Some(at), CloseReason::Shutdown);
+        }
+        let limit = start + drain + Duration::from_secs(5);
+        while !self.registry.is_empty() && Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(left = self.registry.len(), "shutdown complete");
+    }
+}

@@ -1,0 +1,303 @@
+//! Open tunnels: what `/connections` lists, what a reload drains and what shutdown
+//! closes. Locked only when a tunnel opens or closes and when someone reads the list;
+//! the relay updates its counters with relaxed atomics.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::table::Route;
+use crate::metrics::RouteMetrics;
+
+/// A route's state that outlives reloads: open-tunnel counts for limits and
+/// balancing, and its metric handles.
+pub struct RouteRuntime {
+    /// Metric handles of the route.
+    pub metrics: RouteMetrics,
+    /// Open tunnels.
+    pub active: AtomicU64,
+    /// Round-robin position.
+    pub rr: AtomicU64,
+    per_ip: Mutex<HashMap<IpAddr, u64>>,
+    per_backend: Mutex<HashMap<String, u64>>,
+}
+
+impl RouteRuntime {
+    /// State for a route with these metric handles.
+    pub fn new(metrics: RouteMetrics) -> Self {
+        RouteRuntime {
+            metrics,
+            active: AtomicU64::new(0),
+            rr: AtomicU64::new(0),
+            per_ip: Mutex::default(),
+            per_backend: Mutex::default(),
+        }
+    }
+
+    /// Open tunnels to a backend.
+    pub fn backend_load(&self, address: &str) -> u64 {
+        self.per_backend.lock().expect("lock").get(address).copied().unwrap_or(0)
+    }
+
+    /// Counts a tunnel in, unless a limit forbids it: `Err(503)` for the route's
+    /// `maxConnections`, `Err(429)` for `maxConnectionsPerClientIP`.
+    pub fn admit(self: &Arc<Self>, route: &Route, ip: IpAddr) -> Result<Admission, u16> {
+        let active = self.active.fetch_add(1, Relaxed);
+        if route.max_connections > 0 && active >= route.max_connections {
+            self.active.fetch_sub(1, Relaxed);
+            return Err(503);
+        }
+        let mut per_ip = self.per_ip.lock().expect("lock");
+        let n = per_ip.entry(ip).or_default();
+        if route.max_connections_per_client_ip > 0 && *n >= route.max_connections_per_client_ip {
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+            self.active.fetch_sub(1, Relaxed);
+            return Err(429);
+        }
+        *n += 1;
+        drop(per_ip);
+        self.metrics.active.inc();
+        Ok(Admission { runtime: self.clone(), ip, backend: None })
+    }
+}
+
+/// One admitted tunnel's place in the counts; released on drop.
+pub struct Admission {
+    runtime: Arc<RouteRuntime>,
+    ip: IpAddr,
+    backend: Option<String>,
+}
+
+impl Admission {
+    /// Counts the tunnel against the backend it reached.
+    pub fn set_backend(&mut self, address: &str) {
+        *self.runtime.per_backend.lock().expect("lock").entry(address.to_owned()).or_default() += 1;
+        self.backend = Some(address.to_owned());
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.runtime.active.fetch_sub(1, Relaxed);
+        self.runtime.metrics.active.dec();
+        let mut per_ip = self.runtime.per_ip.lock().expect("lock");
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
+        if let Some(b) = self.backend.take() {
+            let mut per_backend = self.runtime.per_backend.lock().expect("lock");
+            if let Some(n) = per_backend.get_mut(&b) {
+                *n -= 1;
+                if *n == 0 {
+                    per_backend.remove(&b);
+                }
+            }
+        }
+    }
+}
+
+/// Why a tunnel has a close deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its route or backend left the table.
+    Drain,
+    /// The process is shutting down.
+    Shutdown,
+}
+
+/// What the registry knows of one open tunnel.
+pub struct TunnelInfo {
+    /// Process-unique id.
+    pub id: u64,
+    /// The route as it was when the tunnel opened.
+    pub route: Arc<Route>,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The backend's address.
+    pub backend: String,
+    /// Wall-clock open time.
+    pub opened_at: SystemTime,
+    /// Monotonic open time.
+    pub opened: Instant,
+    pub(crate) c2b_messages: AtomicU64,
+    pub(crate) c2b_bytes: AtomicU64,
+    pub(crate) b2c_messages: AtomicU64,
+    pub(crate) b2c_bytes: AtomicU64,
+    /// Last client ping round trip in microseconds (`u64::MAX`: none yet).
+    pub(crate) client_rtt_us: AtomicU64,
+    pub(crate) backend_rtt_us: AtomicU64,
+    /// Close deadline in ms since the registry's epoch (`u64::MAX`: none); the low
+    /// bit-free encoding keeps it one atomic.
+    close_at: AtomicU64,
+    close_reason: AtomicU64,
+    /// Wakes the relay when `close_at` changes.
+    pub(crate) wake: Notify,
+}
+
+impl TunnelInfo {
+    /// The scheduled close, if any.
+    pub fn close_deadline(&self, epoch: Instant) -> Option<Instant> {
+        match self.close_at.load(Relaxed) {
+            u64::MAX => None,
+            ms => Some(epoch + Duration::from_millis(ms)),
+        }
+    }
+
+    /// Why the tunnel is scheduled to close.
+    pub fn close_reason(&self) -> CloseReason {
+        if self.close_reason.load(Relaxed) == 1 {
+            CloseReason::Shutdown
+        } else {
+            CloseReason::Drain
+        }
+    }
+}
+
+/// One `/connections` entry.
+#[derive(Serialize)]
+pub struct TunnelView {
+    id: u64,
+    namespace: String,
+    route: String,
+    client: String,
+    backend: String,
+    opened_at: String,
+    age_seconds: f64,
+    client_to_backend: Traffic,
+    backend_to_client: Traffic,
+    client_rtt_ms: Option<f64>,
+    backend_rtt_ms: Option<f64>,
+    draining: bool,
+}
+
+#[derive(Serialize)]
+struct Traffic {
+    messages: u64,
+    bytes: u64,
+}
+
+/// All open tunnels.
+pub struct Registry {
+    epoch: Instant,
+    next_id: AtomicU64,
+    tunnels: Mutex<HashMap<u64, Arc<TunnelInfo>>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { epoch: Instant::now(), next_id: AtomicU64::new(1), tunnels: Mutex::default() }
+    }
+}
+
+fn rtt(us: u64) -> Option<f64> {
+    (us != u64::MAX).then(|| us as f64 / 1000.0)
+}
+
+impl Registry {
+    /// The instant close deadlines are measured from.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// Registers a tunnel.
+    pub fn open(&self, route: Arc<Route>, client: SocketAddr, backend: String) -> Arc<TunnelInfo> {
+        let info = Arc::new(TunnelInfo {
+            id: self.next_id.fetch_add(1, Relaxed),
+            route,
+            client,
+            backend,
+            opened_at: SystemTime::now(),
+            opened: Instant::now(),
+            c2b_messages: AtomicU64::new(0),
+            c2b_bytes: AtomicU64::new(0),
+            b2c_messages: AtomicU64::new(0),
+            b2c_bytes: AtomicU64::new(0),
+            client_rtt_us: AtomicU64::new(u64::MAX),
+            backend_rtt_us: AtomicU64::new(u64::MAX),
+            close_at: AtomicU64::new(u64::MAX),
+            close_reason: AtomicU64::new(0),
+            wake: Notify::new(),
+        });
+        self.tunnels.lock().expect("lock").insert(info.id, info.clone());
+        info
+    }
+
+    /// Forgets a closed tunnel.
+    pub fn close(&self, id: u64) {
+        self.tunnels.lock().expect("lock").remove(&id);
+    }
+
+    /// Open tunnels.
+    pub fn len(&self) -> usize {
+        self.tunnels.lock().expect("lock").len()
+    }
+
+    /// True when no tunnel is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A snapshot of the open tunnels.
+    pub fn snapshot(&self) -> Vec<Arc<TunnelInfo>> {
+        let mut v: Vec<_> = self.tunnels.lock().expect("lock").values().cloned().collect();
+        v.sort_by_key(|t| t.id);
+        v
+    }
+
+    /// Schedules (or with `None`, cancels a drain of) a tunnel's close.
+    pub fn schedule_close(&self, t: &TunnelInfo, at: Option<Instant>, reason: CloseReason) {
+        if reason == CloseReason::Drain && t.close_reason() == CloseReason::Shutdown {
+            return;
+        }
+        let ms = at.map_or(u64::MAX, |at| at.saturating_duration_since(self.epoch).as_millis() as u64);
+        let old = t.close_at.load(Relaxed);
+        // A drain never postpones a deadline already set, so repeated reloads cannot
+        // keep a tunnel of a removed backend alive forever.
+        if reason == CloseReason::Drain && at.is_some() && old != u64::MAX {
+            return;
+        }
+        t.close_reason.store(u64::from(reason == CloseReason::Shutdown), Relaxed);
+        t.close_at.store(ms, Relaxed);
+        if old != ms {
+            t.wake.notify_one();
+        }
+    }
+
+    /// The `/connections` view.
+    pub fn views(&self) -> Vec<TunnelView> {
+        self.snapshot()
+            .iter()
+            .map(|t| TunnelView {
+                id: t.id,
+                namespace: t.route.key.namespace.clone(),
+                route: t.route.key.name.clone(),
+                client: t.client.to_string(),
+                backend: t.backend.clone(),
+                opened_at: humantime::format_rfc3339_millis(t.opened_at).to_string(),
+                age_seconds: t.opened.elapsed().as_secs_f64(),
+                client_to_backend: Traffic {
+                    messages: t.c2b_messages.load(Relaxed),
+                    bytes: t.c2b_bytes.load(Relaxed),
+                },
+                backend_to_client: Traffic {
+                    messages: t.b2c_messages.load(Relaxed),
+                    bytes: t.b2c_bytes.load(Relaxed),
+                },
+                client_rtt_ms: rtt(t.client_rtt_us.load(Relaxed)),
+                backend_rtt_ms: rtt(t.backend_rtt_us.load(Relaxed)),
+                draining: t.close_at.load(Relaxed) != u64::MAX,
+            })
+            .collect()
+    }
+}

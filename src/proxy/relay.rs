@@ -1,0 +1,596 @@
+//! `Relay`: moves one tunnel's frames between client and backend after the 101.
+//!
+//! Frame-aware but payload-blind: headers are parsed, payload bytes are forwarded
+//! as they arrive (client frames keep their mask), and the proxy slips its own
+//! control frames (keepalive pings, closes) in between frames. One task owns both
+//! legs; it waits for readiness and reads into a per-thread scratch buffer, so an
+//! idle tunnel holds no buffer at all and a busy one batches many messages per
+//! system call. Counters are added once per batch, not once per message.
+
+use std::cell::RefCell;
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::time::sleep_until;
+
+use super::frame::{self, FrameHeader, FrameReader, FrameSink, OP_CLOSE, OP_PING, OP_PONG};
+use super::registry::{Admission, CloseReason, RouteRuntime, TunnelInfo};
+use super::stream::Stream;
+use super::table::LegPing;
+use crate::metrics::Initiator;
+
+/// How long a tunnel waits for the far side's Close after a Close went through.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(5);
+/// How long the proxy lingers after closing a tunnel itself.
+const PROXY_CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Reads per wake-up before other tunnels get a turn.
+const READS_PER_WAKE: usize = 4;
+/// Size of the per-thread read buffer.
+const SCRATCH: usize = 64 * 1024;
+/// Prefix of the proxy's ping payloads, so their pongs can be told from the
+/// application's and consumed.
+const PING_MARK: &[u8; 7] = b"\0wsgate";
+
+struct Scratch {
+    read: Vec<u8>,
+    out: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Scratch> =
+        RefCell::new(Scratch { read: vec![0; SCRATCH], out: Vec::with_capacity(SCRATCH + 512) });
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    Client,
+    Backend,
+}
+
+/// One peer's liveness.
+struct Leg {
+    ping: Option<LegPing>,
+    last_rx: Instant,
+    /// The proxy's unanswered ping: token and send time.
+    outstanding: Option<(u64, Instant)>,
+    eof: bool,
+    /// Reading stopped before the socket ran dry (TLS may hold decrypted bytes).
+    maybe_more: bool,
+}
+
+/// Bytes flowing toward one peer.
+#[derive(Default)]
+struct Dir {
+    reader: FrameReader,
+    /// Bytes the destination has not taken yet; empty (unallocated) when idle.
+    out: Vec<u8>,
+    tls_pending: bool,
+    close_sent: bool,
+}
+
+/// Frames of one read, on their way to the other leg.
+struct Pass<'a> {
+    out: &'a mut Vec<u8>,
+    discard: bool,
+    messages: u64,
+    bytes: u64,
+    close: Option<u16>,
+    pong: Option<u64>,
+}
+
+impl FrameSink for Pass<'_> {
+    fn data_frame(&mut self, h: &FrameHeader, done: bool) {
+        if !self.discard {
+            self.bytes += h.payload_len;
+            self.messages += u64::from(done);
+        }
+    }
+
+    fn forward(&mut self, bytes: &[u8]) {
+        if !self.discard {
+            self.out.extend_from_slice(bytes);
+        }
+    }
+
+    fn control(&mut self, h: &FrameHeader, frame_bytes: &[u8]) {
+        if self.discard {
+            return;
+        }
+        match h.opcode {
+            OP_PONG => {
+                let payload = frame::control_payload(h, frame_bytes);
+                if payload.len() == PING_MARK.len() + 8 && payload.starts_with(PING_MARK) {
+                    let mut t = [0u8; 8];
+                    t.copy_from_slice(&payload[PING_MARK.len()..]);
+                    self.pong = Some(u64::from_be_bytes(t));
+                    return;
+                }
+            }
+            OP_CLOSE => {
+                self.close = Some(frame::close_code(&frame::control_payload(h, frame_bytes)));
+                self.out.extend_from_slice(frame_bytes);
+                self.discard = true;
+                return;
+            }
+            _ => {}
+        }
+        self.out.extend_from_slice(frame_bytes);
+    }
+}
+
+/// A tunnel after both handshakes.
+pub(crate) struct Relay {
+    pub client: Stream,
+    pub backend: Stream,
+    pub info: Arc<TunnelInfo>,
+    pub runtime: Arc<RouteRuntime>,
+    pub admission: Admission,
+    pub epoch: Instant,
+}
+
+struct State {
+    c: Leg,
+    b: Leg,
+    c2b: Dir,
+    b2c: Dir,
+    last_data: Instant,
+    /// When the tunnel ends regardless (after a close went through).
+    closing: Option<Instant>,
+    first_close: Option<(u16, Initiator)>,
+    finished: bool,
+}
+
+impl State {
+    fn leg(&mut self, side: Side) -> &mut Leg {
+        match side {
+            Side::Client => &mut self.c,
+            Side::Backend => &mut self.b,
+        }
+    }
+
+    /// The direction whose bytes come from `side`.
+    fn from(&mut self, side: Side) -> &mut Dir {
+        match side {
+            Side::Client => &mut self.c2b,
+            Side::Backend => &mut self.b2c,
+        }
+    }
+
+    fn can_read(&self, side: Side) -> bool {
+        let (leg, dir) = match side {
+            Side::Client => (&self.c, &self.c2b),
+            Side::Backend => (&self.b, &self.b2c),
+        };
+        !self.finished && !leg.eof && dir.out.is_empty() && !dir.tls_pending
+    }
+
+    fn done(&self) -> bool {
+        let flushed = |d: &Dir| d.out.is_empty() && !d.tls_pending;
+        let closed = self.c2b.close_sent && self.b2c.close_sent;
+        self.finished
+            || (closed && flushed(&self.c2b) && flushed(&self.b2c))
+            || (self.c.eof && self.b.eof)
+            || (self.c.eof && (flushed(&self.c2b) || self.b.eof))
+            || (self.b.eof && (flushed(&self.b2c) || self.c.eof))
+    }
+}
+
+async fn ready_to_read(s: &Stream, maybe_more: bool) -> io::Result<()> {
+    if maybe_more {
+        Ok(())
+    } else {
+        s.readable().await
+    }
+}
+
+/// Writes what the stream takes now and keeps the rest; false when the peer is gone.
+fn send(dst: &mut Stream, dir: &mut Dir, mut bytes: &[u8]) -> bool {
+    if dir.out.is_empty() {
+        while !bytes.is_empty() {
+            match dst.try_write(bytes) {
+                Ok(0) => return false,
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return false,
+            }
+        }
+        if matches!(dst, Stream::Tls(_)) {
+            match dst.try_flush() {
+                Ok(done) => dir.tls_pending = !done,
+                Err(_) => return false,
+            }
+        }
+    }
+    dir.out.extend_from_slice(bytes);
+    true
+}
+
+/// Pushes out held bytes; false when the peer is gone.
+fn flush(dst: &mut Stream, dir: &mut Dir) -> bool {
+    let mut written = 0;
+    while written < dir.out.len() {
+        match dst.try_write(&dir.out[written..]) {
+            Ok(0) => return false,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => return false,
+        }
+    }
+    if written == dir.out.len() {
+        // Give the memory back: an idle tunnel holds no buffer.
+        dir.out = Vec::new();
+    } else {
+        dir.out.drain(..written);
+    }
+    match dst.try_flush() {
+        Ok(done) => dir.tls_pending = !done,
+        Err(_) => return false,
+    }
+    true
+}
+
+impl Relay {
+    /// Relays until the tunnel closes. `client_early`/`backend_early` are bytes that
+    /// arrived with the handshakes.
+    pub async fn run(mut self, client_early: bytes::Bytes, backend_early: bytes::Bytes) {
+        let route = self.info.route.clone();
+        let now = Instant::now();
+        let leg = |ping| Leg { ping, last_rx: now, outstanding: None, eof: false, maybe_more: false };
+        let mut st = State {
+            c: leg(route.client_ping),
+            b: leg(route.backend_ping),
+            c2b: Dir::default(),
+            b2c: Dir::default(),
+            last_data: now,
+            closing: None,
+            first_close: None,
+            finished: false,
+        };
+        if !client_early.is_empty() {
+            self.ingest(Side::Client, &client_early, &mut st);
+        }
+        if !backend_early.is_empty() {
+            self.ingest(Side::Backend, &backend_early, &mut st);
+        }
+        let sleep = sleep_until(self.next_deadline(&st).into());
+        tokio::pin!(sleep);
+        while !st.done() {
+            let deadline = self.next_deadline(&st).into();
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            let (read_c, read_b) = (st.can_read(Side::Client), st.can_read(Side::Backend));
+            let write_b = !st.c2b.out.is_empty() || st.c2b.tls_pending;
+            let write_c = !st.b2c.out.is_empty() || st.b2c.tls_pending;
+            tokio::select! {
+                biased;
+                _ = self.info.wake.notified() => {}
+                r = ready_to_read(&self.client, st.c.maybe_more), if read_c => match r {
+                    Ok(()) => self.read(Side::Client, &mut st),
+                    Err(_) => self.gone(Side::Client, &mut st),
+                },
+                r = ready_to_read(&self.backend, st.b.maybe_more), if read_b => match r {
+                    Ok(()) => self.read(Side::Backend, &mut st),
+                    Err(_) => self.gone(Side::Backend, &mut st),
+                },
+                r = self.backend.writable(), if write_b => {
+                    if r.is_err() || !flush(&mut self.backend, &mut st.c2b) {
+                        self.gone(Side::Backend, &mut st);
+                    }
+                }
+                r = self.client.writable(), if write_c => {
+                    if r.is_err() || !flush(&mut self.client, &mut st.b2c) {
+                        self.gone(Side::Client, &mut st);
+                    }
+                }
+                _ = &mut sleep => self.on_timer(&mut st),
+            }
+        }
+        self.finish(st).await;
+    }
+
+    fn next_deadline(&self, st: &State) -> Instant {
+        let now = Instant::now();
+        let route = &self.info.route;
+        let mut d = now + Duration::from_secs(3600);
+        let mut at = |t: Instant| d = d.min(t);
+        if let Some(c) = st.closing {
+            at(c);
+        }
+        if let Some(c) = self.info.close_deadline(self.epoch) {
+            at(c);
+        }
+        if st.closing.is_none() {
+            if let Some(l) = route.max_lifetime {
+                at(self.info.opened + l);
+            }
+            if let Some(i) = route.idle_timeout {
+                at(st.last_data + i);
+            }
+            for leg in [&st.c, &st.b] {
+                let Some(p) = leg.ping else { continue };
+                match leg.outstanding {
+                    Some((_, sent)) if leg.last_rx <= sent => at(sent + p.timeout),
+                    _ => at(leg.last_rx + p.interval),
+                }
+            }
+        }
+        d
+    }
+
+    /// Reads from one leg and forwards what it sent.
+    fn read(&mut self, side: Side, st: &mut State) {
+        SCRATCH_BUF.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            let Scratch { read, out } = &mut *scratch;
+            let mut exhausted = true;
+            for _ in 0..READS_PER_WAKE {
+                if !st.can_read(side) {
+                    break;
+                }
+                let src = match side {
+                    Side::Client => &mut self.client,
+                    Side::Backend => &mut self.backend,
+                };
+                match src.try_read(read) {
+                    Ok(0) => {
+                        exhausted = false;
+                        self.gone(side, st);
+                        break;
+                    }
+                    Ok(n) => self.process(side, &read[..n], out, st),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        exhausted = false;
+                        break;
+                    }
+                    Err(_) => {
+                        exhausted = false;
+                        self.gone(side, st);
+                        break;
+                    }
+                }
+            }
+            st.leg(side).maybe_more = exhausted && !st.leg(side).eof;
+        });
+    }
+
+    /// Handles bytes that arrived with the handshake.
+    fn ingest(&mut self, side: Side, bytes: &[u8], st: &mut State) {
+        let mut out = Vec::new();
+        self.process(side, bytes, &mut out, st);
+    }
+
+    fn process(&mut self, side: Side, input: &[u8], out: &mut Vec<u8>, st: &mut State) {
+        let now = Instant::now();
+        st.leg(side).last_rx = now;
+        let max = self.info.route.max_message_bytes;
+        out.clear();
+        let dir = st.from(side);
+        let mut pass =
+            Pass { out, discard: dir.close_sent, messages: 0, bytes: 0, close: None, pong: None };
+        let result = dir.reader.feed(input, max, &mut pass);
+        let Pass { out, messages, bytes, close, pong, .. } = pass;
+        let (dst, dir) = match side {
+            Side::Client => (&mut self.backend, &mut st.c2b),
+            Side::Backend => (&mut self.client, &mut st.b2c),
+        };
+        let alive = out.is_empty() || send(dst, dir, out);
+        if messages > 0 || bytes > 0 {
+            st.last_data = now;
+            let (m, b, mc, bc) = match side {
+                Side::Client => (&self.info.c2b_messages, &self.info.c2b_bytes, &self.runtime.metrics.messages_c2b, &self.runtime.metrics.bytes_c2b),
+                Side::Backend => (&self.info.b2c_messages, &self.info.b2c_bytes, &self.runtime.metrics.messages_b2c, &self.runtime.metrics.bytes_b2c),
+            };
+            m.fetch_add(messages, Relaxed);
+            b.fetch_add(bytes, Relaxed);
+            mc.inc_by(messages);
+            bc.inc_by(bytes);
+        }
+        if let Some(token) = pong {
+            let leg = st.leg(side);
+            if let Some((t, sent)) = leg.outstanding {
+                if t == token {
+                    leg.outstanding = None;
+                    let rtt = now.duration_since(sent);
+                    let (hist, slot) = match side {
+                        Side::Client => (&self.runtime.metrics.rtt_client, &self.info.client_rtt_us),
+                        Side::Backend => (&self.runtime.metrics.rtt_backend, &self.info.backend_rtt_us),
+                    };
+                    hist.observe(rtt.as_secs_f64());
+                    slot.store(rtt.as_micros() as u64, Relaxed);
+                }
+            }
+        }
+        if let Some(code) = close {
+            st.from(side).close_sent = true;
+            let initiator = match side {
+                Side::Client => Initiator::Client,
+                Side::Backend => Initiator::Backend,
+            };
+            st.first_close.get_or_insert((code, initiator));
+            st.closing.get_or_insert(now + CLOSE_HANDSHAKE);
+        }
+        if !alive {
+            let other = match side {
+                Side::Client => Side::Backend,
+                Side::Backend => Side::Client,
+            };
+            self.gone(other, st);
+        }
+        if let Err(e) = result {
+            tracing::debug!(tunnel = self.info.id, error = %e, "closing tunnel on a framing error");
+            self.proxy_close(e.close_code(), "message too big or malformed", st);
+        }
+    }
+
+    /// A leg closed its connection or failed.
+    fn gone(&mut self, side: Side, st: &mut State) {
+        if st.leg(side).eof {
+            return;
+        }
+        st.leg(side).eof = true;
+        // Nothing more can reach the gone peer.
+        let toward = match side {
+            Side::Client => &mut st.b2c,
+            Side::Backend => &mut st.c2b,
+        };
+        toward.out = Vec::new();
+        toward.tls_pending = false;
+        let initiator = match side {
+            Side::Client => Initiator::Client,
+            Side::Backend => Initiator::Backend,
+        };
+        if st.first_close.is_none() {
+            // Abnormal closure (1006, never sent on the wire); tell the live side it went away.
+            st.first_close = Some((1006, initiator));
+            self.send_close(side_other(side), 1001, "peer went away", st);
+        }
+    }
+
+    /// Queues a Close frame toward `to`, if a frame may start there.
+    fn send_close(&mut self, to: Side, code: u16, reason: &str, st: &mut State) {
+        let (dst, dir, masked) = match to {
+            Side::Client => (&mut self.client, &mut st.b2c, false),
+            Side::Backend => (&mut self.backend, &mut st.c2b, true),
+        };
+        let dead = match to {
+            Side::Client => st.c.eof,
+            Side::Backend => st.b.eof,
+        };
+        if dir.close_sent || dead || !dir.reader.at_boundary() {
+            dir.close_sent = true;
+            return;
+        }
+        dir.close_sent = true;
+        let mask = masked.then(rand::random::<[u8; 4]>);
+        let bytes = frame::control_frame(OP_CLOSE, &frame::close_payload(code, reason), mask);
+        if !send(dst, dir, &bytes) {
+            self.gone(to, st);
+        }
+    }
+
+    /// The proxy ends the tunnel: Close `code` to both live sides.
+    fn proxy_close(&mut self, code: u16, reason: &str, st: &mut State) {
+        st.first_close.get_or_insert((code, Initiator::Proxy));
+        self.send_close(Side::Backend, code, reason, st);
+        self.send_close(Side::Client, code, reason, st);
+        let linger = Instant::now() + PROXY_CLOSE_LINGER;
+        st.closing = Some(st.closing.map_or(linger, |c| c.min(linger)));
+    }
+
+    fn on_timer(&mut self, st: &mut State) {
+        let now = Instant::now();
+        if st.closing.is_some_and(|c| now >= c) {
+            st.finished = true;
+            return;
+        }
+        if st.closing.is_some() {
+            return;
+        }
+        if let Some(at) = self.info.close_deadline(self.epoch) {
+            if now >= at {
+                let reason = match self.info.close_reason() {
+                    CloseReason::Drain => "route or backend removed",
+                    CloseReason::Shutdown => "server shutting down",
+                };
+                self.proxy_close(1001, reason, st);
+                return;
+            }
+        }
+        let route = self.info.route.clone();
+        if route.max_lifetime.is_some_and(|l| now >= self.info.opened + l) {
+            self.proxy_close(1001, "maximum tunnel lifetime reached", st);
+            return;
+        }
+        if route.idle_timeout.is_some_and(|i| now >= st.last_data + i) {
+            self.proxy_close(1001, "idle timeout", st);
+            return;
+        }
+        for side in [Side::Client, Side::Backend] {
+            let leg = st.leg(side);
+            let Some(p) = leg.ping else { continue };
+            match leg.outstanding {
+                Some((_, sent)) if leg.last_rx <= sent => {
+                    if now >= sent + p.timeout {
+                        let m = &self.runtime.metrics;
+                        match side {
+                            Side::Client => m.pong_timeouts_client.inc(),
+                            Side::Backend => m.pong_timeouts_backend.inc(),
+                        }
+                        tracing::info!(tunnel = self.info.id, route = %route.key, peer = ?side, "no answer to keepalive ping; closing tunnel");
+                        st.first_close.get_or_insert((1001, Initiator::Proxy));
+                        self.proxy_close(1001, "peer did not answer keepalive ping", st);
+                        return;
+                    }
+                }
+                _ if now >= leg.last_rx + p.interval => self.ping(side, st),
+                _ => {}
+            }
+        }
+    }
+
+    fn ping(&mut self, to: Side, st: &mut State) {
+        let (dst, dir, masked) = match to {
+            Side::Client => (&mut self.client, &mut st.b2c, false),
+            Side::Backend => (&mut self.backend, &mut st.c2b, true),
+        };
+        if dir.close_sent || !dir.reader.at_boundary() {
+            // Mid-frame toward this peer: the timer fires again right after.
+            st.leg(to).last_rx = Instant::now() - st.leg(to).ping.map_or(Duration::ZERO, |p| p.interval) + Duration::from_millis(20);
+            return;
+        }
+        let token = rand::random::<u64>();
+        let mut payload = PING_MARK.to_vec();
+        payload.extend_from_slice(&token.to_be_bytes());
+        let bytes = frame::control_frame(OP_PING, &payload, masked.then(rand::random::<[u8; 4]>));
+        let ok = send(dst, dir, &bytes);
+        let now = Instant::now();
+        st.leg(to).outstanding = Some((token, now));
+        let m = &self.runtime.metrics;
+        match to {
+            Side::Client => m.pings_client.inc(),
+            Side::Backend => m.pings_backend.inc(),
+        }
+        if !ok {
+            self.gone(to, st);
+        }
+    }
+
+    async fn finish(mut self, st: State) {
+        let State { mut c2b, mut b2c, first_close, c, b, .. } = st;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        // Last bytes (typically the Close frames) go out within a short bound.
+        let _ = tokio::time::timeout_at(deadline, async {
+            while !b.eof && (!c2b.out.is_empty() || c2b.tls_pending) {
+                if self.backend.writable().await.is_err() || !flush(&mut self.backend, &mut c2b) {
+                    break;
+                }
+            }
+            while !c.eof && (!b2c.out.is_empty() || b2c.tls_pending) {
+                if self.client.writable().await.is_err() || !flush(&mut self.client, &mut b2c) {
+                    break;
+                }
+            }
+        })
+        .await;
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), async {
+            tokio::join!(self.client.shutdown(), self.backend.shutdown());
+        })
+        .await;
+        let (code, initiator) = first_close.unwrap_or((1006, Initiator::Proxy));
+        let m = &self.runtime.metrics;
+        m.close(code, initiator);
+        m.duration.observe(self.info.opened.elapsed().as_secs_f64());
+        tracing::debug!(tunnel = self.info.id, code, initiator = initiator.as_str(), "tunnel closed");
+        drop(self.admission);
+    }
+}
+
+fn side_other(side: Side) -> Side {
+    match side {
+        Side::Client => Side::Backend,
+        Side::Backend => Side::Client,
+    }
+}

@@ -1,0 +1,146 @@
+//! `Stream`: one leg of a tunnel, plain TCP or TLS, read on readiness.
+//!
+//! The relay never parks a buffer in a read: it waits for the socket to become
+//! readable and only then reads into a short-lived scratch buffer. That is what keeps
+//! an idle tunnel down to a few hundred bytes of user-space memory.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// A client or backend connection.
+pub enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// TLS over TCP (the client leg of `wss`).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Runs one poll with a waker that does nothing: readiness is awaited separately on
+/// the TCP socket, so `Pending` just means "would block".
+fn poll_once<T>(f: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>) -> io::Result<T> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match f(&mut cx) {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+    }
+}
+
+impl Stream {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Waits until a read may make progress.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.tcp().readable().await
+    }
+
+    /// Waits until a write may make progress.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.tcp().writable().await
+    }
+
+    /// Reads what is available now; `WouldBlock` when nothing is.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_read(buf),
+            Stream::Tls(s) => poll_once(|cx| {
+                let mut rb = ReadBuf::new(buf);
+                Pin::new(&mut **s).poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
+            }),
+        }
+    }
+
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.try_write(buf),
+            Stream::Tls(s) => {
+                let n = poll_once(|cx| Pin::new(&mut **s).poll_write(cx, buf))?;
+                // Encrypted records may still sit in rustls; push them out now if the
+                // socket takes them, else the next flush does.
+                let _ = poll_once(|cx| Pin::new(&mut **s).poll_flush(cx));
+                Ok(n)
+            }
+        }
+    }
+
+    /// Pushes out bytes the TLS layer holds; true when nothing is left.
+    pub fn try_flush(&mut self) -> io::Result<bool> {
+        match self {
+            Stream::Tcp(_) => Ok(true),
+            Stream::Tls(s) => match poll_once(|cx| Pin::new(&mut **s).poll_flush(cx)) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Sends FIN (and TLS close_notify), bounded in time by the caller.
+    pub async fn shutdown(&mut self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Tls(s) => s.shutdown().await,
+        };
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}

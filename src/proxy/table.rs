@@ -1,0 +1,337 @@
+//! `RouteTable`: validated routes, ready to match requests. Both route sources
+//! build it (through `crate::compile`); the proxy only reads it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::sign::CertifiedKey;
+
+/// A route's identity: namespace and name. Tunnels remember it so a reload can tell
+/// which of them lost their route.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteKey {
+    /// Namespace (`default` in standalone mode unless given).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A host name pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    /// `chat.example.com`, compared case-insensitively.
+    Exact(String),
+    /// `*.example.com`: one or more labels before `.example.com` (stored as `.example.com`).
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// Parses `chat.example.com` or `*.example.com`.
+    pub fn parse(s: &str) -> Option<HostMatch> {
+        let s = s.to_ascii_lowercase();
+        let valid = |h: &str| {
+            !h.is_empty()
+                && h.split('.').all(|l| {
+                    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        };
+        match s.strip_prefix("*.") {
+            Some(rest) if valid(rest) => Some(HostMatch::Suffix(format!(".{rest}"))),
+            None if valid(&s) => Some(HostMatch::Exact(s)),
+            _ => None,
+        }
+    }
+
+    /// How well `host` (lower-case, port removed) matches: exact beats wildcard,
+    /// and a longer wildcard beats a shorter one.
+    fn score(&self, host: &str) -> Option<usize> {
+        match self {
+            HostMatch::Exact(h) => (h == host).then_some(usize::MAX),
+            HostMatch::Suffix(s) => (host.len() > s.len() && host.ends_with(s.as_str())).then_some(s.len()),
+        }
+    }
+
+    /// Whether an SNI name is covered by this pattern.
+    pub fn matches(&self, host: &str) -> bool {
+        self.score(host).is_some()
+    }
+}
+
+/// A path rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathRule {
+    /// Exactly this path.
+    Exact(String),
+    /// This path and everything below it, by whole segments.
+    Prefix(String),
+}
+
+impl PathRule {
+    fn score(&self, path: &str) -> Option<usize> {
+        match self {
+            // Exact wins over a prefix of the same length.
+            PathRule::Exact(p) => (p == path).then_some(p.len() * 2 + 1),
+            PathRule::Prefix(p) => {
+                let p = p.trim_end_matches('/');
+                let hit = path.starts_with(p) && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/');
+                hit.then_some(p.len() * 2)
+            }
+        }
+    }
+}
+
+/// One backend address and its share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendAddr {
+    /// `host:port`.
+    pub address: String,
+    /// Relative weight (0 = no new tunnels).
+    pub weight: u32,
+}
+
+impl BackendAddr {
+    /// The opaque, stable id the affinity cookie carries.
+    pub fn affinity_id(&self) -> String {
+        format!("{:016x}", fnv1a(self.address.as_bytes()))
+    }
+}
+
+/// FNV-1a: a stable hash for affinity ids and consistent hashing (not for secrets).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// How a backend is picked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// In turn, by weight.
+    RoundRobin,
+    /// Fewest open tunnels.
+    LeastConnections,
+    /// Stable per key.
+    ConsistentHash(HashKey),
+    /// Affinity cookie set and honoured by the proxy.
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// `Max-Age`, none for a session cookie.
+        ttl: Option<Duration>,
+    },
+}
+
+/// The key of consistent hashing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP.
+    ClientIp,
+    /// A request header.
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+    /// A query parameter.
+    Query(String),
+}
+
+/// Keepalive settings of one leg.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LegPing {
+    /// Silence before the proxy pings.
+    pub interval: Duration,
+    /// Silence after the ping before the leg counts as dead.
+    pub timeout: Duration,
+}
+
+/// A compiled route.
+#[derive(Clone)]
+pub struct Route {
+    /// Namespace and name.
+    pub key: RouteKey,
+    /// Host patterns; empty matches any host.
+    pub hosts: Vec<HostMatch>,
+    /// Path rule.
+    pub path: PathRule,
+    /// Resolved backends.
+    pub backends: Vec<BackendAddr>,
+    /// Balancing policy.
+    pub balance: Balance,
+    /// Client-leg pings.
+    pub client_ping: Option<LegPing>,
+    /// Backend-leg pings.
+    pub backend_ping: Option<LegPing>,
+    /// Backend connect timeout.
+    pub connect_timeout: Duration,
+    /// Backend handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Idle timeout (no data message either way).
+    pub idle_timeout: Option<Duration>,
+    /// Maximum tunnel lifetime.
+    pub max_lifetime: Option<Duration>,
+    /// Open tunnels allowed (0 = no limit).
+    pub max_connections: u64,
+    /// Open tunnels per client IP (0 = no limit).
+    pub max_connections_per_client_ip: u64,
+    /// Largest message (0 = no limit).
+    pub max_message_bytes: u64,
+    /// Allowed Origins; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Allowed subprotocols; empty allows any.
+    pub subprotocols: Vec<String>,
+    /// Proxy plain HTTP too.
+    pub proxy_http: bool,
+    /// Grace period of tunnels whose route or backend disappears.
+    pub drain_grace: Duration,
+    /// Certificate for the route's hostnames.
+    pub tls: Option<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("key", &self.key)
+            .field("hosts", &self.hosts)
+            .field("path", &self.path)
+            .field("backends", &self.backends)
+            .field("balance", &self.balance)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The routes the proxy serves.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    /// A table of these routes (already validated; see `crate::compile`).
+    pub fn new(routes: Vec<Route>) -> Self {
+        RouteTable { routes: routes.into_iter().map(Arc::new).collect() }
+    }
+
+    /// All routes.
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// The route for a request: the most specific host match first (exact, then the
+    /// longest wildcard, then routes without hostnames), then the longest path.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        let host = normalize_host(host);
+        let mut best: Option<((usize, usize), &Arc<Route>)> = None;
+        for route in &self.routes {
+            let host_score = if route.hosts.is_empty() {
+                Some(0)
+            } else {
+                route.hosts.iter().filter_map(|h| h.score(&host)).max().map(|s| s.saturating_add(1).max(1))
+            };
+            let (Some(hs), Some(ps)) = (host_score, route.path.score(path)) else { continue };
+            if best.as_ref().is_none_or(|(score, _)| (hs, ps) > *score) {
+                best = Some(((hs, ps), route));
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+
+    /// The certificate for an SNI name (or the only one, without SNI).
+    pub fn certificate(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let with_tls = || self.routes.iter().filter(|r| r.tls.is_some());
+        match sni {
+            Some(name) => {
+                let name = name.to_ascii_lowercase();
+                with_tls()
+                    .filter_map(|r| {
+                        let score = r.hosts.iter().filter_map(|h| h.score(&name)).max();
+                        score.or(r.hosts.is_empty().then_some(0)).map(|s| (s, r))
+                    })
+                    .max_by_key(|(s, _)| *s)
+                    .and_then(|(_, r)| r.tls.clone())
+            }
+            None => with_tls().next().and_then(|r| r.tls.clone()),
+        }
+    }
+}
+
+/// Lower-cases a Host header and removes its port (IPv6 literals keep their brackets).
+pub fn normalize_host(host: &str) -> String {
+    let h = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, hosts: &[&str], path: PathRule) -> Route {
+        Route {
+            key: RouteKey { namespace: "default".into(), name: name.into() },
+            hosts: hosts.iter().map(|h| HostMatch::parse(h).unwrap()).collect(),
+            path,
+            backends: vec![],
+            balance: Balance::RoundRobin,
+            client_ping: None,
+            backend_ping: None,
+            connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(1),
+            idle_timeout: None,
+            max_lifetime: None,
+            max_connections: 0,
+            max_connections_per_client_ip: 0,
+            max_message_bytes: 0,
+            allowed_origins: vec![],
+            subprotocols: vec![],
+            proxy_http: true,
+            drain_grace: Duration::from_secs(1),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_and_segments() {
+        let t = RouteTable::new(vec![
+            route("root", &[], PathRule::Prefix("/".into())),
+            route("chat", &[], PathRule::Prefix("/chat".into())),
+            route("exact", &[], PathRule::Exact("/chat/admin".into())),
+        ]);
+        let name = |h: &str, p: &str| t.find(h, p).map(|r| r.key.name.clone());
+        assert_eq!(name("x", "/chat/room").as_deref(), Some("chat"));
+        assert_eq!(name("x", "/chat").as_deref(), Some("chat"));
+        assert_eq!(name("x", "/chatter").as_deref(), Some("root"));
+        assert_eq!(name("x", "/chat/admin").as_deref(), Some("exact"));
+        assert_eq!(name("x", "/chat/admin/x").as_deref(), Some("chat"));
+    }
+
+    #[test]
+    fn host_specificity_beats_path_length() {
+        let t = RouteTable::new(vec![
+            route("any", &[], PathRule::Prefix("/deep/path".into())),
+            route("wild", &["*.example.com"], PathRule::Prefix("/".into())),
+            route("exact", &["chat.example.com"], PathRule::Prefix("/".into())),
+        ]);
+        let name = |h: &str, p: &str| t.find(h, p).map(|r| r.key.name.clone());
+        assert_eq!(name("chat.example.com:8080", "/deep/path").as_deref(), Some("exact"));
+        assert_eq!(name("Game.Example.com", "/deep/path").as_deref(), Some("wild"));
+        assert_eq!(name("example.com", "/deep/path").as_deref(), Some("any"));
+        assert_eq!(name("example.com", "/"), None);
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert!(HostMatch::parse("*.example.com").is_some());
+        assert!(HostMatch::parse("a.*.com").is_none());
+        assert!(HostMatch::parse("bad host").is_none());
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("Example.COM."), "example.com");
+    }
+}
