@@ -1,0 +1,265 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha1"
+	"encoding/base64"
+	"flag"
+	"fmt"
+	"math/rand"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+type handshakeResult struct {
+	Target         string    `json:"target"`
+	Workers        int       `json:"workers"`
+	Handshakes     int64     `json:"handshakes"`
+	ErrorCount     int64     `json:"error_count"`
+	Seconds        float64   `json:"seconds"`
+	PerSec         float64   `json:"per_s"`
+	ProxyBefore    *procStat `json:"proxy_before,omitempty"`
+	ProxyAfter     *procStat `json:"proxy_after,omitempty"`
+	ProxyCPUSec    float64   `json:"proxy_cpu_s"`
+	MachineCores   float64   `json:"machine_busy_cores"`
+	ForeignCores   float64   `json:"foreign_busy_cores"` // machine minus proxy, backend and this client
+	CPUUSPerHandsh float64   `json:"proxy_cpu_us_per_handshake"`
+	Errors         []string  `json:"errors,omitempty"`
+}
+
+// cmdHandshakes opens and closes WebSocket connections as fast as --workers
+// parallel loops can: TCP connect + upgrade (101 and Sec-WebSocket-Accept
+// checked), send Close 1000, read the peer's Close, close TCP.
+// Bounded by --duration and --max.
+func cmdHandshakes(args []string) {
+	fs := flag.NewFlagSet("handshakes", flag.ExitOnError)
+	target := fs.String("target", "", "ws:// URL")
+	workers := fs.Int("workers", 16, "parallel open/close loops")
+	duration := fs.Duration("duration", 10*time.Second, "time bound")
+	max := fs.Int64("max", 500000, "count bound")
+	sourcesS := fs.String("sources", "127.0.0.2-9", "client source addresses")
+	pid := fs.Int("proxy-pid", 0, "proxy process (tree) whose CPU to measure; 0 = none")
+	backendPID := fs.Int("backend-pid", 0, "backend process, to tell foreign CPU load from ours; 0 = unknown")
+	gorilla := fs.Bool("gorilla", false, "use the gorilla client instead of the lean raw handshake")
+	_ = fs.Parse(args)
+	if *target == "" {
+		fatalf("handshakes: --target required")
+	}
+	srcs, err := parseSources(*sourcesS)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	dialer := newDialer(srcs, 1024)
+	u, err := url.Parse(*target)
+	if err != nil || u.Scheme != "ws" {
+		fatalf("handshakes: --target must be a ws:// URL")
+	}
+	errs := newErrSampler()
+	res := handshakeResult{Target: *target, Workers: *workers}
+	if *pid > 0 {
+		b, err := readProcTree(*pid)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		res.ProxyBefore = &b
+	}
+	ours0 := oursCPU(*backendPID)
+	var ok, claimed atomic.Int64
+	closeMsg := websocket.FormatCloseMessage(1000, "")
+	start := time.Now()
+	stopAt := start.Add(*duration)
+	var wg sync.WaitGroup
+	for w := 0; w < *workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hc := newRawHandshaker(u, srcs)
+			for time.Now().Before(stopAt) && claimed.Add(1) <= *max {
+				var err error
+				if *gorilla {
+					err = gorillaCycle(dialer, *target, closeMsg)
+				} else {
+					err = hc.cycle()
+				}
+				if err != nil {
+					errs.add(err)
+					// Back off a little so a failing proxy does not spin the CPU.
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if *pid > 0 {
+		a, err := readProcTree(*pid)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		res.ProxyAfter = &a
+		res.ProxyCPUSec = a.CPUSec - res.ProxyBefore.CPUSec
+		res.MachineCores = (a.MachineBusyS - res.ProxyBefore.MachineBusyS) / elapsed.Seconds()
+		if *backendPID > 0 {
+			res.ForeignCores = (a.MachineBusyS - res.ProxyBefore.MachineBusyS - res.ProxyCPUSec - (oursCPU(*backendPID) - ours0)) / elapsed.Seconds()
+		}
+	}
+	res.Handshakes = ok.Load()
+	res.ErrorCount = errs.n.Load()
+	res.Errors = errs.samples()
+	res.Seconds = elapsed.Seconds()
+	res.PerSec = float64(res.Handshakes) / res.Seconds
+	if res.Handshakes > 0 && *pid > 0 {
+		res.CPUUSPerHandsh = res.ProxyCPUSec * 1e6 / float64(res.Handshakes)
+	}
+	emitJSON(res)
+}
+
+func gorillaCycle(dialer *websocket.Dialer, target string, closeMsg []byte) error {
+	c, _, err := dialer.Dial(target, nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.WriteControl(websocket.CloseMessage, closeMsg, time.Now().Add(5*time.Second))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var rerr error
+	for {
+		if _, _, rerr = c.ReadMessage(); rerr != nil {
+			break
+		}
+	}
+	if !websocket.IsCloseError(rerr, 1000) {
+		return rerr
+	}
+	return nil
+}
+
+// rawHandshaker is a lean client for the handshake benchmark, so that the
+// client spends as little of the machine's 2 cores as possible: a fixed
+// request, the 101 and Sec-WebSocket-Accept checked, one masked Close 1000,
+// the peer's Close read, TCP closed.
+type rawHandshaker struct {
+	addr    string
+	host    string
+	path    string
+	srcs    []net.IP
+	buf     []byte
+	rng     *rand.Rand
+	closeFr []byte
+}
+
+func newRawHandshaker(u *url.URL, srcs []net.IP) *rawHandshaker {
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "80")
+	}
+	path := u.RequestURI()
+	return &rawHandshaker{addr: addr, host: u.Host, path: path, srcs: srcs, buf: make([]byte, 4096),
+		rng: rand.New(rand.NewSource(time.Now().UnixNano()))}
+}
+
+const wsGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+func (h *rawHandshaker) cycle() error {
+	nd := net.Dialer{Timeout: 5 * time.Second}
+	if len(h.srcs) > 0 {
+		nd.LocalAddr = &net.TCPAddr{IP: h.srcs[srcCounter.Add(1)%uint64(len(h.srcs))]}
+		nd.Control = func(network, address string, c syscall.RawConn) error {
+			return c.Control(func(fd uintptr) {
+				_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort, 1)
+			})
+		}
+	}
+	conn, err := nd.Dial("tcp", h.addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	var keyRaw [16]byte
+	h.rng.Read(keyRaw[:])
+	key := base64.StdEncoding.EncodeToString(keyRaw[:])
+	req := "GET " + h.path + " HTTP/1.1\r\nHost: " + h.host +
+		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key +
+		"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := conn.Write([]byte(req)); err != nil {
+		return err
+	}
+	// Read the response head.
+	n := 0
+	end := -1
+	for end < 0 {
+		if n == len(h.buf) {
+			return fmt.Errorf("response head too large")
+		}
+		m, err := conn.Read(h.buf[n:])
+		if err != nil {
+			return fmt.Errorf("reading 101: %w", err)
+		}
+		n += m
+		end = bytes.Index(h.buf[:n], []byte("\r\n\r\n"))
+	}
+	head := h.buf[:end]
+	if !bytes.HasPrefix(head, []byte("HTTP/1.1 101")) {
+		line := head
+		if i := bytes.IndexByte(line, '\r'); i >= 0 {
+			line = line[:i]
+		}
+		return fmt.Errorf("handshake: %q", line)
+	}
+	sum := sha1.Sum([]byte(key + wsGUID))
+	want := base64.StdEncoding.EncodeToString(sum[:])
+	if !headerHas(head, "sec-websocket-accept", want) {
+		return fmt.Errorf("handshake: bad or missing Sec-WebSocket-Accept")
+	}
+	rest := n - (end + 4) // bytes after the head (early frames); expected 0
+	// Masked Close 1000: FIN+Close, MASK|2, 4-byte mask, masked status code.
+	var fr [8]byte
+	fr[0], fr[1] = 0x88, 0x82
+	h.rng.Read(fr[2:6])
+	fr[6], fr[7] = 0x03^fr[2], 0xE8^fr[3]
+	if _, err := conn.Write(fr[:]); err != nil {
+		return err
+	}
+	// Read until the peer's Close frame header (0x88) arrives, then close.
+	copy(h.buf, h.buf[end+4:n])
+	n = rest
+	for {
+		if n >= 2 {
+			if h.buf[0] != 0x88 {
+				return fmt.Errorf("expected Close frame, got opcode byte %#x", h.buf[0])
+			}
+			return nil
+		}
+		m, err := conn.Read(h.buf[n:])
+		if err != nil {
+			return fmt.Errorf("reading Close: %w", err)
+		}
+		n += m
+	}
+}
+
+// headerHas reports whether the response head has header name (lower case)
+// with exactly value.
+func headerHas(head []byte, name, value string) bool {
+	for _, line := range bytes.Split(head, []byte("\r\n"))[1:] {
+		i := bytes.IndexByte(line, ':')
+		if i < 0 {
+			continue
+		}
+		if strings.EqualFold(string(bytes.TrimSpace(line[:i])), name) &&
+			string(bytes.TrimSpace(line[i+1:])) == value {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,61 @@
+// Command loadgen is the client and backend of the wsgate benchmark
+// (bench/run.sh). Every load loop is bounded in count and time.
+//
+//	loadgen echo-server --listen 127.0.0.1:9001
+//	loadgen idle        --target ws://127.0.0.1:8080/ --n 8000 --sources 127.0.0.2-9 [--proxy-pid PID]
+//	loadgen throughput  --target URL --conns 100 --messages 500000 --duration 20s [--proxy-pid PID]
+//	loadgen latency     --target URL --conns 4 --count 20000 --interval 1ms
+//	loadgen handshakes  --target URL --workers 16 --duration 10s [--proxy-pid PID]
+//	loadgen wait        --target URL --timeout 20s
+//	loadgen procstat    PID
+//
+// Results are printed as one JSON object on stdout; progress goes to stderr.
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+)
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: loadgen echo-server|idle|throughput|latency|handshakes|wait|procstat [flags]")
+	os.Exit(2)
+}
+
+func main() {
+	raiseNofile()
+	if len(os.Args) < 2 {
+		usage()
+	}
+	args := os.Args[2:]
+	switch os.Args[1] {
+	case "echo-server":
+		cmdEchoServer(args)
+	case "idle":
+		cmdIdle(args)
+	case "throughput":
+		cmdThroughput(args)
+	case "latency":
+		cmdLatency(args)
+	case "handshakes":
+		cmdHandshakes(args)
+	case "wait":
+		cmdWait(args)
+	case "procstat":
+		if len(args) != 1 {
+			usage()
+		}
+		pid, err := strconv.Atoi(args[0])
+		if err != nil {
+			usage()
+		}
+		ps, err := readProcTree(pid)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		emitJSON(ps)
+	default:
+		usage()
+	}
+}

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Assemble bench/run.sh's per-proxy result files into a table and a JSON file.
+
+usage: report.py WORKDIR OUT.json
+"""
+import json
+import os
+import sys
+
+PROXIES = ["wsgate", "nginx", "haproxy-http", "haproxy-tcp"]
+# PRODUCT.md "Performance targets": the reference run's figures.
+REFERENCE = {
+    "nginx": {"mem_kb_per_tunnel": 18.2, "cpu_s_per_million": 1.56},
+    "haproxy-http": {"mem_kb_per_tunnel": 4.7, "cpu_s_per_million": 1.32},
+    "haproxy-tcp": {"mem_kb_per_tunnel": 3.4, "cpu_s_per_million": 1.08},
+}
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def collect(work):
+    out = {}
+    for name in PROXIES:
+        d = os.path.join(work, name)
+        if not os.path.isdir(d):
+            continue
+        st = load(os.path.join(d, "status.json")) or {"status": "failed", "reason": "no status"}
+        idle = load(os.path.join(d, "idle.json"))
+        tp = load(os.path.join(d, "throughput.json"))
+        tpp = load(os.path.join(d, "throughput-paced.json"))
+        lp = load(os.path.join(d, "latency.json"))
+        hs = load(os.path.join(d, "handshakes.json"))
+        r = {"status": st.get("status"), "reason": st.get("reason"), "threads": st.get("threads")}
+        if idle:
+            r["memory"] = {
+                "tunnels": idle["opened"],
+                "requested": idle["n"],
+                "failed": idle["failed"],
+                "dropped_while_settling": idle["dropped_while_settling"],
+                "open_seconds": round(idle["open_seconds"], 2),
+                "anon_kib_per_tunnel": round(idle["anon_kb_per_tunnel"], 3),
+                "rss_kib_per_tunnel": round(idle["rss_kb_per_tunnel"], 3),
+                "private_kib_per_tunnel": round(idle["private_kb_per_tunnel"], 3),
+                "before": idle.get("proxy_before"),
+                "after": idle.get("proxy_after"),
+            }
+        for key, t in (("cpu", tp), ("cpu_paced", tpp)):
+            if t:
+                r[key] = {
+                    "cpu_s_per_million_relayed": round(t["cpu_s_per_million_relayed"], 4),
+                    "relayed": t["relayed"],
+                    "seconds": round(t["seconds"], 2),
+                    "relayed_per_s": round(t["relayed_per_s"]),
+                    "offered_rate_sent_per_s": t.get("rate", 0),
+                    "proxy_cpu_s": round(t["proxy_cpu_s"], 2),
+                    "proxy_cores_busy": round(t["proxy_cpu_util"], 2),
+                    "machine_busy_cores": round(t.get("machine_busy_cores", 0), 2),
+                    "foreign_busy_cores": round(t.get("foreign_busy_cores", 0), 2),
+                    "bounded_by": t["bounded_by"],
+                    "errors": t["error_count"],
+                    "bad_echoes": t["bad_echoes"],
+                }
+        if lp:
+            b = lp.get("baseline") or {}
+            r["latency"] = {
+                "p50_us": round(lp["p50_us"], 1), "p99_us": round(lp["p99_us"], 1),
+                "p999_us": round(lp["p999_us"], 1), "samples": lp["samples"], "errors": lp["error_count"],
+                "machine_busy_cores": round(lp.get("machine_busy_cores", 0), 2),
+            }
+            if b:
+                r["latency"]["direct_p50_us"] = round(b["p50_us"], 1)
+                r["latency"]["direct_p99_us"] = round(b["p99_us"], 1)
+                r["latency"]["direct_p999_us"] = round(b["p999_us"], 1)
+                r["latency"]["added_p50_us"] = round(lp["p50_us"] - b["p50_us"], 1)
+                r["latency"]["added_p99_us"] = round(lp["p99_us"] - b["p99_us"], 1)
+        if hs:
+            r["handshakes"] = {
+                "per_s": round(hs["per_s"]), "count": hs["handshakes"], "seconds": round(hs["seconds"], 2),
+                "errors": hs["error_count"], "error_samples": hs.get("errors") or [],
+                "proxy_cpu_us_per_handshake": round(hs["proxy_cpu_us_per_handshake"], 1),
+                "machine_busy_cores": round(hs.get("machine_busy_cores", 0), 2),
+                "foreign_busy_cores": round(hs.get("foreign_busy_cores", 0), 2),
+            }
+        b0, b1 = st.get("backend_stats_before") or {}, st.get("backend_stats_after_idle") or {}
+        if b0 and b1:
+            up = b1.get("upgrades", 0) - b0.get("upgrades", 0)
+            xff = b1.get("with_x_forwarded_for", 0) - b0.get("with_x_forwarded_for", 0)
+            r["backend_saw"] = {"upgrades_during_idle_phase": up, "with_x_forwarded_for": xff}
+        out[name] = r
+    return out
+
+
+def g(res, name, *keys):
+    v = res.get(name)
+    for k in keys:
+        if not isinstance(v, dict) or k not in v:
+            return None
+        v = v[k]
+    return v
+
+
+def fmt(v, spec="{:.2f}", none="—"):
+    return none if v is None else spec.format(v)
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def main():
+    work, out_path = sys.argv[1], sys.argv[2]
+    meta = load(os.path.join(work, "meta.json")) or {}
+    res = collect(work)
+
+    W = "wsgate"
+    mem = lambda n: g(res, n, "memory", "anon_kib_per_tunnel")
+    cpu = lambda n: g(res, n, "cpu", "cpu_s_per_million_relayed")
+    p99add = lambda n: g(res, n, "latency", "added_p99_us")
+    p99 = lambda n: g(res, n, "latency", "p99_us")
+    hsps = lambda n: g(res, n, "handshakes", "per_s")
+    cpup = lambda n: g(res, n, "cpu_paced", "cpu_s_per_million_relayed")
+    hscpu = lambda n: g(res, n, "handshakes", "proxy_cpu_us_per_handshake")
+
+    comparisons = {}
+    for other in ["nginx", "haproxy-http", "haproxy-tcp"]:
+        comparisons["wsgate_vs_" + other] = {
+            "memory_ratio": ratio(mem(W), mem(other)),
+            "cpu_ratio": ratio(cpu(W), cpu(other)),
+            "cpu_paced_ratio": ratio(cpup(W), cpup(other)),
+            "p99_added_diff_us": None if p99add(W) is None or p99add(other) is None else p99add(W) - p99add(other),
+            "handshakes_ratio": ratio(hsps(W), hsps(other)),
+            "cpu_per_handshake_ratio": ratio(hscpu(W), hscpu(other)),
+        }
+
+    def verdict(ok):
+        return None if ok is None else ("met" if ok else "MISSED")
+
+    targets = {
+        "memory_per_idle_tunnel_kib<=1.5": {"wsgate": mem(W), "verdict": verdict(None if mem(W) is None else mem(W) <= 1.5)},
+        "cpu<=0.8*haproxy_tcp": {"ratio": comparisons["wsgate_vs_haproxy-tcp"]["cpu_ratio"],
+                                 "paced_ratio": comparisons["wsgate_vs_haproxy-tcp"]["cpu_paced_ratio"],
+                                 "verdict": verdict(None if comparisons["wsgate_vs_haproxy-tcp"]["cpu_ratio"] is None
+                                                    else comparisons["wsgate_vs_haproxy-tcp"]["cpu_ratio"] <= 0.8)},
+        "p99_added<=haproxy_http": {"wsgate_us": p99add(W), "haproxy_http_us": p99add("haproxy-http"),
+                                    "verdict": verdict(None if p99add(W) is None or p99add("haproxy-http") is None
+                                                       else p99add(W) <= p99add("haproxy-http"))},
+        "handshakes_per_s>=nginx": {"ratio": comparisons["wsgate_vs_nginx"]["handshakes_ratio"],
+                                    "verdict": verdict(None if comparisons["wsgate_vs_nginx"]["handshakes_ratio"] is None
+                                                       else comparisons["wsgate_vs_nginx"]["handshakes_ratio"] >= 1.0)},
+    }
+
+    doc = {
+        "meta": meta,
+        "conventions": {
+            "memory": "(sum over the proxy's processes of smaps_rollup 'Anonymous' after N idle tunnels are open and settled "
+                      "minus before, after a warm-up) / tunnels open; KiB (the kernel's kB); VmRSS and Private deltas also given; "
+                      "kernel socket buffers are not included. Each tunnel carried one 16-byte message each way before going idle.",
+            "cpu": "proxy utime+stime (all its processes and threads, /proc/PID/stat) per million relayed 1 KiB binary messages; "
+                   "a relayed message is one message crossing the proxy in one direction, so each client message echoed by the backend counts 2. "
+                   "'cpu' = unpaced (each tunnel keeps `window` messages in flight, as fast as the machine goes: proxies batch reads); "
+                   "'cpu_paced' = the same fixed offered rate for every proxy (each tunnel sends on its own schedule: about one message per wake-up).",
+            "latency": "paced request/response round trips of 1 KiB messages (each worker: one round trip via the proxy and one straight "
+                       "to the backend per interval, alternating order); added = proxy percentile minus direct percentile.",
+            "handshakes": "parallel loops of: TCP connect, HTTP upgrade (101 + Sec-WebSocket-Accept checked by the client), Close 1000, "
+                          "wait for the peer's Close, TCP close; completed cycles per second.",
+        },
+        "proxies": res,
+        "reference_from_PRODUCT_md": REFERENCE,
+        "comparisons": comparisons,
+        "targets": targets,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+
+    # ---- print ----
+    p = print
+    p()
+    p(f"wsgate benchmark ({meta.get('mode', '?')} mode) — {meta.get('date', '')}, kernel {meta.get('kernel', '')}, "
+      f"{meta.get('cpus', '?')} x {meta.get('cpu_model', '?')}")
+    p(f"nginx {meta.get('nginx_version', '?')}, haproxy {meta.get('haproxy_version', '?')}, "
+      f"wsgate {meta.get('wsgate_bin') or '(none)'} @ {meta.get('wsgate_commit', '?')}")
+    tpm = meta.get("throughput", {})
+    lat = meta.get("latency", {})
+    hsm = meta.get("handshakes", {})
+    p(f"idle tunnels N={meta.get('n')} (settle {meta.get('settle')}); throughput {tpm.get('conns')} tunnels x window {tpm.get('window')}, "
+      f"<= {tpm.get('messages')} msgs sent (x2 relayed) or {tpm.get('duration')}; latency {lat.get('conns')} tunnels, "
+      f"{lat.get('count')} round trips, 1 every {lat.get('interval')} per tunnel; handshakes {hsm.get('workers')} workers for {hsm.get('duration')}")
+    p()
+    hdr = ["proxy", "KiB/idle tunnel", "CPU-s/M relayed", "CPU-s/M paced", "p50 µs (+added)", "p99 µs (+added)",
+           "handshakes/s (CPU µs each)"]
+    rows = []
+    models = []
+    for name in PROXIES:
+        if name not in res:
+            continue
+        r = res[name]
+        if r.get("status") != "ok":
+            rows.append([name, "—", "—", "—", "—", "—", "—"])
+            models.append(f"  {name}: {r.get('status')}: {(r.get('reason') or '')[:150]}")
+            continue
+        models.append(f"  {name}: {r.get('threads') or ''}")
+        m = r.get("memory") or {}
+        memcell = "—" if not m else f"{m['anon_kib_per_tunnel']:.2f} (rss {m['rss_kib_per_tunnel']:.2f})"
+        if m and m["tunnels"] < m["requested"]:
+            memcell += f" [{m['tunnels']}/{m['requested']} open]"
+        c = r.get("cpu") or {}
+        cpucell = "—" if not c else f"{c['cpu_s_per_million_relayed']:.2f} ({c['relayed_per_s']/1000:.0f}k/s)"
+        cp = r.get("cpu_paced") or {}
+        cpupcell = "—" if not cp else f"{cp['cpu_s_per_million_relayed']:.2f} ({cp['relayed_per_s']/1000:.0f}k/s)"
+        l = r.get("latency") or {}
+        p50cell = "—" if not l else f"{l['p50_us']:.0f} ({l.get('added_p50_us', 0):+.0f})"
+        p99cell = "—" if not l else f"{l['p99_us']:.0f} ({l.get('added_p99_us', 0):+.0f})"
+        h = r.get("handshakes") or {}
+        hcell = "—" if not h else f"{h['per_s']} ({h['proxy_cpu_us_per_handshake']:.0f})" + (f" [{h['errors']} err]" if h["errors"] else "")
+        rows.append([name, memcell, cpucell, cpupcell, p50cell, p99cell, hcell])
+    widths = [max(len(str(x[i])) for x in rows + [hdr]) for i in range(len(hdr))]
+    line = lambda cells: "  ".join(str(c).ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
+    p(line(hdr))
+    p(line(["-" * w for w in widths]))
+    for row in rows:
+        p(line(row))
+    p()
+    p("thread models:")
+    for mline in models:
+        p(mline)
+    p()
+    p("reference run in PRODUCT.md: nginx 18.2 KB/tunnel, 1.56 CPU-s/M; haproxy-http 4.7 KB, 1.32 s; haproxy-tcp 3.4 KB, 1.08 s")
+    p()
+    p("wsgate vs the others (ratio = wsgate / other; latency = difference of added p99)")
+    hdr2 = ["vs", "memory ratio", "CPU ratio", "CPU ratio paced", "p99 added diff µs", "handshakes ratio", "CPU/handshake ratio"]
+    rows2 = []
+    for other in ["nginx", "haproxy-http", "haproxy-tcp"]:
+        c = comparisons["wsgate_vs_" + other]
+        rows2.append([other, fmt(c["memory_ratio"]), fmt(c["cpu_ratio"]), fmt(c["cpu_paced_ratio"]),
+                      fmt(c["p99_added_diff_us"], "{:+.0f}"), fmt(c["handshakes_ratio"]), fmt(c["cpu_per_handshake_ratio"])])
+    widths = [max(len(str(x[i])) for x in rows2 + [hdr2]) for i in range(len(hdr2))]
+    p(line(hdr2))
+    p(line(["-" * w for w in widths]))
+    for row in rows2:
+        p(line(row))
+    p()
+    p("PRODUCT.md targets for wsgate (keepalive on)")
+    t = targets
+    p(f"  memory per idle tunnel <= 1.5 KiB          : {fmt(mem(W), '{:.2f} KiB')}  -> {t['memory_per_idle_tunnel_kib<=1.5']['verdict'] or 'n/a'}")
+    p(f"  CPU per message <= 0.8 x haproxy-tcp       : {fmt(t['cpu<=0.8*haproxy_tcp']['ratio'], '{:.2f} x')} (paced: {fmt(t['cpu<=0.8*haproxy_tcp']['paced_ratio'], '{:.2f} x')})  -> {t['cpu<=0.8*haproxy_tcp']['verdict'] or 'n/a'}")
+    p(f"  p99 added latency <= haproxy-http's        : {fmt(p99add(W), '{:+.0f} µs')} vs {fmt(p99add('haproxy-http'), '{:+.0f} µs')}  -> {t['p99_added<=haproxy_http']['verdict'] or 'n/a'}")
+    p(f"  handshakes/s >= nginx's                    : {fmt(t['handshakes_per_s>=nginx']['ratio'], '{:.2f} x')}  -> {t['handshakes_per_s>=nginx']['verdict'] or 'n/a'}")
+    if meta.get("wsgate_note"):
+        p(f"  wsgate: {meta['wsgate_note']}")
+    warn = []
+    for name, r in res.items():
+        m = r.get("memory") or {}
+        if m and (m["failed"] or m["dropped_while_settling"]):
+            warn.append(f"{name}: {m['failed']} tunnels failed to open, {m['dropped_while_settling']} dropped while settling")
+        for k in ("cpu", "cpu_paced", "latency", "handshakes"):
+            e = (r.get(k) or {}).get("errors")
+            if e:
+                warn.append(f"{name}: {e} errors in {k}")
+            fb = (r.get(k) or {}).get("foreign_busy_cores")
+            if fb and fb > 0.15:
+                warn.append(f"{name}: {fb:.2f} cores of foreign load (not proxy, backend or client) during {k}: figures skewed")
+        bs = r.get("backend_saw")
+        if bs and name != "haproxy-tcp" and bs["upgrades_during_idle_phase"] and bs["with_x_forwarded_for"] < bs["upgrades_during_idle_phase"]:
+            warn.append(f"{name}: only {bs['with_x_forwarded_for']}/{bs['upgrades_during_idle_phase']} upgrades reached the backend with X-Forwarded-For")
+    if (meta.get("machine_busy_cores_at_start") or 0) > 0.15:
+        warn.append(f"machine was {meta['machine_busy_cores_at_start']:.2f} cores busy before the run started (someone else's load)")
+    if warn:
+        p()
+        p("warnings:")
+        for w in warn:
+            p("  " + w)
+    p()
+    p(f"JSON: {out_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+#!/usr/bin/env bash
+# wsgate benchmark: wsgate vs NGINX vs HAProxy (http and tcp-splice mode), same
+# client and same backend, one run. Prints figures; not a test (never fails on
+# a missed target). See bench/README.md.
+#
+#   bench/run.sh [--quick] [--n N] [--proxies wsgate,nginx,haproxy-http,haproxy-tcp]
+#                [--no-build] [--keep] [--wait-quiet SECONDS]
+#
+# Environment: WSGATE_BIN (use this binary instead of building), CARGO_TARGET_DIR
+# (default /var/cache/wsgate/target), WSGATE_CACHE (default /var/cache/wsgate),
+# BENCH_SOURCES (client source addresses, default 127.0.0.2-9), RUST_LOG
+# (default warn for wsgate).
+#
+# Needs: go, python3, nginx and haproxy (installed from Debian when missing and
+# run as root), cargo unless WSGATE_BIN is set. Loopback traffic only.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HERE")
+CACHE=${WSGATE_CACHE:-/var/cache/wsgate}
+BIN_DIR=$CACHE/bench/bin
+LOADGEN=$BIN_DIR/loadgen
+SOURCES=${BENCH_SOURCES:-127.0.0.2-9}
+
+# ---- parameters ----
+MODE=full
+N=8000
+SETTLE=5s
+TP_CONNS=100
+TP_WINDOW=8
+TP_MESSAGES=500000      # unpaced run: client->backend messages (each echoed: 2x relayed)
+TP_DURATION=20s         #   ... or this long, whichever first
+TP_RATE=30000           # paced run: client->backend messages/s offered, all proxies alike
+TP_PACED_DURATION=10s   #   ... for this long
+LAT_CONNS=4
+LAT_COUNT=20000
+LAT_INTERVAL=1ms
+HS_WORKERS=16
+HS_DURATION=10s
+PROXIES=wsgate,nginx,haproxy-http,haproxy-tcp
+BUILD=1
+KEEP=0
+N_SET=
+WAIT_QUIET=
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) MODE=quick ;;
+    --n) N_SET=$2; shift ;;
+    --n=*) N_SET=${1#--n=} ;;
+    --proxies) PROXIES=$2; shift ;;
+    --proxies=*) PROXIES=${1#--proxies=} ;;
+    --no-build) BUILD=0 ;;
+    --keep) KEEP=1 ;;
+    --wait-quiet) WAIT_QUIET=$2; shift ;;
+    --wait-quiet=*) WAIT_QUIET=${1#--wait-quiet=} ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$MODE" = quick ]; then
+  N=1000; SETTLE=2s; TP_MESSAGES=100000; TP_DURATION=5s; TP_PACED_DURATION=3s
+  LAT_COUNT=4000; HS_DURATION=3s
+fi
+[ -n "$N_SET" ] && N=$N_SET
+# Wait (bounded) for the machine to go quiet before measuring: 60 s in a full
+# run, none in --quick.
+if [ -z "$WAIT_QUIET" ]; then
+  if [ "$MODE" = quick ]; then WAIT_QUIET=0; else WAIT_QUIET=60; fi
+fi
+
+say() { printf '%s\n' "$*" >&2; }
+step() { printf '\n== %s\n' "$*" >&2; }
+
+# ---- limits, work dir, cleanup ----
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+WORK=$(mktemp -d /tmp/wsgate-bench.XXXXXX)
+STARTED=()          # process-group leaders we started (setsid): pid == pgid
+
+stop_group() {      # stop_group PID: TERM the group, then KILL what is left
+  local pid=$1 i
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 50); do
+    kill -0 -- "-$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local p
+  for p in "${STARTED[@]}"; do stop_group "$p"; done
+  if [ "$KEEP" = 1 ]; then say "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_group LOGFILE CMD...: start CMD in its own session; sets LAST_PID
+start_group() {
+  local log=$1; shift
+  setsid "$@" >"$log" 2>&1 </dev/null &
+  LAST_PID=$!
+  STARTED+=("$LAST_PID")
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# ---- tools ----
+step "tools"
+if ! command -v nginx >/dev/null || ! command -v haproxy >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing nginx-light and haproxy from Debian"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy) >"$WORK/apt.log" 2>&1 \
+      || say "apt-get failed (see $WORK/apt.log)"
+  fi
+fi
+mkdir -p "$BIN_DIR"
+if ! (cd "$HERE/loadgen" && go build -o "$LOADGEN" .) >&2; then
+  say "run.sh: cannot build bench/loadgen"; exit 1
+fi
+say "loadgen: $LOADGEN"
+
+WSGATE=""
+WSGATE_NOTE=""
+if [[ ",$PROXIES," == *",wsgate,"* ]]; then
+  if [ -n "${WSGATE_BIN:-}" ]; then
+    WSGATE=$WSGATE_BIN
+  else
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/wsgate/target}
+    if [ "$BUILD" = 1 ]; then
+      say "building wsgate (cargo build --release --locked, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+      if ! (cd "$REPO" && cargo build --release --locked) >"$WORK/cargo.log" 2>&1; then
+        WSGATE_NOTE="cargo build --release failed: $(grep -m1 -E '^error' "$WORK/cargo.log" || tail -1 "$WORK/cargo.log")"
+        say "$WSGATE_NOTE"
+      fi
+    fi
+    WSGATE=$CARGO_TARGET_DIR/release/wsgate
+  fi
+  if [ -z "$WSGATE_NOTE" ] && [ ! -x "$WSGATE" ]; then
+    WSGATE_NOTE="no wsgate binary at $WSGATE"
+    say "$WSGATE_NOTE"
+  fi
+  [ -n "$WSGATE_NOTE" ] && WSGATE=""
+fi
+NGINX_VERSION=$(nginx -v 2>&1 | sed 's/.*nginx\///' || true)
+HAPROXY_VERSION=$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}' || true)
+say "nginx: ${NGINX_VERSION:-missing}  haproxy: ${HAPROXY_VERSION:-missing}  wsgate: ${WSGATE:-none}"
+
+# ---- backend ----
+step "backend"
+BPORT=$(free_port)
+BACKEND=127.0.0.1:$BPORT
+start_group "$WORK/echo.log" "$LOADGEN" echo-server --listen "$BACKEND" --max-lifetime 1h
+BACKEND_PID=$LAST_PID
+"$LOADGEN" wait --target "ws://$BACKEND/" --timeout 10s || { say "backend did not start"; cat "$WORK/echo.log" >&2; exit 1; }
+say "echo backend on $BACKEND"
+
+busy_cores() {  # busy_cores SECONDS: the machine's non-idle cores over that time
+  python3 - "$1" <<'PY'
+import sys, time
+def busy():
+    f = open("/proc/stat").readline().split()[1:9]
+    v = list(map(int, f))
+    return sum(v) - v[3] - v[4]
+b0 = busy(); time.sleep(float(sys.argv[1])); print(f"{(busy() - b0) / 100 / float(sys.argv[1]):.2f}")
+PY
+}
+MACHINE_BUSY0=$(busy_cores 2)
+waited=0
+while [ "$waited" -lt "$WAIT_QUIET" ] && python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0.2 else 1)' "$MACHINE_BUSY0"; do
+  say "machine is $MACHINE_BUSY0 cores busy (not us); waiting for quiet (${waited}s of ${WAIT_QUIET}s)"
+  sleep 3; waited=$((waited + 5))
+  MACHINE_BUSY0=$(busy_cores 2)
+done
+say "machine busy before measuring: $MACHINE_BUSY0 of $(nproc) cores (anything above ~0.1 is someone else's load and skews every figure)"
+
+cat >"$WORK/meta.json" <<EOF
+{"mode":"$MODE","n":$N,"settle":"$SETTLE","sources":"$SOURCES",
+ "throughput":{"conns":$TP_CONNS,"window":$TP_WINDOW,"messages":$TP_MESSAGES,"duration":"$TP_DURATION","size":1024,
+   "paced_rate":$TP_RATE,"paced_duration":"$TP_PACED_DURATION"},
+ "latency":{"conns":$LAT_CONNS,"count":$LAT_COUNT,"interval":"$LAT_INTERVAL","size":1024},
+ "handshakes":{"workers":$HS_WORKERS,"duration":"$HS_DURATION"},
+ "nginx_version":"$NGINX_VERSION","haproxy_version":"$HAPROXY_VERSION",
+ "wsgate_bin":"$WSGATE","wsgate_note":"$(printf '%s' "$WSGATE_NOTE" | tr '"\\' "''")",
+ "wsgate_commit":"$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)",
+ "kernel":"$(uname -r)","cpus":$(nproc),"cpu_model":"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')",
+ "machine_busy_cores_at_start":$MACHINE_BUSY0,
+ "date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
+EOF
+
+# ---- proxies ----
+fill() {  # fill TEMPLATE OUT LISTEN PREFIX
+  sed -e "s#@LISTEN@#$3#g" -e "s#@BACKEND@#$BACKEND#g" -e "s#@PREFIX@#$4#g" "$1" >"$2"
+}
+
+# start_proxy NAME PORT: sets PROXY_PID or returns 1
+start_proxy() {
+  local name=$1 port=$2 dir=$WORK/$1
+  mkdir -p "$dir"
+  case "$name" in
+    wsgate)
+      local aport; aport=$(free_port)
+      fill "$HERE/configs/wsgate.yaml" "$dir/wsgate.yaml" "" "$dir"
+      RUST_LOG=${RUST_LOG:-warn} start_group "$dir/out.log" "$WSGATE" serve --config "$dir/wsgate.yaml" \
+        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$aport"
+      ;;
+    nginx)
+      mkdir -p "$dir/tmp" "$dir/logs"
+      fill "$HERE/configs/nginx.conf" "$dir/nginx.conf" "127.0.0.1:$port" "$dir"
+      start_group "$dir/out.log" nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;'
+      ;;
+    haproxy-http|haproxy-tcp)
+      fill "$HERE/configs/$name.cfg" "$dir/haproxy.cfg" "127.0.0.1:$port" "$dir"
+      start_group "$dir/out.log" haproxy -db -f "$dir/haproxy.cfg"
+      ;;
+    *) say "unknown proxy $name"; return 1 ;;
+  esac
+  PROXY_PID=$LAST_PID
+  if ! "$LOADGEN" wait --target "ws://127.0.0.1:$port/" --timeout 20s; then
+    say "$name did not become ready; its output:"; sed 's/^/    /' "$dir/out.log" >&2
+    stop_group "$PROXY_PID"
+    return 1
+  fi
+  sleep 1
+}
+
+thread_model() {
+  case "$1" in
+    wsgate) echo "tokio multi-thread runtime ($(awk '/^Threads:/{print $2}' /proc/"$2"/status 2>/dev/null) threads at start; $(nproc) cores)" ;;
+    nginx) echo "master + 1 worker process (worker_processes 1), epoll" ;;
+    haproxy-http) echo "1 process, nbthread 1, mode http" ;;
+    haproxy-tcp) echo "1 process, nbthread 1, mode tcp, option splice-auto" ;;
+  esac
+}
+
+backend_stats() {
+  python3 -c 'import sys,urllib.request; print(urllib.request.urlopen("http://"+sys.argv[1]+"/_stats", timeout=5).read().decode().strip())' "$BACKEND" 2>/dev/null || echo '{}'
+}
+
+summ() {  # one-line summary of a result file
+  python3 - "$@" <<'EOF'
+import json, sys
+kind, path = sys.argv[1], sys.argv[2]
+d = json.load(open(path))
+if kind == "idle":
+    print(f"   idle: {d['opened']}/{d['n']} tunnels open in {d['open_seconds']:.1f}s, failed {d['failed']}, "
+          f"dropped while settling {d['dropped_while_settling']}; per tunnel: anon {d['anon_kb_per_tunnel']:.2f} KiB, "
+          f"RSS {d['rss_kb_per_tunnel']:.2f} KiB, private {d['private_kb_per_tunnel']:.2f} KiB")
+elif kind == "throughput":
+    print(f"   throughput {sys.argv[3]}: {d['relayed']} messages relayed in {d['seconds']:.1f}s ({d['relayed_per_s']:.0f}/s, bounded by {d['bounded_by']}), "
+          f"proxy CPU {d['proxy_cpu_s']:.2f}s ({d['proxy_cpu_util']:.2f} cores) = {d['cpu_s_per_million_relayed']:.3f} CPU-s per million relayed; "
+          f"errors {d['error_count']}; machine {d.get('machine_busy_cores', 0):.2f} cores busy, foreign {d.get('foreign_busy_cores', 0):.2f}")
+elif kind == "latency":
+    b = d.get("baseline") or {}
+    print(f"   latency: via proxy p50 {d['p50_us']:.0f} us, p99 {d['p99_us']:.0f} us, p99.9 {d['p999_us']:.0f} us; "
+          f"direct p50 {b.get('p50_us', 0):.0f} us, p99 {b.get('p99_us', 0):.0f} us ({d['samples']}+{b.get('samples', 0)} samples, errors {d['error_count']})")
+elif kind == "handshakes":
+    print(f"   handshakes: {d['handshakes']} in {d['seconds']:.1f}s = {d['per_s']:.0f}/s, proxy CPU {d['proxy_cpu_us_per_handshake']:.0f} us each, "
+          f"errors {d['error_count']} {d.get('errors') or ''}; machine {d.get('machine_busy_cores', 0):.2f} cores busy, foreign {d.get('foreign_busy_cores', 0):.2f}")
+EOF
+}
+
+IFS=, read -r -a PROXY_LIST <<<"$PROXIES"
+for name in "${PROXY_LIST[@]}"; do
+  step "$name"
+  out=$WORK/$name
+  mkdir -p "$out"
+  if [ "$name" = wsgate ] && [ -z "$WSGATE" ]; then
+    echo "{\"status\":\"skipped\",\"reason\":\"$(printf '%s' "$WSGATE_NOTE" | tr '"\\' "''")\"}" >"$out/status.json"
+    say "   skipped: $WSGATE_NOTE"
+    continue
+  fi
+  if [[ "$name" == nginx && -z "$NGINX_VERSION" ]] || [[ "$name" == haproxy-* && -z "$HAPROXY_VERSION" ]]; then
+    echo '{"status":"skipped","reason":"not installed"}' >"$out/status.json"; say "   skipped: not installed"; continue
+  fi
+  PORT=$(free_port)
+  if ! start_proxy "$name" "$PORT"; then
+    reason=$(tail -3 "$out/out.log" 2>/dev/null | tr '\n"\\' "  ''")
+    echo "{\"status\":\"failed\",\"reason\":\"did not start or relay: $reason\"}" >"$out/status.json"
+    continue
+  fi
+  URL="ws://127.0.0.1:$PORT/"
+  stats0=$(backend_stats)
+  printf '{"status":"ok","pid":%s,"threads":"%s","backend_stats_before":%s}\n' "$PROXY_PID" "$(thread_model "$name" "$PROXY_PID")" "$stats0" >"$out/status.json"
+  say "   $(thread_model "$name" "$PROXY_PID"), listening on 127.0.0.1:$PORT"
+
+  # 1. memory per idle tunnel
+  if timeout 300 "$LOADGEN" idle --target "$URL" --n "$N" --sources "$SOURCES" --proxy-pid "$PROXY_PID" \
+       --settle "$SETTLE" >"$out/idle.json" 2>"$out/idle.log"; then
+    summ idle "$out/idle.json" >&2
+  else
+    say "   idle: failed"; tail -3 "$out/idle.log" >&2; rm -f "$out/idle.json"
+  fi
+  stats1=$(backend_stats)
+  sleep 3   # let the proxy tear the idle tunnels down
+  if ! kill -0 "$PROXY_PID" 2>/dev/null; then say "   $name died"; continue; fi
+
+  # 2. CPU per relayed message: unpaced (as fast as the window allows), then paced
+  if timeout 120 "$LOADGEN" throughput --target "$URL" --conns "$TP_CONNS" --window "$TP_WINDOW" \
+       --messages "$TP_MESSAGES" --duration "$TP_DURATION" --sources "$SOURCES" --proxy-pid "$PROXY_PID" \
+       --backend-pid "$BACKEND_PID" >"$out/throughput.json" 2>"$out/throughput.log"; then
+    summ throughput "$out/throughput.json" unpaced >&2
+  else
+    say "   throughput: failed"; tail -3 "$out/throughput.log" >&2; rm -f "$out/throughput.json"
+  fi
+  sleep 1
+  if timeout 120 "$LOADGEN" throughput --target "$URL" --conns "$TP_CONNS" --window "$TP_WINDOW" \
+       --rate "$TP_RATE" --messages 100000000 --duration "$TP_PACED_DURATION" --sources "$SOURCES" \
+       --proxy-pid "$PROXY_PID" --backend-pid "$BACKEND_PID" >"$out/throughput-paced.json" 2>"$out/throughput-paced.log"; then
+    summ throughput "$out/throughput-paced.json" "paced $TP_RATE/s" >&2
+  else
+    say "   throughput paced: failed"; tail -3 "$out/throughput-paced.log" >&2; rm -f "$out/throughput-paced.json"
+  fi
+  sleep 1
+
+  # 3. latency: through the proxy and straight to the backend, interleaved
+  if timeout 180 "$LOADGEN" latency --target "$URL" --baseline "ws://$BACKEND/" --conns "$LAT_CONNS" \
+       --count "$LAT_COUNT" --interval "$LAT_INTERVAL" --sources "$SOURCES" >"$out/latency.json" 2>"$out/latency.log"; then
+    summ latency "$out/latency.json" >&2
+  else
+    say "   latency: failed"; tail -3 "$out/latency.log" >&2; rm -f "$out/latency.json"
+  fi
+
+  # 4. upgrade handshakes per second
+  if timeout 120 "$LOADGEN" handshakes --target "$URL" --workers "$HS_WORKERS" --duration "$HS_DURATION" \
+       --sources "$SOURCES" --proxy-pid "$PROXY_PID" --backend-pid "$BACKEND_PID" >"$out/handshakes.json" 2>"$out/handshakes.log"; then
+    summ handshakes "$out/handshakes.json" >&2
+  else
+    say "   handshakes: failed"; tail -3 "$out/handshakes.log" >&2; rm -f "$out/handshakes.json"
+  fi
+
+  python3 - "$out/status.json" "$stats1" <<'EOF'
+import json, sys
+p = sys.argv[1]; d = json.load(open(p))
+try: d["backend_stats_after_idle"] = json.loads(sys.argv[2])
+except Exception: pass
+json.dump(d, open(p, "w"))
+EOF
+  stop_group "$PROXY_PID"
+  sleep 2   # let TIME_WAIT and the backend settle before the next proxy
+done
+
+step "results"
+mkdir -p "$HERE/results"
+python3 "$HERE/report.py" "$WORK" "$HERE/results/latest.json"
