@@ -9,7 +9,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::api::{Backend, PathMatchType, Policy, Tls, WebSocketRouteSpec};
-use crate::proxy::table::{Balance, BackendAddr, HashKey, HostMatch, LegPing, PathRule, Route, RouteKey};
+use crate::proxy::table::{
+    BackendAddr, Balance, HashKey, HostMatch, LegPing, PathRule, Route, RouteKey,
+};
 
 /// A problem with one field of a route.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +25,10 @@ pub struct FieldError {
 impl FieldError {
     /// An error on `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -37,7 +42,12 @@ impl std::fmt::Display for FieldError {
 /// standalone mode; Services, EndpointSlices and Secrets in controller mode.
 pub trait Resolver {
     /// The addresses behind `spec.backends[index]`.
-    fn backends(&self, namespace: &str, index: usize, backend: &Backend) -> Result<Vec<BackendAddr>, FieldError>;
+    fn backends(
+        &self,
+        namespace: &str,
+        index: usize,
+        backend: &Backend,
+    ) -> Result<Vec<BackendAddr>, FieldError>;
     /// The certificate named by `spec.tls`.
     fn certificate(&self, namespace: &str, tls: &Tls) -> Result<Arc<CertifiedKey>, FieldError>;
 }
@@ -49,7 +59,9 @@ pub fn check_address(address: &str) -> Result<(), String> {
         .ok_or_else(|| format!("{address:?} is not host:port"))?;
     let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
     if host.is_empty() || !port_ok {
-        return Err(format!("{address:?} is not host:port with a port from 1 to 65535"));
+        return Err(format!(
+            "{address:?} is not host:port with a port from 1 to 65535"
+        ));
     }
     Ok(())
 }
@@ -62,11 +74,13 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey
     if certs.is_empty() {
         return Err("no certificate in the PEM data".into());
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("unreadable private key PEM: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("unreadable private key PEM: {e}"))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| format!("unsupported private key: {e}"))?;
     let ck = CertifiedKey::new(certs, signing);
-    ck.keys_match().map_err(|e| format!("certificate and key do not belong together: {e}"))?;
+    ck.keys_match()
+        .map_err(|e| format!("certificate and key do not belong together: {e}"))?;
     Ok(Arc::new(ck))
 }
 
@@ -76,58 +90,92 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
     let mut err = |f: String, m: String| errs.push(FieldError::new(f, m));
     for (i, h) in spec.hostnames.iter().enumerate() {
         if HostMatch::parse(h).is_none() {
-            err(format!("spec.hostnames[{i}]"), format!("{h:?} is not a host name or a *.suffix wildcard"));
+            err(
+                format!("spec.hostnames[{i}]"),
+                format!("{h:?} is not a host name or a *.suffix wildcard"),
+            );
         }
     }
     if !spec.path.value.starts_with('/') {
-        err("spec.path.value".into(), format!("{:?} must start with /", spec.path.value));
+        err(
+            "spec.path.value".into(),
+            format!("{:?} must start with /", spec.path.value),
+        );
     }
     if spec.backends.is_empty() {
-        err("spec.backends".into(), "at least one backend is required".into());
+        err(
+            "spec.backends".into(),
+            "at least one backend is required".into(),
+        );
     }
     for (i, b) in spec.backends.iter().enumerate() {
         match (&b.service, &b.address) {
-            (Some(_), Some(_)) | (None, None) => {
-                err(format!("spec.backends[{i}]"), "set exactly one of service and address".into())
-            }
+            (Some(_), Some(_)) | (None, None) => err(
+                format!("spec.backends[{i}]"),
+                "set exactly one of service and address".into(),
+            ),
             (None, Some(a)) => {
                 if let Err(e) = check_address(a) {
                     err(format!("spec.backends[{i}].address"), e);
                 }
             }
-            (Some(s), None) if s.name.is_empty() => {
-                err(format!("spec.backends[{i}].service.name"), "must not be empty".into())
-            }
+            (Some(s), None) if s.name.is_empty() => err(
+                format!("spec.backends[{i}].service.name"),
+                "must not be empty".into(),
+            ),
             _ => {}
         }
     }
     let lb = &spec.load_balancing;
     if lb.policy == Policy::ConsistentHash {
         match &lb.hash_on {
-            None => err("spec.loadBalancing.hashOn".into(), "required when policy is ConsistentHash".into()),
+            None => err(
+                "spec.loadBalancing.hashOn".into(),
+                "required when policy is ConsistentHash".into(),
+            ),
             Some(h) => {
                 let n = usize::from(h.client_ip)
                     + usize::from(h.header.is_some())
                     + usize::from(h.cookie.is_some())
                     + usize::from(h.query.is_some());
                 if n != 1 {
-                    err("spec.loadBalancing.hashOn".into(), "set exactly one of clientIP, header, cookie, query".into());
+                    err(
+                        "spec.loadBalancing.hashOn".into(),
+                        "set exactly one of clientIP, header, cookie, query".into(),
+                    );
                 }
             }
         }
     }
     if let Some(c) = &lb.cookie {
-        if c.name.is_empty() || !c.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            err("spec.loadBalancing.cookie.name".into(), format!("{:?} is not a valid cookie name", c.name));
+        if c.name.is_empty()
+            || !c
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            err(
+                "spec.loadBalancing.cookie.name".into(),
+                format!("{:?} is not a valid cookie name", c.name),
+            );
         }
     }
     let ka = &spec.keepalive;
     if !ka.interval.is_zero() && (ka.timeout.is_zero() || ka.timeout >= ka.interval) {
-        err("spec.keepalive.timeout".into(), format!("must be above 0 and shorter than interval ({})", ka.interval));
+        err(
+            "spec.keepalive.timeout".into(),
+            format!(
+                "must be above 0 and shorter than interval ({})",
+                ka.interval
+            ),
+        );
     }
     if let Some(b) = &ka.backend {
         if !b.interval.is_zero() && (b.timeout.is_zero() || b.timeout >= b.interval) {
-            err("spec.keepalive.backend.timeout".into(), format!("must be above 0 and shorter than interval ({})", b.interval));
+            err(
+                "spec.keepalive.backend.timeout".into(),
+                format!("must be above 0 and shorter than interval ({})", b.interval),
+            );
         }
     }
     if spec.timeouts.connect.is_zero() {
@@ -137,13 +185,23 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
         err("spec.timeouts.handshake".into(), "must be above 0".into());
     }
     for (i, p) in spec.subprotocols.iter().enumerate() {
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) {
-            err(format!("spec.subprotocols[{i}]"), format!("{p:?} is not a valid token"));
+        if p.is_empty()
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+        {
+            err(
+                format!("spec.subprotocols[{i}]"),
+                format!("{p:?} is not a valid token"),
+            );
         }
     }
     for (i, o) in spec.allowed_origins.iter().enumerate() {
         if o.is_empty() {
-            err(format!("spec.allowedOrigins[{i}]"), "must not be empty".into());
+            err(
+                format!("spec.allowedOrigins[{i}]"),
+                "must not be empty".into(),
+            );
         }
     }
     errs
@@ -151,7 +209,12 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
 
 /// Compiles one route. `namespace`/`name` identify it; the resolver supplies
 /// backend addresses and certificates.
-pub fn compile(namespace: &str, name: &str, spec: &WebSocketRouteSpec, resolver: &dyn Resolver) -> Result<Route, Vec<FieldError>> {
+pub fn compile(
+    namespace: &str,
+    name: &str,
+    spec: &WebSocketRouteSpec,
+    resolver: &dyn Resolver,
+) -> Result<Route, Vec<FieldError>> {
     let mut errs = validate(spec);
     let mut backends = Vec::new();
     for (i, b) in spec.backends.iter().enumerate() {
@@ -189,16 +252,29 @@ pub fn compile(namespace: &str, name: &str, spec: &WebSocketRouteSpec, resolver:
         }
         Policy::Cookie => {
             let c = lb.cookie.clone().unwrap_or_default();
-            Balance::Cookie { name: c.name, ttl: c.ttl.non_zero() }
+            Balance::Cookie {
+                name: c.name,
+                ttl: c.ttl.non_zero(),
+            }
         }
     };
     let ka = &spec.keepalive;
     let leg = |interval: crate::api::Duration, timeout: crate::api::Duration| {
-        interval.non_zero().map(|interval| LegPing { interval, timeout: timeout.0 })
+        interval.non_zero().map(|interval| LegPing {
+            interval,
+            timeout: timeout.0,
+        })
     };
     Ok(Route {
-        key: RouteKey { namespace: namespace.to_owned(), name: name.to_owned() },
-        hosts: spec.hostnames.iter().filter_map(|h| HostMatch::parse(h)).collect(),
+        key: RouteKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        },
+        hosts: spec
+            .hostnames
+            .iter()
+            .filter_map(|h| HostMatch::parse(h))
+            .collect(),
         path: match spec.path.kind {
             PathMatchType::Exact => PathRule::Exact(spec.path.value.clone()),
             PathMatchType::PathPrefix => PathRule::Prefix(spec.path.value.clone()),
@@ -225,7 +301,8 @@ pub fn compile(namespace: &str, name: &str, spec: &WebSocketRouteSpec, resolver:
 /// Whether two routes claim the same requests: the same path rule and a shared
 /// hostname (or both without hostnames).
 pub fn overlaps(a: &Route, b: &Route) -> bool {
-    a.path == b.path && (a.hosts.is_empty() && b.hosts.is_empty() || a.hosts.iter().any(|h| b.hosts.contains(h)))
+    a.path == b.path
+        && (a.hosts.is_empty() && b.hosts.is_empty() || a.hosts.iter().any(|h| b.hosts.contains(h)))
 }
 
 #[cfg(test)]

@@ -74,7 +74,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve { config, common } => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
             match rt.block_on(serve(config, common)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -89,7 +92,11 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(loaded) => {
-            println!("{}: {} route(s) valid", path.display(), loaded.table.routes().len());
+            println!(
+                "{}: {} route(s) valid",
+                path.display(),
+                loaded.table.routes().len()
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -102,7 +109,9 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
 async fn serve(config_path: PathBuf, common: Common) -> anyhow::Result<()> {
@@ -111,10 +120,19 @@ async fn serve(config_path: PathBuf, common: Common) -> anyhow::Result<()> {
         let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
     })?;
-    let watched: Vec<PathBuf> = loaded.files.iter().chain(&loaded.tls_files).cloned().collect();
+    let watched: Vec<PathBuf> = loaded
+        .files
+        .iter()
+        .chain(&loaded.tls_files)
+        .cloned()
+        .collect();
     let n = loaded.table.routes().len();
     proxy.apply(loaded.table);
-    proxy.metrics.config_reloads_total.with_label_values(&["success"]).inc();
+    proxy
+        .metrics
+        .config_reloads_total
+        .with_label_values(&["success"])
+        .inc();
     tracing::info!(routes = n, config = %config_path.display(), "route table loaded");
     tokio::spawn({
         let proxy = proxy.clone();
@@ -136,10 +154,22 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
         None => None,
     };
     tokio::spawn(admin::serve(proxy.clone(), admin_socket));
-    let mut listeners = vec![tokio::spawn(proxy::serve_listener(proxy.clone(), Listener { socket: plain, tls: None }))];
+    let mut listeners = vec![tokio::spawn(proxy::serve_listener(
+        proxy.clone(),
+        Listener {
+            socket: plain,
+            tls: None,
+        },
+    ))];
     if let Some(socket) = tls {
         let cfg = proxy::server_config(proxy.clone());
-        listeners.push(tokio::spawn(proxy::serve_listener(proxy.clone(), Listener { socket, tls: Some(cfg) })));
+        listeners.push(tokio::spawn(proxy::serve_listener(
+            proxy.clone(),
+            Listener {
+                socket,
+                tls: Some(cfg),
+            },
+        )));
     }
     tracing::info!(listen = %common.listen, tls_listen = ?common.tls_listen, admin = %common.admin_listen, "wsgate serving");
     shutdown_signal().await;

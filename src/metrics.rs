@@ -6,8 +6,8 @@
 //! batch costs an atomic add, not a label lookup.
 
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric wsgate exports, registered in one registry.
@@ -71,13 +71,24 @@ impl Initiator {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
-    registry.register(Box::new(h.clone())).expect("unique metric");
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
     h
 }
 
@@ -92,24 +103,30 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let route = &["namespace", "route"];
-        let connections_active =
-            IntGaugeVec::new(Opts::new("wsgate_connections_active", "Open WebSocket tunnels."), route)
-                .expect("valid metric");
-        r.register(Box::new(connections_active.clone())).expect("unique metric");
-        let routes = IntGauge::new("wsgate_routes", "Routes in the live table.").expect("valid metric");
+        let connections_active = IntGaugeVec::new(
+            Opts::new("wsgate_connections_active", "Open WebSocket tunnels."),
+            route,
+        )
+        .expect("valid metric");
+        r.register(Box::new(connections_active.clone()))
+            .expect("unique metric");
+        let routes =
+            IntGauge::new("wsgate_routes", "Routes in the live table.").expect("valid metric");
         r.register(Box::new(routes.clone())).expect("unique metric");
         let watch_restarts = IntCounter::new(
             "wsgate_controller_watch_restarts_total",
             "Kubernetes watches that ended with an error and were restarted.",
         )
         .expect("valid metric");
-        r.register(Box::new(watch_restarts.clone())).expect("unique metric");
+        r.register(Box::new(watch_restarts.clone()))
+            .expect("unique metric");
         let last_sync = Gauge::new(
             "wsgate_controller_last_sync_timestamp_seconds",
             "Unix time of the last route table built from a complete view of the Kubernetes API.",
         )
         .expect("valid metric");
-        r.register(Box::new(last_sync.clone())).expect("unique metric");
+        r.register(Box::new(last_sync.clone()))
+            .expect("unique metric");
         Metrics {
             connections_active,
             connections_total: counter(
@@ -190,7 +207,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding never fails");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding never fails");
         String::from_utf8(buf).expect("exposition is UTF-8")
     }
 
@@ -202,18 +221,50 @@ impl Metrics {
         RouteMetrics {
             namespace: namespace.to_owned(),
             route: route.to_owned(),
-            active: self.connections_active.with_label_values(&[namespace, route]),
-            messages_c2b: self.messages_total.with_label_values(&l(namespace, route, "client_to_backend")),
-            messages_b2c: self.messages_total.with_label_values(&l(namespace, route, "backend_to_client")),
-            bytes_c2b: self.bytes_total.with_label_values(&l(namespace, route, "client_to_backend")),
-            bytes_b2c: self.bytes_total.with_label_values(&l(namespace, route, "backend_to_client")),
-            pings_client: self.pings_sent_total.with_label_values(&l(namespace, route, "client")),
-            pings_backend: self.pings_sent_total.with_label_values(&l(namespace, route, "backend")),
-            pong_timeouts_client: self.pong_timeouts_total.with_label_values(&l(namespace, route, "client")),
-            pong_timeouts_backend: self.pong_timeouts_total.with_label_values(&l(namespace, route, "backend")),
-            rtt_client: self.ping_rtt_seconds.with_label_values(&l(namespace, route, "client")),
-            rtt_backend: self.ping_rtt_seconds.with_label_values(&l(namespace, route, "backend")),
-            duration: self.connection_duration_seconds.with_label_values(&[namespace, route]),
+            active: self
+                .connections_active
+                .with_label_values(&[namespace, route]),
+            messages_c2b: self.messages_total.with_label_values(&l(
+                namespace,
+                route,
+                "client_to_backend",
+            )),
+            messages_b2c: self.messages_total.with_label_values(&l(
+                namespace,
+                route,
+                "backend_to_client",
+            )),
+            bytes_c2b: self.bytes_total.with_label_values(&l(
+                namespace,
+                route,
+                "client_to_backend",
+            )),
+            bytes_b2c: self.bytes_total.with_label_values(&l(
+                namespace,
+                route,
+                "backend_to_client",
+            )),
+            pings_client: self
+                .pings_sent_total
+                .with_label_values(&l(namespace, route, "client")),
+            pings_backend: self
+                .pings_sent_total
+                .with_label_values(&l(namespace, route, "backend")),
+            pong_timeouts_client: self
+                .pong_timeouts_total
+                .with_label_values(&l(namespace, route, "client")),
+            pong_timeouts_backend: self
+                .pong_timeouts_total
+                .with_label_values(&l(namespace, route, "backend")),
+            rtt_client: self
+                .ping_rtt_seconds
+                .with_label_values(&l(namespace, route, "client")),
+            rtt_backend: self
+                .ping_rtt_seconds
+                .with_label_values(&l(namespace, route, "backend")),
+            duration: self
+                .connection_duration_seconds
+                .with_label_values(&[namespace, route]),
             all: self.clone(),
         }
     }
@@ -244,7 +295,10 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     /// Counts an upgrade attempt's outcome.
     pub fn outcome(&self, outcome: &str) {
-        self.all.connections_total.with_label_values(&[&self.namespace, &self.route, outcome]).inc();
+        self.all
+            .connections_total
+            .with_label_values(&[&self.namespace, &self.route, outcome])
+            .inc();
     }
 
     /// Counts a closed tunnel.
@@ -259,6 +313,9 @@ impl RouteMetrics {
     /// Counts a proxied plain HTTP request.
     pub fn http(&self, status: u16) {
         let code = status.to_string();
-        self.all.http_requests_total.with_label_values(&[&self.namespace, &self.route, &code]).inc();
+        self.all
+            .http_requests_total
+            .with_label_values(&[&self.namespace, &self.route, &code])
+            .inc();
     }
 }

@@ -37,7 +37,11 @@ impl FromStr for Duration {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("invalid duration {s:?}: expected a number and a unit such as 500ms, 30s, 5m, 1h");
+        let bad = || {
+            format!(
+                "invalid duration {s:?}: expected a number and a unit such as 500ms, 30s, 5m, 1h"
+            )
+        };
         if s.is_empty() {
             return Err(bad());
         }
@@ -52,7 +56,9 @@ impl FromStr for Duration {
             }
             let value: f64 = rest[..num_end].parse().map_err(|_| bad())?;
             rest = &rest[num_end..];
-            let unit_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let unit_end = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let scale = match &rest[..unit_end] {
                 "ms" => 0.001,
                 "s" => 1.0,

@@ -105,7 +105,10 @@ fn default_path() -> String {
 
 impl Default for PathMatch {
     fn default() -> Self {
-        PathMatch { kind: PathMatchType::PathPrefix, value: default_path() }
+        PathMatch {
+            kind: PathMatchType::PathPrefix,
+            value: default_path(),
+        }
     }
 }
 
@@ -227,7 +230,10 @@ fn default_cookie_ttl() -> Duration {
 
 impl Default for AffinityCookie {
     fn default() -> Self {
-        AffinityCookie { name: default_cookie_name(), ttl: default_cookie_ttl() }
+        AffinityCookie {
+            name: default_cookie_name(),
+            ttl: default_cookie_ttl(),
+        }
     }
 }
 
@@ -257,7 +263,11 @@ fn default_ping_timeout() -> Duration {
 
 impl Default for Keepalive {
     fn default() -> Self {
-        Keepalive { interval: default_ping_interval(), timeout: default_ping_timeout(), backend: None }
+        Keepalive {
+            interval: default_ping_interval(),
+            timeout: default_ping_timeout(),
+            backend: None,
+        }
     }
 }
 
@@ -340,7 +350,9 @@ fn default_grace() -> Duration {
 
 impl Default for Drain {
     fn default() -> Self {
-        Drain { grace_period: default_grace() }
+        Drain {
+            grace_period: default_grace(),
+        }
     }
 }
 

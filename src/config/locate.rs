@@ -68,7 +68,13 @@ fn block_end(lines: &[&str], line: usize, col: usize) -> usize {
     lines.len()
 }
 
-fn find_key(lines: &[&str], from: usize, to: usize, parent: isize, key: &str) -> Option<(usize, usize)> {
+fn find_key(
+    lines: &[&str],
+    from: usize,
+    to: usize,
+    parent: isize,
+    key: &str,
+) -> Option<(usize, usize)> {
     let block = format!("{key}:");
     let flow = [format!("{{{key}:"), format!(" {key}:"), format!(",{key}:")];
     for (i, l) in lines.iter().enumerate().take(to).skip(from) {
@@ -90,7 +96,13 @@ fn find_key(lines: &[&str], from: usize, to: usize, parent: isize, key: &str) ->
     None
 }
 
-fn find_item(lines: &[&str], from: usize, to: usize, parent: isize, index: usize) -> Option<(usize, usize)> {
+fn find_item(
+    lines: &[&str],
+    from: usize,
+    to: usize,
+    parent: isize,
+    index: usize,
+) -> Option<(usize, usize)> {
     let mut n = 0;
     let mut item_col = None;
     for (i, l) in lines.iter().enumerate().take(to).skip(from + 1) {
@@ -100,7 +112,7 @@ fn find_item(lines: &[&str], from: usize, to: usize, parent: isize, index: usize
         let t = l.trim_start();
         let col = indent_of(l);
         if t.starts_with("- ") || t == "-" {
-            if col as isize <= parent - 1 && item_col.is_none() && col as isize != parent {
+            if (col as isize) < parent && item_col.is_none() {
                 continue;
             }
             match item_col {

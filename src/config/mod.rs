@@ -34,7 +34,14 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}: {}", self.file.display(), self.line, self.field, self.message)
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.field,
+            self.message
+        )
     }
 }
 
@@ -102,9 +109,13 @@ impl Resolver for std::cell::RefCell<FileResolver<'_>> {
         let key = me.dir.join(key);
         me.tls_files.extend([cert.clone(), key.clone()]);
         let read = |p: &Path, field: &str| {
-            std::fs::read(p).map_err(|e| FieldError::new(field, format!("cannot read {}: {e}", p.display())))
+            std::fs::read(p)
+                .map_err(|e| FieldError::new(field, format!("cannot read {}: {e}", p.display())))
         };
-        let (c, k) = (read(&cert, "spec.tls.certFile")?, read(&key, "spec.tls.keyFile")?);
+        let (c, k) = (
+            read(&cert, "spec.tls.certFile")?,
+            read(&key, "spec.tls.keyFile")?,
+        );
         compile::certified_key(&c, &k).map_err(|e| FieldError::new("spec.tls", e))
     }
 }
@@ -127,7 +138,9 @@ pub fn route_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && p.is_file()
+            !name.starts_with('.')
+                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                && p.is_file()
         })
         .collect();
     files.sort();
@@ -149,7 +162,10 @@ fn documents(text: &str) -> Vec<(usize, String)> {
             d.push('\n');
         }
     }
-    docs.retain(|(_, d)| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')));
+    docs.retain(|(_, d)| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
     docs
 }
 
@@ -164,7 +180,12 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(ConfigError { file: file.clone(), line: 0, field: "file".into(), message: format!("cannot read: {e}") });
+                errors.push(ConfigError {
+                    file: file.clone(),
+                    line: 0,
+                    field: "file".into(),
+                    message: format!("cannot read: {e}"),
+                });
                 continue;
             }
         };
@@ -184,29 +205,55 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
                 }
             };
             if parsed.api_version != API_VERSION {
-                errors.push(at("apiVersion", format!("{:?} is not {API_VERSION}", parsed.api_version)));
+                errors.push(at(
+                    "apiVersion",
+                    format!("{:?} is not {API_VERSION}", parsed.api_version),
+                ));
                 continue;
             }
             if parsed.kind != "WebSocketRoute" {
-                errors.push(at("kind", format!("{:?} is not WebSocketRoute", parsed.kind)));
+                errors.push(at(
+                    "kind",
+                    format!("{:?} is not WebSocketRoute", parsed.kind),
+                ));
                 continue;
             }
             if parsed.metadata.name.is_empty() {
                 errors.push(at("metadata.name", "must not be empty".into()));
                 continue;
             }
-            let ns = parsed.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-            let resolver = std::cell::RefCell::new(FileResolver { dir, tls_files: Vec::new() });
+            let ns = parsed
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let resolver = std::cell::RefCell::new(FileResolver {
+                dir,
+                tls_files: Vec::new(),
+            });
             match compile::compile(&ns, &parsed.metadata.name, &parsed.spec, &resolver) {
                 Ok(route) => {
                     tls_files.extend(resolver.into_inner().tls_files);
                     let line = start + 1;
                     if let Some((_, f, l)) = routes.iter().find(|(r, _, _)| r.key == route.key) {
-                        errors.push(at("metadata.name", format!("route {} is already defined at {}:{l}", route.key, f.display())));
-                    } else if let Some((r, f, l)) = routes.iter().find(|(r, _, _)| compile::overlaps(r, &route)) {
+                        errors.push(at(
+                            "metadata.name",
+                            format!(
+                                "route {} is already defined at {}:{l}",
+                                route.key,
+                                f.display()
+                            ),
+                        ));
+                    } else if let Some((r, f, l)) =
+                        routes.iter().find(|(r, _, _)| compile::overlaps(r, &route))
+                    {
                         errors.push(at(
                             "spec.path",
-                            format!("same hostnames and path as route {} ({}:{l})", r.key, f.display()),
+                            format!(
+                                "same hostnames and path as route {} ({}:{l})",
+                                r.key,
+                                f.display()
+                            ),
                         ));
                     } else {
                         routes.push((route, file.clone(), line));
@@ -219,7 +266,11 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(Loaded { table: RouteTable::new(routes.into_iter().map(|(r, _, _)| r).collect()), files, tls_files })
+    Ok(Loaded {
+        table: RouteTable::new(routes.into_iter().map(|(r, _, _)| r).collect()),
+        files,
+        tls_files,
+    })
 }
 
 /// A YAML or schema error with its line; serde_yaml messages carry the field path.
@@ -234,7 +285,12 @@ fn yaml_error(file: &Path, start: usize, doc: &str, e: &serde_yaml::Error) -> Co
         Some(l) => l.line(),
         None => locate::locate(doc, &field) + 1,
     };
-    ConfigError { file: file.to_owned(), line: start + line, field, message }
+    ConfigError {
+        file: file.to_owned(),
+        line: start + line,
+        field,
+        message,
+    }
 }
 
 #[cfg(test)]
@@ -267,28 +323,47 @@ spec:
         write(dir.path(), "routes.yaml", GOOD);
         write(dir.path(), "notes.txt", "not yaml: [");
         let loaded = load(dir.path()).unwrap();
-        let keys: Vec<_> = loaded.table.routes().iter().map(|r| r.key.to_string()).collect();
+        let keys: Vec<_> = loaded
+            .table
+            .routes()
+            .iter()
+            .map(|r| r.key.to_string())
+            .collect();
         assert_eq!(keys, ["default/a", "games/b"]);
     }
 
     #[test]
     fn errors_name_file_line_and_field() {
         let dir = tempfile::tempdir().unwrap();
-        let bad = GOOD.replace("'127.0.0.1:9002'", "'nope'").replace("metadata: {name: a}", "metadata:\n  name: a\n  labels: {x: y}");
+        let bad = GOOD.replace("'127.0.0.1:9002'", "'nope'").replace(
+            "metadata: {name: a}",
+            "metadata:\n  name: a\n  labels: {x: y}",
+        );
         let f = write(dir.path(), "routes.yaml", &bad);
         let errs = load(&f).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         let line = errs[0].to_string();
-        assert!(line.starts_with(&format!("{}:14: spec.backends[0].address: ", f.display())), "{line}");
+        assert!(
+            line.starts_with(&format!("{}:14: spec.backends[0].address: ", f.display())),
+            "{line}"
+        );
     }
 
     #[test]
     fn schema_errors_carry_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write(dir.path(), "r.yaml", &GOOD.replace("path: {type: Exact", "path: {type: Fuzzy"));
+        let f = write(
+            dir.path(),
+            "r.yaml",
+            &GOOD.replace("path: {type: Exact", "path: {type: Fuzzy"),
+        );
         let errs = load(&f).unwrap_err();
         assert_eq!(errs[0].line, 11, "{errs:?}");
-        let f = write(dir.path(), "r.yaml", &GOOD.replace("  backends: [{address: '127.0.0.1:9001'}]", "  backend: []"));
+        let f = write(
+            dir.path(),
+            "r.yaml",
+            &GOOD.replace("  backends: [{address: '127.0.0.1:9001'}]", "  backend: []"),
+        );
         let errs = load(&f).unwrap_err();
         assert_eq!(errs[0].line, 5, "{errs:?}");
         assert!(errs[0].message.contains("backend"), "{errs:?}");
@@ -297,8 +372,19 @@ spec:
     #[test]
     fn conflicting_routes_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let dup = format!("{GOOD}---\n{}", GOOD.split("---\n").next().unwrap().replace("name: a", "name: c"));
+        let dup = format!(
+            "{GOOD}---\n{}",
+            GOOD.split("---\n")
+                .next()
+                .unwrap()
+                .replace("name: a", "name: c")
+        );
         let errs = load(&write(dir.path(), "r.yaml", &dup)).unwrap_err();
-        assert!(errs[0].message.contains("same hostnames and path as route default/a"), "{errs:?}");
+        assert!(
+            errs[0]
+                .message
+                .contains("same hostnames and path as route default/a"),
+            "{errs:?}"
+        );
     }
 }

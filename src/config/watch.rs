@@ -34,7 +34,11 @@ pub fn reload(proxy: &Proxy, path: &Path) -> Option<Vec<PathBuf>> {
 /// Watches `path` (and its certificate files) and re-applies on change until the
 /// process ends. Directories are watched, not files, so editors that replace a
 /// file by renaming are seen too.
-pub async fn watch(proxy: Arc<Proxy>, path: PathBuf, mut watched: Vec<PathBuf>) -> notify::Result<()> {
+pub async fn watch(
+    proxy: Arc<Proxy>,
+    path: PathBuf,
+    mut watched: Vec<PathBuf>,
+) -> notify::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
@@ -44,24 +48,37 @@ pub async fn watch(proxy: Arc<Proxy>, path: PathBuf, mut watched: Vec<PathBuf>) 
         }
     })?;
     let mut dirs: Vec<PathBuf> = Vec::new();
-    let rewatch = |watcher: &mut notify::RecommendedWatcher, files: &[PathBuf], dirs: &mut Vec<PathBuf>| {
-        let mut want: Vec<PathBuf> = std::iter::once(path.clone())
-            .chain(files.iter().cloned())
-            .map(|p| if p.is_dir() { p } else { p.parent().map(Path::to_path_buf).unwrap_or_default() })
-            .map(|p| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p })
-            .collect();
-        want.sort();
-        want.dedup();
-        for d in dirs.iter().filter(|d| !want.contains(d)) {
-            let _ = watcher.unwatch(d);
-        }
-        for d in want.iter().filter(|d| !dirs.contains(d)) {
-            if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %d.display(), error = %e, "cannot watch");
+    let rewatch =
+        |watcher: &mut notify::RecommendedWatcher, files: &[PathBuf], dirs: &mut Vec<PathBuf>| {
+            let mut want: Vec<PathBuf> = std::iter::once(path.clone())
+                .chain(files.iter().cloned())
+                .map(|p| {
+                    if p.is_dir() {
+                        p
+                    } else {
+                        p.parent().map(Path::to_path_buf).unwrap_or_default()
+                    }
+                })
+                .map(|p| {
+                    if p.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        p
+                    }
+                })
+                .collect();
+            want.sort();
+            want.dedup();
+            for d in dirs.iter().filter(|d| !want.contains(d)) {
+                let _ = watcher.unwatch(d);
             }
-        }
-        *dirs = want;
-    };
+            for d in want.iter().filter(|d| !dirs.contains(d)) {
+                if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch");
+                }
+            }
+            *dirs = want;
+        };
     rewatch(&mut watcher, &watched, &mut dirs);
     while rx.recv().await.is_some() {
         // Editors write in bursts: settle, then reload once.

@@ -33,7 +33,13 @@ pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
 }
 
 fn query<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts.uri.query()?.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+    parts
+        .uri
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 fn hash_key(parts: &Parts, client: IpAddr, key: &HashKey) -> Option<Vec<u8>> {
@@ -47,13 +53,22 @@ fn hash_key(parts: &Parts, client: IpAddr, key: &HashKey) -> Option<Vec<u8>> {
 
 /// Orders the route's backends for this request.
 pub fn choose(route: &Route, runtime: &RouteRuntime, parts: &Parts, client: IpAddr) -> Choice {
-    let eligible: Vec<usize> = (0..route.backends.len()).filter(|&i| route.backends[i].weight > 0).collect();
-    let eligible = if eligible.is_empty() { (0..route.backends.len()).collect() } else { eligible };
+    let eligible: Vec<usize> = (0..route.backends.len())
+        .filter(|&i| route.backends[i].weight > 0)
+        .collect();
+    let eligible = if eligible.is_empty() {
+        (0..route.backends.len()).collect()
+    } else {
+        eligible
+    };
     let mut set_cookie = false;
     let first = match &route.balance {
         Balance::RoundRobin => round_robin(route, runtime, &eligible),
         Balance::LeastConnections => eligible.iter().copied().min_by(|&a, &b| {
-            let load = |i: usize| runtime.backend_load(&route.backends[i].address) as f64 / f64::from(route.backends[i].weight.max(1));
+            let load = |i: usize| {
+                runtime.backend_load(&route.backends[i].address) as f64
+                    / f64::from(route.backends[i].weight.max(1))
+            };
             load(a).total_cmp(&load(b))
         }),
         Balance::ConsistentHash(key) => match hash_key(parts, client, key) {
@@ -69,7 +84,9 @@ pub fn choose(route: &Route, runtime: &RouteRuntime, parts: &Parts, client: IpAd
     };
     let mut order: Vec<usize> = first.into_iter().collect();
     // Failover in round-robin order from the first choice.
-    let start = first.and_then(|f| eligible.iter().position(|&i| i == f)).unwrap_or(0);
+    let start = first
+        .and_then(|f| eligible.iter().position(|&i| i == f))
+        .unwrap_or(0);
     for k in 0..eligible.len() {
         let i = eligible[(start + k) % eligible.len()];
         if !order.contains(&i) {
@@ -81,7 +98,10 @@ pub fn choose(route: &Route, runtime: &RouteRuntime, parts: &Parts, client: IpAd
 
 /// Weighted round robin over a shared counter.
 fn round_robin(route: &Route, runtime: &RouteRuntime, eligible: &[usize]) -> Option<usize> {
-    let total: u64 = eligible.iter().map(|&i| u64::from(route.backends[i].weight.max(1))).sum();
+    let total: u64 = eligible
+        .iter()
+        .map(|&i| u64::from(route.backends[i].weight.max(1)))
+        .sum();
     if total == 0 {
         return None;
     }
@@ -122,10 +142,19 @@ mod tests {
 
     fn route(balance: Balance, backends: &[(&str, u32)]) -> Route {
         Route {
-            key: RouteKey { namespace: "default".into(), name: "r".into() },
+            key: RouteKey {
+                namespace: "default".into(),
+                name: "r".into(),
+            },
             hosts: vec![],
             path: PathRule::Prefix("/".into()),
-            backends: backends.iter().map(|(a, w)| BackendAddr { address: (*a).into(), weight: *w }).collect(),
+            backends: backends
+                .iter()
+                .map(|(a, w)| BackendAddr {
+                    address: (*a).into(),
+                    weight: *w,
+                })
+                .collect(),
             balance,
             client_ping: None,
             backend_ping: None,
@@ -156,7 +185,9 @@ mod tests {
     fn weighted_round_robin() {
         let r = route(Balance::RoundRobin, &[("a:1", 3), ("b:1", 1), ("c:1", 0)]);
         let rt = RouteRuntime::new(Metrics::new().route("default", "r"));
-        let picks: Vec<_> = (0..8).map(|_| choose(&r, &rt, &parts("/", None), [127, 0, 0, 1].into()).order[0]).collect();
+        let picks: Vec<_> = (0..8)
+            .map(|_| choose(&r, &rt, &parts("/", None), [127, 0, 0, 1].into()).order[0])
+            .collect();
         assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 6);
         assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 2);
         assert!(!picks.contains(&2));
@@ -165,10 +196,19 @@ mod tests {
     #[test]
     fn consistent_hash_is_stable_and_moves_little() {
         let key = HashKey::Query("room".into());
-        let r = route(Balance::ConsistentHash(key.clone()), &[("a:1", 1), ("b:1", 1), ("c:1", 1)]);
+        let r = route(
+            Balance::ConsistentHash(key.clone()),
+            &[("a:1", 1), ("b:1", 1), ("c:1", 1)],
+        );
         let rt = RouteRuntime::new(Metrics::new().route("default", "r"));
         let pick = |r: &Route, room: u32| {
-            let i = choose(r, &rt, &parts(&format!("/?room={room}"), None), [127, 0, 0, 1].into()).order[0];
+            let i = choose(
+                r,
+                &rt,
+                &parts(&format!("/?room={room}"), None),
+                [127, 0, 0, 1].into(),
+            )
+            .order[0];
             r.backends[i].address.clone()
         };
         let before: Vec<_> = (0..300).map(|k| pick(&r, k)).collect();
@@ -176,23 +216,43 @@ mod tests {
         let smaller = route(Balance::ConsistentHash(key), &[("a:1", 1), ("b:1", 1)]);
         for (k, b) in before.iter().enumerate() {
             if b != "c:1" {
-                assert_eq!(&pick(&smaller, k as u32), b, "a key moved although its backend stayed");
+                assert_eq!(
+                    &pick(&smaller, k as u32),
+                    b,
+                    "a key moved although its backend stayed"
+                );
             }
         }
     }
 
     #[test]
     fn cookie_affinity_honoured_and_set() {
-        let r = route(Balance::Cookie { name: "aff".into(), ttl: None }, &[("a:1", 1), ("b:1", 1)]);
+        let r = route(
+            Balance::Cookie {
+                name: "aff".into(),
+                ttl: None,
+            },
+            &[("a:1", 1), ("b:1", 1)],
+        );
         let rt = RouteRuntime::new(Metrics::new().route("default", "r"));
         let first = choose(&r, &rt, &parts("/", None), [127, 0, 0, 1].into());
         assert!(first.set_cookie);
         let id = r.backends[1].affinity_id();
         for _ in 0..4 {
-            let c = choose(&r, &rt, &parts("/", Some(&format!("x=1; aff={id}"))), [127, 0, 0, 1].into());
+            let c = choose(
+                &r,
+                &rt,
+                &parts("/", Some(&format!("x=1; aff={id}"))),
+                [127, 0, 0, 1].into(),
+            );
             assert_eq!((c.order[0], c.set_cookie), (1, false));
         }
-        let stale = choose(&r, &rt, &parts("/", Some("aff=0000")), [127, 0, 0, 1].into());
+        let stale = choose(
+            &r,
+            &rt,
+            &parts("/", Some("aff=0000")),
+            [127, 0, 0, 1].into(),
+        );
         assert!(stale.set_cookie);
     }
 }

@@ -104,7 +104,9 @@ impl FrameHeader {
                 b.copy_from_slice(&buf[2..10]);
                 let len = u64::from_be_bytes(b);
                 if len >> 63 != 0 {
-                    return Err(FrameError::Protocol("64-bit payload length with the high bit set"));
+                    return Err(FrameError::Protocol(
+                        "64-bit payload length with the high bit set",
+                    ));
                 }
                 len
             }
@@ -114,7 +116,14 @@ impl FrameHeader {
             let m = &buf[header_len - 4..header_len];
             [m[0], m[1], m[2], m[3]]
         });
-        let header = FrameHeader { fin: b0 & 0x80 != 0, rsv: (b0 >> 4) & 0x7, opcode, mask, payload_len, header_len };
+        let header = FrameHeader {
+            fin: b0 & 0x80 != 0,
+            rsv: (b0 >> 4) & 0x7,
+            opcode,
+            mask,
+            payload_len,
+            header_len,
+        };
         match opcode {
             OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
             OP_CLOSE | OP_PING | OP_PONG => {
@@ -122,7 +131,9 @@ impl FrameHeader {
                     return Err(FrameError::Protocol("fragmented control frame"));
                 }
                 if payload_len > MAX_CONTROL_PAYLOAD as u64 {
-                    return Err(FrameError::Protocol("control frame payload longer than 125 bytes"));
+                    return Err(FrameError::Protocol(
+                        "control frame payload longer than 125 bytes",
+                    ));
                 }
             }
             _ => return Err(FrameError::Protocol("reserved opcode")),
@@ -142,7 +153,12 @@ pub fn control_frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u
         Some(key) => {
             out.push(0x80 | len as u8);
             out.extend_from_slice(&key);
-            out.extend(payload[..len].iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            out.extend(
+                payload[..len]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key[i % 4]),
+            );
         }
         None => {
             out.push(len as u8);
@@ -167,7 +183,11 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
 pub fn control_payload(header: &FrameHeader, frame: &[u8]) -> Vec<u8> {
     let payload = &frame[header.header_len..];
     match header.mask {
-        Some(key) => payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect(),
+        Some(key) => payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect(),
         None => payload.to_vec(),
     }
 }
@@ -217,7 +237,12 @@ impl FrameReader {
     }
 
     /// Feeds bytes; `max_message` (0 = none) bounds each message's total payload.
-    pub fn feed(&mut self, mut input: &[u8], max_message: u64, sink: &mut impl FrameSink) -> Result<(), FrameError> {
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        max_message: u64,
+        sink: &mut impl FrameSink,
+    ) -> Result<(), FrameError> {
         while !input.is_empty() {
             if self.remaining > 0 {
                 let n = self.remaining.min(input.len() as u64) as usize;
@@ -268,7 +293,9 @@ impl FrameReader {
             if self.pending.len() < want {
                 continue;
             }
-            let Some(h) = FrameHeader::parse(&self.pending)? else { continue };
+            let Some(h) = FrameHeader::parse(&self.pending)? else {
+                continue;
+            };
             if !h.is_control() {
                 let held = std::mem::take(&mut self.pending);
                 self.start_data(&h, max_message, sink)?;
@@ -281,15 +308,29 @@ impl FrameReader {
         Ok(())
     }
 
-    fn start_data(&mut self, h: &FrameHeader, max_message: u64, sink: &mut impl FrameSink) -> Result<(), FrameError> {
+    fn start_data(
+        &mut self,
+        h: &FrameHeader,
+        max_message: u64,
+        sink: &mut impl FrameSink,
+    ) -> Result<(), FrameError> {
         match (h.opcode, self.in_message) {
-            (OP_CONTINUATION, false) => return Err(FrameError::Protocol("continuation frame outside a message")),
-            (OP_TEXT | OP_BINARY, true) => return Err(FrameError::Protocol("new message inside a fragmented message")),
+            (OP_CONTINUATION, false) => {
+                return Err(FrameError::Protocol("continuation frame outside a message"))
+            }
+            (OP_TEXT | OP_BINARY, true) => {
+                return Err(FrameError::Protocol(
+                    "new message inside a fragmented message",
+                ))
+            }
             _ => {}
         }
         self.message_len = self.message_len.saturating_add(h.payload_len);
         if max_message > 0 && self.message_len > max_message {
-            return Err(FrameError::TooBig { size: self.message_len, limit: max_message });
+            return Err(FrameError::TooBig {
+                size: self.message_len,
+                limit: max_message,
+            });
         }
         self.in_message = !h.fin;
         if h.fin {
@@ -354,7 +395,10 @@ mod tests {
     fn parses_header_lengths() {
         let f = frame(true, OP_BINARY, &[7; 300], Some([1, 2, 3, 4]));
         let h = FrameHeader::parse(&f).unwrap().unwrap();
-        assert_eq!((h.header_len, h.payload_len, h.mask), (8, 300, Some([1, 2, 3, 4])));
+        assert_eq!(
+            (h.header_len, h.payload_len, h.mask),
+            (8, 300, Some([1, 2, 3, 4]))
+        );
         let f = frame(true, OP_TEXT, &vec![b'a'; 70_000], None);
         let h = FrameHeader::parse(&f).unwrap().unwrap();
         assert_eq!((h.header_len, h.payload_len), (10, 70_000));
@@ -386,8 +430,16 @@ mod tests {
     fn enforces_message_limit_across_fragments() {
         let mut stream = frame(false, OP_BINARY, &[0; 60], None);
         stream.extend(frame(true, OP_CONTINUATION, &[0; 60], None));
-        let err = FrameReader::default().feed(&stream, 100, &mut Collect::default()).unwrap_err();
-        assert_eq!(err, FrameError::TooBig { size: 120, limit: 100 });
+        let err = FrameReader::default()
+            .feed(&stream, 100, &mut Collect::default())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::TooBig {
+                size: 120,
+                limit: 100
+            }
+        );
         assert_eq!(err.close_code(), 1009);
     }
 

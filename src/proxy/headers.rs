@@ -62,7 +62,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, tls: bool) {
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
     if let Some(host) = headers.get(HOST).cloned() {
         headers.insert("x-forwarded-host", host);
     }
@@ -78,7 +81,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_named() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-app", HeaderValue::from_static("2"));
@@ -102,7 +108,10 @@ mod tests {
     #[test]
     fn upgrade_detection_is_token_based() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
         h.insert("upgrade", HeaderValue::from_static("WebSocket"));
         assert!(is_websocket_upgrade(&h));
         h.insert("upgrade", HeaderValue::from_static("h2c"));

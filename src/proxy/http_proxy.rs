@@ -33,11 +33,20 @@ pub fn client() -> Client {
 }
 
 /// Proxies one plain HTTP request.
-pub async fn forward(proxy: &Arc<Proxy>, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
+pub async fn forward(
+    proxy: &Arc<Proxy>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<Body> {
     let live = proxy.live();
     let host = request_host(&req);
     let Some(route) = live.table.find(&host, req.uri().path()).cloned() else {
-        proxy.metrics.http_requests_total.with_label_values(&["", "", "404"]).inc();
+        proxy
+            .metrics
+            .http_requests_total
+            .with_label_values(&["", "", "404"])
+            .inc();
         return status(StatusCode::NOT_FOUND, "no route for this host and path");
     };
     let runtime = live.runtimes[&route.key].clone();
@@ -45,22 +54,32 @@ pub async fn forward(proxy: &Arc<Proxy>, req: Request<Incoming>, peer: SocketAdd
     let m = &runtime.metrics;
     if !route.proxy_http {
         m.http(426);
-        let mut r = status(StatusCode::UPGRADE_REQUIRED, "this route only accepts WebSocket upgrades");
-        r.headers_mut().insert(UPGRADE, HeaderValue::from_static("websocket"));
+        let mut r = status(
+            StatusCode::UPGRADE_REQUIRED,
+            "this route only accepts WebSocket upgrades",
+        );
+        r.headers_mut()
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
         return r;
     }
     let (mut parts, body) = req.into_parts();
     let choice = balance::choose(&route, &runtime, &parts, peer.ip());
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, peer, tls);
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
     // A request without a body can be retried on the next backend when a connect
     // fails; one with a body is sent once (its bytes may already be gone).
     let bodyless = body_is_empty(&parts.headers);
     let mut body = Some(body.boxed());
     for (attempt, &index) in choice.order.iter().enumerate() {
         let backend = &route.backends[index];
-        let Ok(uri) = format!("http://{}{}", backend.address, path).parse::<Uri>() else { break };
+        let Ok(uri) = format!("http://{}{}", backend.address, path).parse::<Uri>() else {
+            break;
+        };
         let mut p = parts.clone();
         p.uri = uri;
         let Some(b) = body.take() else { break };
@@ -82,7 +101,11 @@ pub async fn forward(proxy: &Arc<Proxy>, req: Request<Incoming>, peer: SocketAdd
                 if !(bodyless && e.is_connect()) || attempt + 1 == choice.order.len() {
                     break;
                 }
-                body = Some(http_body_util::Empty::<Bytes>::new().map_err(|n| match n {}).boxed());
+                body = Some(
+                    http_body_util::Empty::<Bytes>::new()
+                        .map_err(|n| match n {})
+                        .boxed(),
+                );
             }
         }
     }
@@ -91,6 +114,8 @@ pub async fn forward(proxy: &Arc<Proxy>, req: Request<Incoming>, peer: SocketAdd
 }
 
 fn body_is_empty(headers: &http::HeaderMap) -> bool {
-    let cl = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+    let cl = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok());
     !headers.contains_key(http::header::TRANSFER_ENCODING) && cl.is_none_or(|v| v.trim() == "0")
 }

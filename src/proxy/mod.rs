@@ -53,7 +53,10 @@ impl Proxy {
     /// A proxy with an empty table (not ready until the first [`Proxy::apply`]).
     pub fn new(metrics: Metrics) -> Arc<Self> {
         Arc::new(Proxy {
-            live: ArcSwap::from_pointee(Live { table: RouteTable::default(), runtimes: HashMap::new() }),
+            live: ArcSwap::from_pointee(Live {
+                table: RouteTable::default(),
+                runtimes: HashMap::new(),
+            }),
             runtimes: Mutex::default(),
             registry: Registry::default(),
             metrics,
@@ -87,7 +90,11 @@ impl Proxy {
         for r in table.routes() {
             let rt = all
                 .entry(r.key.clone())
-                .or_insert_with(|| Arc::new(RouteRuntime::new(self.metrics.route(&r.key.namespace, &r.key.name))))
+                .or_insert_with(|| {
+                    Arc::new(RouteRuntime::new(
+                        self.metrics.route(&r.key.namespace, &r.key.name),
+                    ))
+                })
                 .clone();
             runtimes.insert(r.key.clone(), rt);
         }
@@ -96,19 +103,27 @@ impl Proxy {
         drop(all);
         self.metrics.routes.set(table.routes().len() as i64);
         let now = Instant::now();
-        let by_key: HashMap<&RouteKey, &Arc<Route>> = table.routes().iter().map(|r| (&r.key, r)).collect();
+        let by_key: HashMap<&RouteKey, &Arc<Route>> =
+            table.routes().iter().map(|r| (&r.key, r)).collect();
         for t in self.registry.snapshot() {
             match by_key.get(&t.route.key) {
                 None => {
                     tracing::info!(tunnel = t.id, route = %t.route.key, grace = ?t.route.drain_grace, "route removed; draining tunnel");
-                    self.registry.schedule_close(&t, Some(now + t.route.drain_grace), CloseReason::Drain);
+                    self.registry.schedule_close(
+                        &t,
+                        Some(now + t.route.drain_grace),
+                        CloseReason::Drain,
+                    );
                 }
                 Some(r) if !r.backends.iter().any(|b| b.address == t.backend) => {
                     tracing::info!(tunnel = t.id, route = %t.route.key, backend = %t.backend, grace = ?r.drain_grace, "backend removed; draining tunnel");
-                    self.registry.schedule_close(&t, Some(now + r.drain_grace), CloseReason::Drain);
+                    self.registry
+                        .schedule_close(&t, Some(now + r.drain_grace), CloseReason::Drain);
                 }
                 Some(_) => {
-                    if t.close_deadline(self.registry.epoch()).is_some() && t.close_reason() == CloseReason::Drain {
+                    if t.close_deadline(self.registry.epoch()).is_some()
+                        && t.close_reason() == CloseReason::Drain
+                    {
                         self.registry.schedule_close(&t, None, CloseReason::Drain);
                     }
                 }
@@ -136,7 +151,8 @@ impl Proxy {
         for (i, t) in tunnels.iter().enumerate() {
             // The i-th tunnel closes at (i+1)/n of the window, the last one at its end.
             let at = start + drain.mul_f64((i + 1) as f64 / n.max(1) as f64);
-            self.registry.schedule_close(t, Some(at), CloseReason::Shutdown);
+            self.registry
+                .schedule_close(t, Some(at), CloseReason::Shutdown);
         }
         let limit = start + drain + Duration::from_secs(5);
         while !self.registry.is_empty() && Instant::now() < limit {

@@ -41,7 +41,12 @@ impl RouteRuntime {
 
     /// Open tunnels to a backend.
     pub fn backend_load(&self, address: &str) -> u64 {
-        self.per_backend.lock().expect("lock").get(address).copied().unwrap_or(0)
+        self.per_backend
+            .lock()
+            .expect("lock")
+            .get(address)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Counts a tunnel in, unless a limit forbids it: `Err(503)` for the route's
@@ -64,7 +69,11 @@ impl RouteRuntime {
         *n += 1;
         drop(per_ip);
         self.metrics.active.inc();
-        Ok(Admission { runtime: self.clone(), ip, backend: None })
+        Ok(Admission {
+            runtime: self.clone(),
+            ip,
+            backend: None,
+        })
     }
 }
 
@@ -78,7 +87,13 @@ pub struct Admission {
 impl Admission {
     /// Counts the tunnel against the backend it reached.
     pub fn set_backend(&mut self, address: &str) {
-        *self.runtime.per_backend.lock().expect("lock").entry(address.to_owned()).or_default() += 1;
+        *self
+            .runtime
+            .per_backend
+            .lock()
+            .expect("lock")
+            .entry(address.to_owned())
+            .or_default() += 1;
         self.backend = Some(address.to_owned());
     }
 }
@@ -196,7 +211,11 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { epoch: Instant::now(), next_id: AtomicU64::new(1), tunnels: Mutex::default() }
+        Registry {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(1),
+            tunnels: Mutex::default(),
+        }
     }
 }
 
@@ -229,7 +248,10 @@ impl Registry {
             close_reason: AtomicU64::new(0),
             wake: Notify::new(),
         });
-        self.tunnels.lock().expect("lock").insert(info.id, info.clone());
+        self.tunnels
+            .lock()
+            .expect("lock")
+            .insert(info.id, info.clone());
         info
     }
 
@@ -250,7 +272,13 @@ impl Registry {
 
     /// A snapshot of the open tunnels.
     pub fn snapshot(&self) -> Vec<Arc<TunnelInfo>> {
-        let mut v: Vec<_> = self.tunnels.lock().expect("lock").values().cloned().collect();
+        let mut v: Vec<_> = self
+            .tunnels
+            .lock()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by_key(|t| t.id);
         v
     }
@@ -260,14 +288,17 @@ impl Registry {
         if reason == CloseReason::Drain && t.close_reason() == CloseReason::Shutdown {
             return;
         }
-        let ms = at.map_or(u64::MAX, |at| at.saturating_duration_since(self.epoch).as_millis() as u64);
+        let ms = at.map_or(u64::MAX, |at| {
+            at.saturating_duration_since(self.epoch).as_millis() as u64
+        });
         let old = t.close_at.load(Relaxed);
         // A drain never postpones a deadline already set, so repeated reloads cannot
         // keep a tunnel of a removed backend alive forever.
         if reason == CloseReason::Drain && at.is_some() && old != u64::MAX {
             return;
         }
-        t.close_reason.store(u64::from(reason == CloseReason::Shutdown), Relaxed);
+        t.close_reason
+            .store(u64::from(reason == CloseReason::Shutdown), Relaxed);
         t.close_at.store(ms, Relaxed);
         if old != ms {
             t.wake.notify_one();

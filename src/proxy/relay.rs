@@ -237,7 +237,13 @@ impl Relay {
     pub async fn run(mut self, client_early: bytes::Bytes, backend_early: bytes::Bytes) {
         let route = self.info.route.clone();
         let now = Instant::now();
-        let leg = |ping| Leg { ping, last_rx: now, outstanding: None, eof: false, maybe_more: false };
+        let leg = |ping| Leg {
+            ping,
+            last_rx: now,
+            outstanding: None,
+            eof: false,
+            maybe_more: false,
+        };
         let mut st = State {
             c: leg(route.client_ping),
             b: leg(route.backend_ping),
@@ -368,10 +374,23 @@ impl Relay {
         let max = self.info.route.max_message_bytes;
         out.clear();
         let dir = st.from(side);
-        let mut pass =
-            Pass { out, discard: dir.close_sent, messages: 0, bytes: 0, close: None, pong: None };
+        let mut pass = Pass {
+            out,
+            discard: dir.close_sent,
+            messages: 0,
+            bytes: 0,
+            close: None,
+            pong: None,
+        };
         let result = dir.reader.feed(input, max, &mut pass);
-        let Pass { out, messages, bytes, close, pong, .. } = pass;
+        let Pass {
+            out,
+            messages,
+            bytes,
+            close,
+            pong,
+            ..
+        } = pass;
         let (dst, dir) = match side {
             Side::Client => (&mut self.backend, &mut st.c2b),
             Side::Backend => (&mut self.client, &mut st.b2c),
@@ -380,8 +399,18 @@ impl Relay {
         if messages > 0 || bytes > 0 {
             st.last_data = now;
             let (m, b, mc, bc) = match side {
-                Side::Client => (&self.info.c2b_messages, &self.info.c2b_bytes, &self.runtime.metrics.messages_c2b, &self.runtime.metrics.bytes_c2b),
-                Side::Backend => (&self.info.b2c_messages, &self.info.b2c_bytes, &self.runtime.metrics.messages_b2c, &self.runtime.metrics.bytes_b2c),
+                Side::Client => (
+                    &self.info.c2b_messages,
+                    &self.info.c2b_bytes,
+                    &self.runtime.metrics.messages_c2b,
+                    &self.runtime.metrics.bytes_c2b,
+                ),
+                Side::Backend => (
+                    &self.info.b2c_messages,
+                    &self.info.b2c_bytes,
+                    &self.runtime.metrics.messages_b2c,
+                    &self.runtime.metrics.bytes_b2c,
+                ),
             };
             m.fetch_add(messages, Relaxed);
             b.fetch_add(bytes, Relaxed);
@@ -395,8 +424,12 @@ impl Relay {
                     leg.outstanding = None;
                     let rtt = now.duration_since(sent);
                     let (hist, slot) = match side {
-                        Side::Client => (&self.runtime.metrics.rtt_client, &self.info.client_rtt_us),
-                        Side::Backend => (&self.runtime.metrics.rtt_backend, &self.info.backend_rtt_us),
+                        Side::Client => {
+                            (&self.runtime.metrics.rtt_client, &self.info.client_rtt_us)
+                        }
+                        Side::Backend => {
+                            (&self.runtime.metrics.rtt_backend, &self.info.backend_rtt_us)
+                        }
                     };
                     hist.observe(rtt.as_secs_f64());
                     slot.store(rtt.as_micros() as u64, Relaxed);
@@ -500,7 +533,10 @@ impl Relay {
             }
         }
         let route = self.info.route.clone();
-        if route.max_lifetime.is_some_and(|l| now >= self.info.opened + l) {
+        if route
+            .max_lifetime
+            .is_some_and(|l| now >= self.info.opened + l)
+        {
             self.proxy_close(1001, "maximum tunnel lifetime reached", st);
             return;
         }
@@ -512,19 +548,17 @@ impl Relay {
             let leg = st.leg(side);
             let Some(p) = leg.ping else { continue };
             match leg.outstanding {
-                Some((_, sent)) if leg.last_rx <= sent => {
-                    if now >= sent + p.timeout {
-                        let m = &self.runtime.metrics;
-                        match side {
-                            Side::Client => m.pong_timeouts_client.inc(),
-                            Side::Backend => m.pong_timeouts_backend.inc(),
-                        }
-                        tracing::info!(tunnel = self.info.id, route = %route.key, peer = ?side, "no answer to keepalive ping; closing tunnel");
-                        st.first_close.get_or_insert((1001, Initiator::Proxy));
-                        self.proxy_close(1001, "peer did not answer keepalive ping", st);
-                        return;
+                Some((_, sent)) if leg.last_rx <= sent && now >= sent + p.timeout => {
+                    let m = &self.runtime.metrics;
+                    match side {
+                        Side::Client => m.pong_timeouts_client.inc(),
+                        Side::Backend => m.pong_timeouts_backend.inc(),
                     }
+                    tracing::info!(tunnel = self.info.id, route = %route.key, peer = ?side, "no answer to keepalive ping; closing tunnel");
+                    self.proxy_close(1001, "peer did not answer keepalive ping", st);
+                    return;
                 }
+                Some((_, sent)) if leg.last_rx <= sent => {}
                 _ if now >= leg.last_rx + p.interval => self.ping(side, st),
                 _ => {}
             }
@@ -538,7 +572,9 @@ impl Relay {
         };
         if dir.close_sent || !dir.reader.at_boundary() {
             // Mid-frame toward this peer: the timer fires again right after.
-            st.leg(to).last_rx = Instant::now() - st.leg(to).ping.map_or(Duration::ZERO, |p| p.interval) + Duration::from_millis(20);
+            st.leg(to).last_rx = Instant::now()
+                - st.leg(to).ping.map_or(Duration::ZERO, |p| p.interval)
+                + Duration::from_millis(20);
             return;
         }
         let token = rand::random::<u64>();
@@ -559,7 +595,14 @@ impl Relay {
     }
 
     async fn finish(mut self, st: State) {
-        let State { mut c2b, mut b2c, first_close, c, b, .. } = st;
+        let State {
+            mut c2b,
+            mut b2c,
+            first_close,
+            c,
+            b,
+            ..
+        } = st;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         // Last bytes (typically the Close frames) go out within a short bound.
         let _ = tokio::time::timeout_at(deadline, async {
@@ -583,7 +626,12 @@ impl Relay {
         let m = &self.runtime.metrics;
         m.close(code, initiator);
         m.duration.observe(self.info.opened.elapsed().as_secs_f64());
-        tracing::debug!(tunnel = self.info.id, code, initiator = initiator.as_str(), "tunnel closed");
+        tracing::debug!(
+            tunnel = self.info.id,
+            code,
+            initiator = initiator.as_str(),
+            "tunnel closed"
+        );
         drop(self.admission);
     }
 }

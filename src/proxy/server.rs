@@ -41,10 +41,15 @@ pub struct Listener {
 
 /// A short plain-text response from wsgate itself.
 pub fn status(code: StatusCode, message: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("{message}\n"))).map_err(|n: Infallible| match n {}).boxed();
+    let body = Full::new(Bytes::from(format!("{message}\n")))
+        .map_err(|n: Infallible| match n {})
+        .boxed();
     let mut r = Response::new(body);
     *r.status_mut() = code;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -78,17 +83,26 @@ pub async fn serve_listener(proxy: Arc<Proxy>, listener: Listener) {
     }
 }
 
-async fn connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, tls: Option<Arc<ServerConfig>>) {
+async fn connection(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<ServerConfig>>,
+) {
     let _ = tcp.set_nodelay(true);
     let stream = match tls {
-        Some(cfg) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, TlsAcceptor::from(cfg).accept(tcp)).await {
-            Ok(Ok(s)) => Stream::Tls(Box::new(s)),
-            Ok(Err(e)) => {
-                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                return;
+        Some(cfg) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, TlsAcceptor::from(cfg).accept(tcp))
+                .await
+            {
+                Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
             }
-            Err(_) => return,
-        },
+        }
         None => Stream::Tcp(tcp),
     };
     let is_tls = matches!(stream, Stream::Tls(_));

@@ -39,7 +39,9 @@ impl HostMatch {
         let valid = |h: &str| {
             !h.is_empty()
                 && h.split('.').all(|l| {
-                    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 })
         };
         match s.strip_prefix("*.") {
@@ -54,7 +56,9 @@ impl HostMatch {
     fn score(&self, host: &str) -> Option<usize> {
         match self {
             HostMatch::Exact(h) => (h == host).then_some(usize::MAX),
-            HostMatch::Suffix(s) => (host.len() > s.len() && host.ends_with(s.as_str())).then_some(s.len()),
+            HostMatch::Suffix(s) => {
+                (host.len() > s.len() && host.ends_with(s.as_str())).then_some(s.len())
+            }
         }
     }
 
@@ -80,7 +84,8 @@ impl PathRule {
             PathRule::Exact(p) => (p == path).then_some(p.len() * 2 + 1),
             PathRule::Prefix(p) => {
                 let p = p.trim_end_matches('/');
-                let hit = path.starts_with(p) && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/');
+                let hit = path.starts_with(p)
+                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/');
                 hit.then_some(p.len() * 2)
             }
         }
@@ -105,7 +110,9 @@ impl BackendAddr {
 
 /// FNV-1a: a stable hash for affinity ids and consistent hashing (not for secrets).
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// How a backend is picked.
@@ -213,7 +220,9 @@ pub struct RouteTable {
 impl RouteTable {
     /// A table of these routes (already validated; see `crate::compile`).
     pub fn new(routes: Vec<Route>) -> Self {
-        RouteTable { routes: routes.into_iter().map(Arc::new).collect() }
+        RouteTable {
+            routes: routes.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// All routes.
@@ -230,9 +239,16 @@ impl RouteTable {
             let host_score = if route.hosts.is_empty() {
                 Some(0)
             } else {
-                route.hosts.iter().filter_map(|h| h.score(&host)).max().map(|s| s.saturating_add(1).max(1))
+                route
+                    .hosts
+                    .iter()
+                    .filter_map(|h| h.score(&host))
+                    .max()
+                    .map(|s| s.saturating_add(1).max(1))
             };
-            let (Some(hs), Some(ps)) = (host_score, route.path.score(path)) else { continue };
+            let (Some(hs), Some(ps)) = (host_score, route.path.score(path)) else {
+                continue;
+            };
             if best.as_ref().is_none_or(|(score, _)| (hs, ps) > *score) {
                 best = Some(((hs, ps), route));
             }
@@ -264,7 +280,13 @@ pub fn normalize_host(host: &str) -> String {
     let h = if host.starts_with('[') {
         host.split_inclusive(']').next().unwrap_or(host)
     } else {
-        host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+        host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
     };
     h.trim_end_matches('.').to_ascii_lowercase()
 }
@@ -275,7 +297,10 @@ mod tests {
 
     fn route(name: &str, hosts: &[&str], path: PathRule) -> Route {
         Route {
-            key: RouteKey { namespace: "default".into(), name: name.into() },
+            key: RouteKey {
+                namespace: "default".into(),
+                name: name.into(),
+            },
             hosts: hosts.iter().map(|h| HostMatch::parse(h).unwrap()).collect(),
             path,
             backends: vec![],
@@ -320,8 +345,14 @@ mod tests {
             route("exact", &["chat.example.com"], PathRule::Prefix("/".into())),
         ]);
         let name = |h: &str, p: &str| t.find(h, p).map(|r| r.key.name.clone());
-        assert_eq!(name("chat.example.com:8080", "/deep/path").as_deref(), Some("exact"));
-        assert_eq!(name("Game.Example.com", "/deep/path").as_deref(), Some("wild"));
+        assert_eq!(
+            name("chat.example.com:8080", "/deep/path").as_deref(),
+            Some("exact")
+        );
+        assert_eq!(
+            name("Game.Example.com", "/deep/path").as_deref(),
+            Some("wild")
+        );
         assert_eq!(name("example.com", "/deep/path").as_deref(), Some("any"));
         assert_eq!(name("example.com", "/"), None);
     }

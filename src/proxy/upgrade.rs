@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, SET_COOKIE, UPGRADE};
+use http::header::{
+    HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, SET_COOKIE, UPGRADE,
+};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -16,8 +19,8 @@ use tokio::net::TcpStream;
 
 use super::balance::{self, Choice};
 use super::headers::{set_forwarded, strip_hop_by_hop};
-use super::relay::Relay;
 use super::registry::CloseReason;
+use super::relay::Relay;
 use super::server::{request_host, status, Body};
 use super::stream::Stream;
 use super::table::{Balance, Route};
@@ -33,16 +36,28 @@ pub fn accept_key(key: &[u8]) -> String {
 
 fn protocols(v: Option<&HeaderValue>) -> Vec<String> {
     v.and_then(|v| v.to_str().ok())
-        .map(|s| s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect())
+        .map(|s| {
+            s.split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// `Set-Cookie` for the affinity cookie of the backend at `address`.
 pub fn affinity_cookie(route: &Route, backend: usize) -> Option<HeaderValue> {
-    let Balance::Cookie { name, ttl } = &route.balance else { return None };
+    let Balance::Cookie { name, ttl } = &route.balance else {
+        return None;
+    };
     let id = route.backends.get(backend)?.affinity_id();
-    let max_age = ttl.map(|t| format!("; Max-Age={}", t.as_secs())).unwrap_or_default();
-    HeaderValue::from_str(&format!("{name}={id}; Path=/; HttpOnly; SameSite=Lax{max_age}")).ok()
+    let max_age = ttl
+        .map(|t| format!("; Max-Age={}", t.as_secs()))
+        .unwrap_or_default();
+    HeaderValue::from_str(&format!(
+        "{name}={id}; Path=/; HttpOnly; SameSite=Lax{max_age}"
+    ))
+    .ok()
 }
 
 /// Dials the backends in order; the first that accepts within the connect timeout wins.
@@ -54,19 +69,32 @@ pub async fn connect(route: &Route, choice: &Choice) -> Option<(usize, TcpStream
                 let _ = s.set_nodelay(true);
                 return Some((i, s));
             }
-            Ok(Err(e)) => tracing::warn!(route = %route.key, backend = %addr, error = %e, "backend connect failed"),
-            Err(_) => tracing::warn!(route = %route.key, backend = %addr, "backend connect timed out"),
+            Ok(Err(e)) => {
+                tracing::warn!(route = %route.key, backend = %addr, error = %e, "backend connect failed")
+            }
+            Err(_) => {
+                tracing::warn!(route = %route.key, backend = %addr, "backend connect timed out")
+            }
         }
     }
     None
 }
 
 /// Handles an upgrade request end to end.
-pub async fn websocket(proxy: &Arc<Proxy>, mut req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
+pub async fn websocket(
+    proxy: &Arc<Proxy>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<Body> {
     let live = proxy.live();
     let host = request_host(&req);
     let Some(route) = live.table.find(&host, req.uri().path()).cloned() else {
-        proxy.metrics.connections_total.with_label_values(&["", "", "rejected"]).inc();
+        proxy
+            .metrics
+            .connections_total
+            .with_label_values(&["", "", "rejected"])
+            .inc();
         return status(StatusCode::NOT_FOUND, "no route for this host and path");
     };
     let runtime = live.runtimes[&route.key].clone();
@@ -80,34 +108,68 @@ pub async fn websocket(proxy: &Arc<Proxy>, mut req: Request<Incoming>, peer: Soc
 
     // §4.2.1: a GET over HTTP/1.1 with a 16-byte base64 key and version 13.
     if req.method() != Method::GET || req.version() != Version::HTTP_11 {
-        return reject(StatusCode::BAD_REQUEST, "a WebSocket upgrade must be an HTTP/1.1 GET");
+        return reject(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade must be an HTTP/1.1 GET",
+        );
     }
-    let key = req.headers().get(SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec()).unwrap_or_default();
-    let key_ok = base64::engine::general_purpose::STANDARD.decode(&key).is_ok_and(|k| k.len() == 16);
+    let key = req
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+        .unwrap_or_default();
+    let key_ok = base64::engine::general_purpose::STANDARD
+        .decode(&key)
+        .is_ok_and(|k| k.len() == 16);
     if !key_ok {
-        return reject(StatusCode::BAD_REQUEST, "missing or invalid Sec-WebSocket-Key");
+        return reject(
+            StatusCode::BAD_REQUEST,
+            "missing or invalid Sec-WebSocket-Key",
+        );
     }
-    match req.headers().get(SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) {
+    match req
+        .headers()
+        .get(SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+    {
         None => return reject(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Version"),
         Some(b"13") => {}
         Some(_) => {
-            let mut r = reject(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version; this server speaks 13");
-            r.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            let mut r = reject(
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported WebSocket version; this server speaks 13",
+            );
+            r.headers_mut()
+                .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
             return r;
         }
     }
     if !route.allowed_origins.is_empty() {
-        let origin = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok()).unwrap_or("");
-        if !route.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        let origin = req
+            .headers()
+            .get(ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .unwrap_or("");
+        if !route
+            .allowed_origins
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(origin))
+        {
             return reject(StatusCode::FORBIDDEN, "Origin not allowed");
         }
     }
     let offered = protocols(req.headers().get(SEC_WEBSOCKET_PROTOCOL));
     if !route.subprotocols.is_empty() && !offered.is_empty() {
-        let allowed: Vec<&str> =
-            offered.iter().filter(|p| route.subprotocols.contains(p)).map(String::as_str).collect();
+        let allowed: Vec<&str> = offered
+            .iter()
+            .filter(|p| route.subprotocols.contains(p))
+            .map(String::as_str)
+            .collect();
         if allowed.is_empty() {
-            return reject(StatusCode::BAD_REQUEST, "none of the requested subprotocols is allowed");
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "none of the requested subprotocols is allowed",
+            );
         }
         let v = HeaderValue::from_str(&allowed.join(", ")).expect("tokens from a header value");
         req.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, v);
@@ -130,11 +192,24 @@ pub async fn websocket(proxy: &Arc<Proxy>, mut req: Request<Incoming>, peer: Soc
 
     let exchange = async {
         let Some((index, tcp)) = connect(&route, &choice).await else {
-            return Err((StatusCode::BAD_GATEWAY, "backend_unavailable", "no backend reachable"));
+            return Err((
+                StatusCode::BAD_GATEWAY,
+                "backend_unavailable",
+                "no backend reachable",
+            ));
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(tcp))
-            .await
-            .map_err(|_| (StatusCode::BAD_GATEWAY, "backend_unavailable", "backend handshake failed"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Empty<Bytes>,
+        >(TokioIo::new(tcp))
+        .await
+        .map_err(|_| {
+            (
+                StatusCode::BAD_GATEWAY,
+                "backend_unavailable",
+                "backend handshake failed",
+            )
+        })?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
@@ -144,20 +219,31 @@ pub async fn websocket(proxy: &Arc<Proxy>, mut req: Request<Incoming>, peer: Soc
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
         set_forwarded(&mut headers, peer, tls);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut breq = Request::builder().method(Method::GET).uri(path).version(Version::HTTP_11);
+        let mut breq = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .version(Version::HTTP_11);
         *breq.headers_mut().expect("fresh builder") = headers;
-        let breq = breq.body(http_body_util::Empty::new()).expect("valid request");
-        let resp = sender
-            .send_request(breq)
-            .await
-            .map_err(|_| (StatusCode::BAD_GATEWAY, "backend_unavailable", "backend closed the connection"))?;
+        let breq = breq
+            .body(http_body_util::Empty::new())
+            .expect("valid request");
+        let resp = sender.send_request(breq).await.map_err(|_| {
+            (
+                StatusCode::BAD_GATEWAY,
+                "backend_unavailable",
+                "backend closed the connection",
+            )
+        })?;
         Ok((index, resp))
     };
     let (index, mut resp) = match tokio::time::timeout(route.handshake_timeout, exchange).await {
         Err(_) => {
             m.outcome("timeout");
             tracing::warn!(route = %route.key, "backend did not answer the upgrade in time");
-            return status(StatusCode::GATEWAY_TIMEOUT, "backend did not answer the upgrade in time");
+            return status(
+                StatusCode::GATEWAY_TIMEOUT,
+                "backend did not answer the upgrade in time",
+            );
         }
         Ok(Err((code, outcome, why))) => {
             m.outcome(outcome);
@@ -166,7 +252,10 @@ pub async fn websocket(proxy: &Arc<Proxy>, mut req: Request<Incoming>, peer: Soc
         Ok(Ok(r)) => r,
     };
     let backend = route.backends[index].address.clone();
-    let cookie = choice.set_cookie.then(|| affinity_cookie(&route, index)).flatten();
+    let cookie = choice
+        .set_cookie
+        .then(|| affinity_cookie(&route, index))
+        .flatten();
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused: pass its answer on.
@@ -179,13 +268,23 @@ pub async fn websocket(proxy: &Arc<Proxy>, mut req: Request<Incoming>, peer: Soc
         return Response::from_parts(rparts, http_body_util::BodyExt::boxed(body));
     }
     let expected = accept_key(&key);
-    let accept_ok = resp.headers().get(SEC_WEBSOCKET_ACCEPT).is_some_and(|a| a.as_bytes() == expected.as_bytes());
-    let chosen = resp.headers().get(SEC_WEBSOCKET_PROTOCOL).and_then(|p| p.to_str().ok()).map(str::to_owned);
+    let accept_ok = resp
+        .headers()
+        .get(SEC_WEBSOCKET_ACCEPT)
+        .is_some_and(|a| a.as_bytes() == expected.as_bytes());
+    let chosen = resp
+        .headers()
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|p| p.to_str().ok())
+        .map(str::to_owned);
     let protocol_ok = chosen.as_ref().is_none_or(|c| offered.contains(c));
     if !accept_ok || !protocol_ok {
         m.outcome("backend_rejected");
         tracing::warn!(route = %route.key, %backend, accept_ok, protocol_ok, "backend sent an invalid 101");
-        return status(StatusCode::BAD_GATEWAY, "backend sent an invalid WebSocket handshake");
+        return status(
+            StatusCode::BAD_GATEWAY,
+            "backend sent an invalid WebSocket handshake",
+        );
     }
     admission.set_backend(&backend);
 
@@ -205,13 +304,20 @@ pub async fn websocket(proxy: &Arc<Proxy>, mut req: Request<Incoming>, peer: Soc
             (Ok(c), Ok(b)) => (c, b),
             _ => return,
         };
-        let (Ok(c), Ok(b)) = (client.downcast::<TokioIo<Stream>>(), backend_io.downcast::<TokioIo<TcpStream>>()) else {
+        let (Ok(c), Ok(b)) = (
+            client.downcast::<TokioIo<Stream>>(),
+            backend_io.downcast::<TokioIo<TcpStream>>(),
+        ) else {
             tracing::error!("upgraded connection of an unexpected type");
             return;
         };
         let info = proxy.registry.open(route, peer, backend);
         if !proxy.ready() {
-            proxy.registry.schedule_close(&info, Some(std::time::Instant::now()), CloseReason::Shutdown);
+            proxy.registry.schedule_close(
+                &info,
+                Some(std::time::Instant::now()),
+                CloseReason::Shutdown,
+            );
         }
         let id = info.id;
         let relay = Relay {
@@ -226,7 +332,9 @@ pub async fn websocket(proxy: &Arc<Proxy>, mut req: Request<Incoming>, peer: Soc
         proxy.registry.close(id);
     });
 
-    let mut out = Response::new(http_body_util::BodyExt::boxed(http_body_util::Empty::<Bytes>::new().map_err(|n| match n {})));
+    let mut out = Response::new(http_body_util::BodyExt::boxed(
+        http_body_util::Empty::<Bytes>::new().map_err(|n| match n {}),
+    ));
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *out.headers_mut() = headers;
     out
@@ -239,6 +347,9 @@ mod tests {
     #[test]
     fn accept_key_matches_rfc_example() {
         // RFC 6455 §1.3.
-        assert_eq!(super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 }

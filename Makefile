@@ -1,0 +1,27 @@
+# wsgate's two commands: `make demo` shows it working, `make test` runs every test.
+# Builds are cached outside the clone (CARGO_TARGET_DIR) so repeated runs are fast.
+
+export CARGO_TARGET_DIR ?= /var/cache/wsgate/target
+export WSGATE_CACHE ?= /var/cache/wsgate
+WSGATE := $(CARGO_TARGET_DIR)/release/wsgate
+
+.PHONY: demo test unit e2e-k8s lint bench crd
+
+## demo: build wsgate, start an echo backend on :9001 and wsgate on :8080 with
+## examples/quickstart.yaml, and print how to try it (Ctrl-C stops both).
+demo:
+	cargo build --release --locked --bin wsgate --example echo
+	@bash scripts/demo.sh
+
+## test: everything CI runs — peers and tools installed, lint, unit and black-box
+## tests, then the end-to-end tests against a real kube-apiserver.
+test:
+	bash scripts/test.sh
+
+## bench: memory per idle tunnel, CPU per relayed message, latency and handshake
+## rate for wsgate, NGINX and HAProxy, measured side by side (not a test).
+bench:
+	bash bench/run.sh
+
+crd:
+	cargo run --quiet --locked -- crd > crds/websocketroute.yaml

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite (`make test`, and CI through .ci/run). Installs what the
+# tests need (idempotent, cached outside the clone), then lints and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/wsgate/target}
+export WSGATE_CACHE=${WSGATE_CACHE:-/var/cache/wsgate}
+ulimit -n 20000 2>/dev/null || true
+
+step() { printf '\n== %s (%(%H:%M:%S)T)\n' "$*" -1; }
+
+step "installing test peers and tools"
+bash tests/setup.sh
+
+step "format and lint"
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+
+step "unit and black-box tests"
+cargo test --locked --no-fail-fast
