@@ -152,13 +152,28 @@ pub struct ServiceRef {
 }
 
 /// A Service port given by number or by name.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum PortRef {
     /// The port number.
     Number(u16),
     /// The port's name.
     Name(String),
+}
+
+impl JsonSchema for PortRef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PortRef".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // Kubernetes' structural form of "number or name" (like a Service's targetPort).
+        schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+    }
 }
 
 /// Backend choice.
@@ -195,7 +210,7 @@ pub enum Policy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HashOn {
     /// Hash the client's IP address.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, rename = "clientIP", skip_serializing_if = "std::ops::Not::not")]
     pub client_ip: bool,
     /// Hash this request header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -328,7 +343,7 @@ pub struct Limits {
     #[serde(default)]
     pub max_connections: u64,
     /// Open tunnels per client IP on this route; more get 429.
-    #[serde(default)]
+    #[serde(default, rename = "maxConnectionsPerClientIP")]
     pub max_connections_per_client_ip: u64,
     /// Largest message (all fragments) either way; larger closes the tunnel with 1009.
     #[serde(default)]
