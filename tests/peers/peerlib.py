@@ -29,7 +29,7 @@ def describe(data):
 async def commands():
     """Yields one parsed JSON command per stdin line until stdin closes."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=64 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:
         line = await reader.readline()

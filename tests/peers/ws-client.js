@@ -4,7 +4,7 @@
 //   node ws-client.js URL [--protocol P]... [--origin O] [--header 'K: V']... [--deflate]
 //                         [--no-auto-pong]
 //
-// Commands (stdin): {op: text, data} | {op: binary, b64} | {op: ping, data}
+// Commands (stdin): {op: text, data} | {op: binary, b64} | {op: ping|pong, data}
 //                   | {op: close, code?, reason?} | {op: terminate}
 const WebSocket = require('ws');
 const { emit, describe, onCommands, parseArgs, list } = require('./lib');
@@ -52,6 +52,7 @@ function run(cmd) {
   if (cmd.op === 'text') ws.send(cmd.data);
   else if (cmd.op === 'binary') ws.send(Buffer.from(cmd.b64, 'base64'), { binary: true });
   else if (cmd.op === 'ping') ws.ping(cmd.data || '');
+  else if (cmd.op === 'pong') ws.pong(cmd.data || '');
   else if (cmd.op === 'close') ws.close(cmd.code, cmd.reason);
   else if (cmd.op === 'terminate') ws.terminate();
 }
