@@ -7,11 +7,11 @@ pub mod admin;
 pub mod api;
 pub mod compile;
 pub mod config;
+pub mod controller;
 pub mod metrics;
 pub mod proxy;
 
 /// The `WebSocketRoute` CustomResourceDefinition as YAML (what `wsgate crd` prints).
 pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    serde_yaml::to_string(&api::WebSocketRoute::crd()).expect("the CRD serializes")
+    serde_yaml::to_string(&api::crd()).expect("the CRD serializes")
 }

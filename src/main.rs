@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use wsgate::api::Duration;
 use wsgate::metrics::Metrics;
 use wsgate::proxy::{self, Listener, Proxy};
-use wsgate::{admin, config};
+use wsgate::{admin, config, controller};
 
 /// A WebSocket ingress: upgrade-aware proxy with keepalive pings, per-route metrics
 /// and reloads that never drop tunnels.
@@ -30,6 +30,29 @@ enum Command {
         /// A route file or a directory of *.yaml route files.
         #[arg(long)]
         config: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Controller mode: routes from WebSocketRoute resources in Kubernetes.
+    Run {
+        /// Kubeconfig file; in-cluster configuration (or $KUBECONFIG) otherwise.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Watch this namespace (repeatable); all namespaces when absent.
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+        /// Serve only routes whose spec.className is this (routes without one are `wsgate`).
+        #[arg(long, default_value = "wsgate")]
+        class: String,
+        /// Namespace of the leader-election Lease (the pod's own namespace in a cluster).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
+        /// Name of the leader-election Lease; `wsgate-<class>` when absent.
+        #[arg(long)]
+        lease_name: Option<String>,
+        /// This replica's identity in the Lease; the pod name when set, else host name and pid.
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
         #[command(flatten)]
         common: Common,
     },

@@ -4,8 +4,10 @@
 //! Defaults live here (serde and the generated schema agree on them); meaning —
 //! validation and resolution into a live table — lives in [`crate::compile`].
 
+mod crd;
 mod duration;
 
+pub use crd::crd;
 pub use duration::{Duration, DURATION_PATTERN};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -210,7 +212,11 @@ pub enum Policy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HashOn {
     /// Hash the client's IP address.
-    #[serde(default, rename = "clientIP", skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        rename = "clientIP",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub client_ip: bool,
     /// Hash this request header.
     #[serde(default, skip_serializing_if = "Option::is_none")]

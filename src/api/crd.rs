@@ -1,0 +1,198 @@
+//! The CustomResourceDefinition: the schema generated from the Rust types, plus the
+//! CEL rules (`x-kubernetes-validations`) for what a schema alone cannot say, so
+//! the API server refuses a bad route at `kubectl apply` time with the same rules
+//! `crate::compile::validate` enforces.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use serde_json::{json, Value};
+
+use super::WebSocketRoute;
+
+fn rule(rule: &str, message: &str) -> Value {
+    json!({ "rule": rule, "message": message })
+}
+
+/// A duration rule: `timeout` above zero and below `interval` unless pings are off.
+fn keepalive_rule(what: &str) -> Value {
+    rule(
+        "!has(self.interval) || !has(self.timeout) || duration(self.interval) == duration('0s') || \
+         (duration(self.timeout) > duration('0s') && duration(self.timeout) < duration(self.interval))",
+        &format!("{what}timeout must be above 0 and shorter than interval"),
+    )
+}
+
+fn add(schema: &mut Value, pointer: &str, key: &str, value: Value) {
+    let node = schema
+        .pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("schema has {pointer}"));
+    let obj = node.as_object_mut().expect("schema node is an object");
+    match (obj.get_mut(key), value) {
+        (Some(Value::Array(existing)), Value::Array(more)) => existing.extend(more),
+        (_, v) => {
+            obj.insert(key.to_owned(), v);
+        }
+    }
+}
+
+/// Caps string lengths inside a schema so CEL cost estimation stays bounded.
+fn cap_strings(v: &mut Value) {
+    if let Value::Object(o) = v {
+        if o.get("type") == Some(&json!("string")) && !o.contains_key("maxLength") {
+            o.insert("maxLength".into(), json!(253));
+        }
+        for child in o.values_mut() {
+            cap_strings(child);
+        }
+    } else if let Value::Array(a) = v {
+        a.iter_mut().for_each(cap_strings);
+    }
+}
+
+/// The CRD with its validation rules.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = serde_json::to_value(WebSocketRoute::crd()).expect("CRD serializes");
+    let spec = "/spec/versions/0/schema/openAPIV3Schema/properties/spec";
+    let s = crd.pointer_mut(spec).expect("spec schema").clone();
+    let mut s = s;
+    cap_strings(&mut s);
+    *crd.pointer_mut(spec).expect("spec schema") = s;
+    let v = |k: &str| "x-kubernetes-validations".to_owned() + k;
+    let xv = v("");
+    add(
+        &mut crd,
+        &format!("{spec}/properties/path"),
+        &xv,
+        json!([rule(
+            "self.value.startsWith('/')",
+            "path.value must start with /"
+        )]),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/backends"),
+        "minItems",
+        json!(1),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/backends"),
+        "maxItems",
+        json!(64),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/hostnames"),
+        "maxItems",
+        json!(32),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/allowedOrigins"),
+        "maxItems",
+        json!(64),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/subprotocols"),
+        "maxItems",
+        json!(32),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/hostnames/items"),
+        "pattern",
+        json!(
+            r"^(\*\.)?[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*$"
+        ),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/backends/items"),
+        &xv,
+        json!([rule(
+            "has(self.service) != has(self.address)",
+            "set exactly one of service and address"
+        )]),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/loadBalancing"),
+        &xv,
+        json!([rule(
+            "!has(self.policy) || self.policy != 'ConsistentHash' || has(self.hashOn)",
+            "hashOn is required when policy is ConsistentHash"
+        )]),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/loadBalancing/properties/hashOn"),
+        &xv,
+        json!([rule(
+            "(has(self.clientIP) && self.clientIP ? 1 : 0) + (has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) + (has(self.query) ? 1 : 0) == 1",
+            "set exactly one of clientIP, header, cookie, query"
+        )]),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/keepalive"),
+        &xv,
+        json!([keepalive_rule("keepalive.")]),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/keepalive/properties/backend"),
+        &xv,
+        json!([keepalive_rule("keepalive.backend.")]),
+    );
+    for d in ["connect", "handshake"] {
+        add(
+            &mut crd,
+            &format!("{spec}/properties/timeouts"),
+            &xv,
+            json!([rule(
+                &format!("!has(self.{d}) || duration(self.{d}) > duration('0s')"),
+                &format!("timeouts.{d} must be above 0")
+            )]),
+        );
+    }
+    add(
+        &mut crd,
+        &format!("{spec}/properties/tls"),
+        &xv,
+        json!([rule(
+            "has(self.secretName) || (has(self.certFile) && has(self.keyFile))",
+            "tls needs secretName (or certFile and keyFile in standalone mode)"
+        )]),
+    );
+    // Every duration must also parse as one (the pattern checks the shape only).
+    for (path, fields) in [
+        ("keepalive", &["interval", "timeout"][..]),
+        ("keepalive/properties/backend", &["interval", "timeout"][..]),
+        (
+            "timeouts",
+            &["connect", "handshake", "idle", "maxLifetime"][..],
+        ),
+        ("drain", &["gracePeriod"][..]),
+        ("loadBalancing/properties/cookie", &["ttl"][..]),
+    ] {
+        for f in fields {
+            add(
+                &mut crd,
+                &format!("{spec}/properties/{path}/properties/{f}"),
+                &xv,
+                json!([rule(
+                    "duration(self) >= duration('0s')",
+                    &format!("{f} must be a duration such as 500ms, 30s or 1h")
+                )]),
+            );
+        }
+    }
+    add(
+        &mut crd,
+        &format!("{spec}/properties/limits/properties/maxConnections"),
+        "maximum",
+        json!(1_000_000_000),
+    );
+    serde_json::from_value(crd).expect("patched CRD is still a CRD")
+}
