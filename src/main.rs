@@ -96,20 +96,69 @@ fn main() -> ExitCode {
             print!("{}", wsgate::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Serve { config, common } => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match rt.block_on(serve(config, common)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("wsgate: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Serve { config, common } => block_on(serve(config, common)),
+        Command::Run {
+            kubeconfig,
+            namespaces,
+            class,
+            lease_namespace,
+            lease_name,
+            identity,
+            common,
+        } => {
+            let identity = identity.unwrap_or_else(|| {
+                let host =
+                    std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "wsgate".into());
+                format!("{}-{}", host.trim(), std::process::id())
+            });
+            let lease_name = lease_name.unwrap_or_else(|| format!("wsgate-{class}"));
+            let opts = controller::Options {
+                namespaces,
+                class,
+                lease_namespace,
+                lease_name,
+                identity,
+            };
+            block_on(run(kubeconfig, opts, common))
         }
     }
+}
+
+fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(
+    kubeconfig: Option<PathBuf>,
+    opts: controller::Options,
+    common: Common,
+) -> anyhow::Result<()> {
+    let config = match &kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("invalid kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster configuration or kubeconfig found")?,
+    };
+    let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
+    let proxy = Proxy::new(Metrics::new());
+    tokio::spawn(controller::run(client, opts, proxy.clone()));
+    run_proxy(proxy, common).await
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
