@@ -196,3 +196,15 @@ pub fn crd() -> CustomResourceDefinition {
     );
     serde_json::from_value(crd).expect("patched CRD is still a CRD")
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn checked_in_crd_is_current() {
+        let checked_in = include_str!("../../crds/websocketroute.yaml");
+        assert!(
+            checked_in == crate::crd_yaml(),
+            "crds/websocketroute.yaml is stale: run `make crd` (or `wsgate crd > crds/websocketroute.yaml`)"
+        );
+    }
+}
