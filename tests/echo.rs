@@ -78,7 +78,16 @@ async fn wscat_echo() {
     // `wscat -x` sends each message once connected, prints what arrives, and
     // closes after `-w` seconds.
     let out = run_wscat(
-        &["-c", &gate.url("/wscat"), "-x", "first from wscat", "-x", "second", "-w", "1"],
+        &[
+            "-c",
+            &gate.url("/wscat"),
+            "-x",
+            "first from wscat",
+            "-x",
+            "second",
+            "-w",
+            "1",
+        ],
         15.0,
     )
     .await;

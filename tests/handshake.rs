@@ -67,7 +67,18 @@ async fn origin_outside_the_allowlist_gets_403() {
     let gate = Wsgate::start(&route.yaml()).await;
 
     // wscat, as a user would try it.
-    let out = run_wscat(&["-c", &gate.url("/chat"), "-o", "https://evil.example.com", "-x", "hi"], 15.0).await;
+    let out = run_wscat(
+        &[
+            "-c",
+            &gate.url("/chat"),
+            "-o",
+            "https://evil.example.com",
+            "-x",
+            "hi",
+        ],
+        15.0,
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("403"),

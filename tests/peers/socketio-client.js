@@ -16,21 +16,40 @@ const socket = io(args._[0], {
   timeout: 10000,
 });
 
-socket.on('connect', () => {
-  emit('connect', { transport: socket.io.engine.transport.name });
-  socket.io.engine.on('upgrade', (transport) => {
+// The Engine.IO handshake (always over polling here) opens the manager; the
+// upgrade to WebSocket may finish before or after the namespace connects, so the
+// echo waits for both.
+let upgraded = false;
+let connected = false;
+let sent = false;
+socket.io.on('open', () => {
+  const engine = socket.io.engine;
+  emit('engine-open', { transport: engine.transport.name });
+  engine.on('upgrade', (transport) => {
     emit('upgrade', { transport: transport.name });
-    socket.timeout(5000).emit('echo', 'hello through wsgate', (err, reply) => {
-      if (err) {
-        emit('error', { message: String(err) });
-        process.exit(1);
-      }
-      emit('ack', reply);
-      socket.close();
-      process.exit(0);
-    });
+    upgraded = true;
+    echo();
   });
 });
+socket.on('connect', () => {
+  emit('connect', { transport: socket.io.engine.transport.name });
+  connected = true;
+  echo();
+});
+
+function echo() {
+  if (!upgraded || !connected || sent) return;
+  sent = true;
+  socket.timeout(5000).emit('echo', 'hello through wsgate', (err, reply) => {
+    if (err) {
+      emit('error', { message: String(err) });
+      process.exit(1);
+    }
+    emit('ack', reply);
+    socket.close();
+    process.exit(0);
+  });
+}
 socket.on('connect_error', (e) => {
   emit('error', { message: e.message });
   process.exit(1);
