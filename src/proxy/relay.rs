@@ -263,8 +263,11 @@ impl Relay {
         let sleep = sleep_until(self.next_deadline(&st).into());
         tokio::pin!(sleep);
         while !st.done() {
+            // Re-arm only when the deadline moves earlier (or the timer fired): a
+            // timer that fires early just re-arms, which is cheaper than touching the
+            // timer wheel on every read.
             let deadline = self.next_deadline(&st).into();
-            if sleep.deadline() != deadline {
+            if deadline < sleep.deadline() || sleep.is_elapsed() {
                 sleep.as_mut().reset(deadline);
             }
             let (read_c, read_b) = (st.can_read(Side::Client), st.can_read(Side::Backend));
