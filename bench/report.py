@@ -188,7 +188,7 @@ def main():
     p(f"wsgate benchmark ({meta.get('mode', '?')} mode) — {meta.get('date', '')}, kernel {meta.get('kernel', '')}, "
       f"{meta.get('cpus', '?')} x {meta.get('cpu_model', '?')}")
     p(f"nginx {meta.get('nginx_version', '?')}, haproxy {meta.get('haproxy_version', '?')}, "
-      f"wsgate {meta.get('wsgate_bin') or '(none)'} @ {meta.get('wsgate_commit', '?')}")
+      f"wsgate {meta.get('wsgate_bin') or '(none)'} from {meta.get('wsgate_source') or '?'}; repo HEAD {meta.get('wsgate_commit', '?')}")
     tpm = meta.get("throughput", {})
     lat = meta.get("latency", {})
     hsm = meta.get("handshakes", {})

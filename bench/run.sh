@@ -125,19 +125,35 @@ say "loadgen: $LOADGEN"
 
 WSGATE=""
 WSGATE_NOTE=""
+WSGATE_SOURCE=""
 if [[ ",$PROXIES," == *",wsgate,"* ]]; then
   if [ -n "${WSGATE_BIN:-}" ]; then
     WSGATE=$WSGATE_BIN
+    WSGATE_SOURCE="WSGATE_BIN"
   else
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/wsgate/target}
     if [ "$BUILD" = 1 ]; then
       say "building wsgate (cargo build --release --locked, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-      if ! (cd "$REPO" && cargo build --release --locked) >"$WORK/cargo.log" 2>&1; then
-        WSGATE_NOTE="cargo build --release failed: $(grep -m1 -E '^error' "$WORK/cargo.log" || tail -1 "$WORK/cargo.log")"
-        say "$WSGATE_NOTE"
+      if (cd "$REPO" && cargo build --release --locked) >"$WORK/cargo.log" 2>&1; then
+        WSGATE_SOURCE="working tree of $REPO ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' + uncommitted changes'))"
+      else
+        # Others may be mid-edit in the shared working tree: fall back to the
+        # last commit, exported with git archive (nothing in the repo changes).
+        first_err=$(grep -m1 -E '^error' "$WORK/cargo.log" || tail -1 "$WORK/cargo.log")
+        say "working tree does not build ($first_err); building the last commit instead"
+        head_src=$CACHE/bench/src/head
+        rm -rf "$head_src" && mkdir -p "$head_src"
+        if git -C "$REPO" archive HEAD | tar -x -C "$head_src" \
+           && (cd "$head_src" && cargo build --release --locked) >"$WORK/cargo-head.log" 2>&1; then
+          WSGATE_SOURCE="commit $(git -C "$REPO" rev-parse --short HEAD) (working tree did not build: $first_err)"
+        else
+          WSGATE_NOTE="cargo build --release failed for the working tree ($first_err) and for HEAD: $(grep -m1 -E '^error' "$WORK/cargo-head.log" || tail -1 "$WORK/cargo-head.log")"
+          say "$WSGATE_NOTE"
+        fi
       fi
     fi
     WSGATE=$CARGO_TARGET_DIR/release/wsgate
+    [ "$BUILD" = 1 ] || WSGATE_SOURCE="prebuilt (--no-build)"
   fi
   if [ -z "$WSGATE_NOTE" ] && [ ! -x "$WSGATE" ]; then
     WSGATE_NOTE="no wsgate binary at $WSGATE"
@@ -186,6 +202,7 @@ cat >"$WORK/meta.json" <<EOF
  "nginx_version":"$NGINX_VERSION","haproxy_version":"$HAPROXY_VERSION",
  "wsgate_bin":"$WSGATE","wsgate_note":"$(printf '%s' "$WSGATE_NOTE" | tr '"\\' "''")",
  "wsgate_commit":"$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)",
+ "wsgate_source":"$(printf '%s' "$WSGATE_SOURCE" | tr '"\\' "''")",
  "kernel":"$(uname -r)","cpus":$(nproc),"cpu_model":"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')",
  "machine_busy_cores_at_start":$MACHINE_BUSY0,
  "date":"$(date -u +%Y-%m-%dT%H:%M:%SZ)"}
