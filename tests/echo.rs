@@ -208,6 +208,7 @@ async fn sixteen_mib_message_streams_through_in_bounded_memory() {
     assert_eq!(Sha1::digest(&echoed), want, "the echoed message differs");
 
     let growth_kib = peak.saturating_sub(rss_before);
+    eprintln!("wsgate RSS {rss_before} KiB before, peak {peak} KiB while relaying 16 MiB each way");
     assert!(
         growth_kib < 8 * 1024,
         "wsgate's peak RSS grew by {growth_kib} KiB while relaying 16 MiB each way \
