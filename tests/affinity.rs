@@ -302,3 +302,59 @@ async fn sockjs_polling_streaming_and_websocket_transports_work_through_wsgate()
     );
     assert_eq!(sa.len() + sb.len(), 5, "A {sa:?}, B {sb:?}");
 }
+
+#[tokio::test]
+async fn round_robin_follows_weights_and_least_connections_fills_the_emptier_backend() {
+    let a = EchoBackend::start("A").await;
+    let b = EchoBackend::start("B").await;
+    let gate = Wsgate::start(&routes_yaml(&[
+        Route::new("weighted")
+            .prefix("/weighted")
+            .weighted(a.addr, 3)
+            .weighted(b.addr, 1)
+            .set("loadBalancing", "{policy: RoundRobin}"),
+        Route::new("least")
+            .prefix("/least")
+            .backend(a.addr)
+            .backend(b.addr)
+            .set("loadBalancing", "{policy: LeastConnections}"),
+    ]))
+    .await;
+
+    let mut on_a = 0;
+    for _ in 0..40 {
+        let (name, _) = name_via_upgrade(gate.listen, None, "/weighted", &[]).await;
+        on_a += (name == "A") as usize;
+    }
+    assert!((24..=36).contains(&on_a), "weights 3:1 sent {on_a} of 40 tunnels to A");
+
+    // Four held tunnels split two and two; when A's two close, the next two go to A.
+    let mut held: Vec<(String, RawWs)> = vec![];
+    for _ in 0..4 {
+        let mut up = raw_upgrade(gate.listen, "/least", &[]).await;
+        assert_eq!(up.response.status, 101);
+        up.ws.send(&Frame::text("__name__").masked([1, 2, 3, 4])).await;
+        let name = String::from_utf8(up.ws.recv_data(5.0).await.payload).unwrap();
+        held.push((name, up.ws));
+    }
+    let count = |held: &[(String, RawWs)], n: &str| held.iter().filter(|(x, _)| x == n).count();
+    assert_eq!((count(&held, "A"), count(&held, "B")), (2, 2), "LeastConnections with 4 tunnels");
+    let mut kept = vec![];
+    for (name, mut ws) in held {
+        if name == "A" {
+            ws.send(&Frame::close(1000, "").masked([1, 2, 3, 4])).await;
+            ws.until_eof(5.0).await;
+        } else {
+            kept.push(ws);
+        }
+    }
+    let least = [("namespace", "default"), ("route", "least")];
+    gate.wait_metric(5.0, "wsgate_connections_active", &least, |v| v == 2.0).await;
+    for i in 0..2 {
+        let mut up = raw_upgrade(gate.listen, "/least", &[]).await;
+        up.ws.send(&Frame::text("__name__").masked([1, 2, 3, 4])).await;
+        let name = String::from_utf8(up.ws.recv_data(5.0).await.payload).unwrap();
+        assert_eq!(name, "A", "new tunnel {i} goes to the backend with fewer");
+        kept.push(up.ws);
+    }
+}

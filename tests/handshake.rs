@@ -358,3 +358,53 @@ async fn permessage_deflate_is_negotiated_end_to_end_with_node_ws() {
     client.send(text(&big)).await;
     assert_eq!(client.expect("message", 10.0).await["len"], big.len());
 }
+
+/// Upgrades through wsgate with `host` and asks the echo backend its name.
+async fn backend_name(gate: &Wsgate, host: &str, path: &str) -> Result<String, u16> {
+    let req = upgrade_request(host, path, &new_key(), &[]);
+    let mut up = raw_request(gate.listen, &req).await;
+    if up.response.status != 101 {
+        return Err(up.response.status);
+    }
+    up.ws.send(&Frame::text("__name__").masked(rand::random())).await;
+    Ok(String::from_utf8(up.ws.recv_data(5.0).await.payload).unwrap())
+}
+
+#[tokio::test]
+async fn longest_path_wins_and_exact_paths_match_only_themselves() {
+    let root = EchoBackend::start("root").await;
+    let api = EchoBackend::start("api").await;
+    let exact = EchoBackend::start("exact").await;
+    let chat = EchoBackend::start("chat-host").await;
+    let gate = Wsgate::start(&routes_yaml(&[
+        Route::new("root").backend(root.addr),
+        Route::new("api").prefix("/api").backend(api.addr),
+        Route::new("exact").exact("/api/ws").backend(exact.addr),
+        Route::new("chat").host("chat.example.com").prefix("/api").backend(chat.addr),
+    ]))
+    .await;
+    let host = "app.example.com";
+    assert_eq!(backend_name(&gate, host, "/").await, Ok("root".into()));
+    assert_eq!(backend_name(&gate, host, "/anything").await, Ok("root".into()));
+    assert_eq!(backend_name(&gate, host, "/api/other").await, Ok("api".into()));
+    assert_eq!(backend_name(&gate, host, "/api/ws").await, Ok("exact".into()));
+    assert_eq!(backend_name(&gate, host, "/api/ws?token=1").await, Ok("exact".into()), "the query is not part of the path");
+    assert_eq!(backend_name(&gate, host, "/api/ws/sub").await, Ok("api".into()));
+    assert_eq!(backend_name(&gate, "chat.example.com", "/api/x").await, Ok("chat-host".into()), "a route for the host beats any-host routes");
+}
+
+#[tokio::test]
+async fn an_unreachable_backend_is_passed_over_while_another_answers() {
+    let live = EchoBackend::start("live").await;
+    let dead = format!("127.0.0.1:{}", free_port());
+    let route = Route::new("echo")
+        .backend(&dead)
+        .backend(live.addr)
+        .set("loadBalancing", "{policy: RoundRobin}")
+        .set("timeouts", "{connect: 1s}");
+    let gate = Wsgate::start(&route.yaml()).await;
+    for i in 0..6 {
+        let name = backend_name(&gate, "app.example.com", "/").await;
+        assert_eq!(name, Ok("live".into()), "upgrade {i} with one backend down");
+    }
+}

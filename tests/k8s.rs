@@ -13,6 +13,8 @@
 //! (later scenarios do not depend on earlier ones, except that the replica
 //! scenario replaces the first wsgate with the second).
 
+#[path = "k8s/availability.rs"]
+mod availability;
 #[path = "k8s/backend.rs"]
 mod backend;
 #[path = "k8s/client.rs"]
@@ -21,10 +23,12 @@ mod client;
 mod cluster;
 #[path = "k8s/gateway.rs"]
 mod gateway;
+#[path = "k8s/endpoints.rs"]
+mod endpoints;
 #[path = "k8s/objects.rs"]
 mod objects;
-#[path = "k8s/scenarios.rs"]
-mod scenarios;
+#[path = "k8s/routes.rs"]
+mod routes;
 
 use std::future::Future;
 use std::io::Write;
@@ -57,6 +61,21 @@ pub struct Env {
 pub type Run<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
 /// A scenario: a name and what it does.
 pub type Scenario = (&'static str, for<'a> fn(&'a mut Env) -> Run<'a>);
+
+/// Every scenario, in the order they run.
+const ALL: &[Scenario] = &[
+    ("1 crd-cel-rules", routes::crd_rules),
+    ("2 traffic-and-status", routes::traffic_and_status),
+    ("3 apply-to-traffic-latency", routes::apply_latency),
+    ("4 endpoint-removed-drains", endpoints::endpoint_drain),
+    ("5 route-edit-keeps-tunnels", routes::edit_keeps_tunnels),
+    ("6 route-delete-404", routes::delete_gives_404),
+    ("7 missing-service-and-secret", endpoints::missing_refs),
+    ("8 two-replicas-one-leader", availability::two_replicas),
+    ("9 apiserver-outage", availability::apiserver_outage),
+    ("10 conflicting-route", routes::conflict),
+    ("11 metrics-and-quiet-status", routes::metrics_and_quiet_status),
+];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.
 pub async fn within<T>(secs: f64, what: &str, fut: impl Future<Output = T>) -> Result<T> {
@@ -93,7 +112,7 @@ pub async fn timed<T>(fut: impl Future<Output = T>) -> (T, Duration) {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let filters: Vec<&str> = args.iter().map(String::as_str).filter(|a| !a.starts_with('-')).collect();
-    let selected: Vec<Scenario> = scenarios::ALL
+    let selected: Vec<Scenario> = ALL
         .iter()
         .copied()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
@@ -106,7 +125,7 @@ fn main() -> ExitCode {
     }
     if selected.is_empty() {
         // `cargo test OTHER_TEST` passes its filter to every test binary.
-        println!("0 passed, 0 failed ({} scenarios filtered out)", scenarios::ALL.len());
+        println!("0 passed, 0 failed ({} scenarios filtered out)", ALL.len());
         return ExitCode::SUCCESS;
     }
     if std::env::var_os(INSIDE).is_none() {

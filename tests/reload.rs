@@ -260,3 +260,62 @@ async fn removed_backend_drains_only_its_own_tunnels() {
         assert_eq!(ws_roundtrip(&mut ws, "__name__", 5.0).await, "A");
     }
 }
+
+/// The name of the echo backend that serves an upgrade of `path`, if one does.
+async fn served_by(gate: &Wsgate, path: &str) -> Option<String> {
+    let mut up = raw_upgrade(gate.listen, path, &[]).await;
+    if up.response.status != 101 {
+        return None;
+    }
+    up.ws.send(&Frame::text("__name__").masked([7, 7, 7, 7])).await;
+    String::from_utf8(up.ws.recv_data(5.0).await.payload).ok()
+}
+
+#[tokio::test]
+async fn route_files_added_to_or_removed_from_the_directory_are_applied() {
+    let a = EchoBackend::start("A").await;
+    let b = EchoBackend::start("B").await;
+    let gate = Wsgate::start_with(dir_mode(), &Route::new("main").backend(a.addr).yaml()).await;
+    let mut main = ws_connect(&gate.url("/")).await;
+
+    gate.write_routes("extra.yaml", &Route::new("extra").prefix("/extra").backend(b.addr).yaml());
+    // "/" still matches everything: the longer prefix must take over.
+    eventually(10.0, "the new file's route to serve", || async {
+        (served_by(&gate, "/extra").await.as_deref() == Some("B")).then_some(())
+    })
+    .await;
+    let mut extra = ws_connect(&gate.url("/extra")).await;
+    assert_eq!(ws_roundtrip(&mut extra, "__name__", 5.0).await, "B");
+
+    std::fs::remove_file(gate.routes_dir.join("extra.yaml")).unwrap();
+    eventually(10.0, "the removed file's route to stop serving", || async {
+        (served_by(&gate, "/extra").await.as_deref() == Some("A")).then_some(())
+    })
+    .await;
+    assert_eq!(ws_roundtrip(&mut main, "__name__", 5.0).await, "A");
+}
+
+#[tokio::test]
+async fn a_single_route_file_edited_in_place_is_reapplied() {
+    let a = EchoBackend::start("A").await;
+    let b = EchoBackend::start("B").await;
+    // --config names the file itself; the edit truncates and rewrites it in place.
+    let gate = Wsgate::start(&routes_yaml(&[Route::new("main").backend(a.addr)])).await;
+    let mut main = ws_connect(&gate.url("/")).await;
+
+    let file = gate.routes_dir.join("routes.yaml");
+    std::fs::write(
+        &file,
+        routes_yaml(&[
+            Route::new("main").backend(a.addr),
+            Route::new("new").prefix("/new").backend(b.addr),
+        ]),
+    )
+    .unwrap();
+    eventually(10.0, "the edited file's new route to serve", || async {
+        (served_by(&gate, "/new").await.as_deref() == Some("B")).then_some(())
+    })
+    .await;
+    assert_eq!(ws_roundtrip(&mut main, "__name__", 5.0).await, "A");
+    assert_eq!(gate.metrics().await.get("wsgate_routes", &[]), 2.0);
+}

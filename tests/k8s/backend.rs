@@ -15,8 +15,6 @@ pub const PORT: u16 = 9001;
 
 /// A running echo server; stops (with its tunnels) when dropped.
 pub struct Backend {
-    /// The name it prefixes echoes with.
-    pub name: String,
     /// Its 192.0.2.x address.
     pub ip: String,
     accept: tokio::task::JoinHandle<()>,
@@ -52,7 +50,7 @@ impl Backend {
                 while tunnels.try_join_next().is_some() {}
             }
         });
-        Ok(Backend { name: name.to_owned(), ip: ip.to_owned(), accept })
+        Ok(Backend { ip: ip.to_owned(), accept })
     }
 }
 

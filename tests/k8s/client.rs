@@ -98,6 +98,14 @@ where
     }
 }
 
+/// Upgrades once; a refusal is an error.
+pub async fn open(gw: SocketAddr, host: &str, path: &str) -> Result<Tunnel> {
+    match upgrade(gw, host, path).await? {
+        Ok(t) => Ok(t),
+        Err(status) => bail!("ws://{host}{path} refused with HTTP {status}"),
+    }
+}
+
 /// Upgrades, retrying every 20 ms for `secs` until wsgate answers 101.
 pub async fn upgrade_eventually(gw: SocketAddr, host: &str, path: &str, secs: f64) -> Result<Tunnel> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);

@@ -4,12 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cluster::{Cluster, WSGATE_NS};
-use crate::{eventually, within};
+use crate::within;
 
 /// The binary under test.
 const WSGATE: &str = env!("CARGO_BIN_EXE_wsgate");
@@ -55,20 +56,18 @@ impl Gateway {
             .spawn()
             .context("cannot start wsgate run")?;
         let mut gw = Gateway { child, identity: identity.to_owned(), listen, tls, admin, log };
-        let what = format!("wsgate {identity} /readyz 200");
-        let ready = eventually(30.0, &what, || async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
             if let Ok(Some(status)) = gw.child.try_wait() {
-                return Some(Err(anyhow::anyhow!("wsgate {identity} exited: {status}")));
+                bail!("wsgate {identity} exited: {status}\n{}", gw.log_tail(20));
             }
-            match gw.get("/readyz").await {
-                Ok((200, _)) => Some(Ok(())),
-                _ => None,
+            if let Ok((200, _)) = gw.get("/readyz").await {
+                return Ok(gw);
             }
-        })
-        .await;
-        match ready {
-            Ok(Ok(())) => Ok(gw),
-            Ok(Err(e)) | Err(e) => bail!("{e}\n{}", gw.log_tail(20)),
+            if Instant::now() > deadline {
+                bail!("wsgate {identity}: /readyz not 200 within 30s\n{}", gw.log_tail(20));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
