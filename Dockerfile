@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# wsgate container image: build with `docker build -t wsgate:0.1.0 .` from the
+# repository root (see charts/wsgate/README.md for kind and registries).
+#
+# Stage 1 compiles the release binary against the locked dependency set; stage 2
+# is distroless (glibc, libgcc, CA certificates, no shell, no package manager)
+# running as the unprivileged user nonroot (65532).
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not refetch them (layer cache).
+# (Stub targets: Cargo needs the `wsgate` binary target to read the manifest.)
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' >src/main.rs && touch src/lib.rs \
+ && cargo fetch --locked \
+ && rm -r src
+COPY src ./src
+COPY crds ./crds
+# The target directory is a BuildKit cache: incremental rebuilds, small layers.
+RUN --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked --bin wsgate \
+ && cp target/release/wsgate /wsgate
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /wsgate /wsgate
+USER 65532:65532
+# 8080 ws:// and HTTP, 8443 wss:// and HTTPS, 9090 admin (/metrics, /healthz, /readyz).
+EXPOSE 8080 8443 9090
+ENTRYPOINT ["/wsgate"]
+CMD ["--help"]
