@@ -326,19 +326,28 @@ async fn round_robin_follows_weights_and_least_connections_fills_the_emptier_bac
         let (name, _) = name_via_upgrade(gate.listen, None, "/weighted", &[]).await;
         on_a += (name == "A") as usize;
     }
-    assert!((24..=36).contains(&on_a), "weights 3:1 sent {on_a} of 40 tunnels to A");
+    assert!(
+        (24..=36).contains(&on_a),
+        "weights 3:1 sent {on_a} of 40 tunnels to A"
+    );
 
     // Four held tunnels split two and two; when A's two close, the next two go to A.
     let mut held: Vec<(String, RawWs)> = vec![];
     for _ in 0..4 {
         let mut up = raw_upgrade(gate.listen, "/least", &[]).await;
         assert_eq!(up.response.status, 101);
-        up.ws.send(&Frame::text("__name__").masked([1, 2, 3, 4])).await;
+        up.ws
+            .send(&Frame::text("__name__").masked([1, 2, 3, 4]))
+            .await;
         let name = String::from_utf8(up.ws.recv_data(5.0).await.payload).unwrap();
         held.push((name, up.ws));
     }
     let count = |held: &[(String, RawWs)], n: &str| held.iter().filter(|(x, _)| x == n).count();
-    assert_eq!((count(&held, "A"), count(&held, "B")), (2, 2), "LeastConnections with 4 tunnels");
+    assert_eq!(
+        (count(&held, "A"), count(&held, "B")),
+        (2, 2),
+        "LeastConnections with 4 tunnels"
+    );
     let mut kept = vec![];
     for (name, mut ws) in held {
         if name == "A" {
@@ -349,10 +358,13 @@ async fn round_robin_follows_weights_and_least_connections_fills_the_emptier_bac
         }
     }
     let least = [("namespace", "default"), ("route", "least")];
-    gate.wait_metric(5.0, "wsgate_connections_active", &least, |v| v == 2.0).await;
+    gate.wait_metric(5.0, "wsgate_connections_active", &least, |v| v == 2.0)
+        .await;
     for i in 0..2 {
         let mut up = raw_upgrade(gate.listen, "/least", &[]).await;
-        up.ws.send(&Frame::text("__name__").masked([1, 2, 3, 4])).await;
+        up.ws
+            .send(&Frame::text("__name__").masked([1, 2, 3, 4]))
+            .await;
         let name = String::from_utf8(up.ws.recv_data(5.0).await.payload).unwrap();
         assert_eq!(name, "A", "new tunnel {i} goes to the backend with fewer");
         kept.push(up.ws);

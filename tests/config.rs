@@ -71,7 +71,10 @@ fn check_accepts_the_documented_standalone_example() {
     let documented = dir.path().join("documented.yaml");
     std::fs::write(&documented, documented_example(&cert, &key)).unwrap();
     let (code, out) = wsgate_cmd(&["check", "--config", documented.to_str().unwrap()]);
-    assert_eq!(code, 0, "the documented standalone example must be valid:\n{out}");
+    assert_eq!(
+        code, 0,
+        "the documented standalone example must be valid:\n{out}"
+    );
 }
 
 #[test]
@@ -80,18 +83,30 @@ fn check_accepts_the_contract_example_and_a_directory_of_route_files() {
     let contract = dir.path().join("contract.yaml");
     std::fs::write(&contract, CONTRACT_EXAMPLE).unwrap();
     let (code, out) = wsgate_cmd(&["check", "--config", contract.to_str().unwrap()]);
-    assert_eq!(code, 0, "PRODUCT.md's example (static backends) must be valid:\n{out}");
+    assert_eq!(
+        code, 0,
+        "PRODUCT.md's example (static backends) must be valid:\n{out}"
+    );
 
     // A directory of *.yaml files, one of them multi-document.
     let routes = dir.path().join("routes");
     std::fs::create_dir(&routes).unwrap();
     let two = routes_yaml(&[
         Route::new("one").prefix("/one").backend("127.0.0.1:9001"),
-        Route::new("two").namespace("team-b").exact("/two").backend("127.0.0.1:9002"),
+        Route::new("two")
+            .namespace("team-b")
+            .exact("/two")
+            .backend("127.0.0.1:9002"),
     ]);
     std::fs::write(routes.join("a.yaml"), two).unwrap();
-    std::fs::write(routes.join("b.yaml"), Route::new("three").host("*.example.org").backend("127.0.0.1:9003").yaml())
-        .unwrap();
+    std::fs::write(
+        routes.join("b.yaml"),
+        Route::new("three")
+            .host("*.example.org")
+            .backend("127.0.0.1:9003")
+            .yaml(),
+    )
+    .unwrap();
     std::fs::write(routes.join("README.txt"), "not a route file").unwrap();
     let (code, out) = wsgate_cmd(&["check", "--config", routes.to_str().unwrap()]);
     assert_eq!(code, 0, "a directory of route files:\n{out}");
@@ -102,9 +117,18 @@ fn check_points_at_file_line_and_field_of_each_mistake() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("routes.yaml");
     let content = routes_yaml(&[
-        Route::new("bad-address").prefix("/a").backend("127.0.0.1:9001").backend("nowhere"),
-        Route::new("bad-policy").prefix("/b").backend("127.0.0.1:9002").set("loadBalancing", "{policy: Random}"),
-        Route::new("bad-duration").prefix("/c").backend("127.0.0.1:9003").set("timeouts", "{connect: soon}"),
+        Route::new("bad-address")
+            .prefix("/a")
+            .backend("127.0.0.1:9001")
+            .backend("nowhere"),
+        Route::new("bad-policy")
+            .prefix("/b")
+            .backend("127.0.0.1:9002")
+            .set("loadBalancing", "{policy: Random}"),
+        Route::new("bad-duration")
+            .prefix("/c")
+            .backend("127.0.0.1:9003")
+            .set("timeouts", "{connect: soon}"),
     ]);
     std::fs::write(&file, &content).unwrap();
     let line = |needle: &str| content.lines().position(|l| l.contains(needle)).unwrap() + 1;
@@ -126,10 +150,25 @@ fn check_points_at_file_line_and_field_of_each_mistake() {
 
 #[test]
 fn serve_refuses_a_bad_flag_or_an_unreadable_config_with_one_line() {
-    let (code, out) = wsgate_cmd(&["serve", "--config", "/nonexistent/routes.yaml", "--admin-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"]);
+    let (code, out) = wsgate_cmd(&[
+        "serve",
+        "--config",
+        "/nonexistent/routes.yaml",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     assert_ne!(code, 0, "an unreadable config must fail: {out}");
-    assert_eq!(out.trim().lines().count(), 1, "one line of reason, got:\n{out}");
-    assert!(out.contains("/nonexistent/routes.yaml"), "the reason names the file: {out}");
+    assert_eq!(
+        out.trim().lines().count(),
+        1,
+        "one line of reason, got:\n{out}"
+    );
+    assert!(
+        out.contains("/nonexistent/routes.yaml"),
+        "the reason names the file: {out}"
+    );
 
     let (code, out) = wsgate_cmd(&["serve", "--no-such-flag"]);
     assert_ne!(code, 0, "a bad flag must fail: {out}");

@@ -366,7 +366,9 @@ async fn backend_name(gate: &Wsgate, host: &str, path: &str) -> Result<String, u
     if up.response.status != 101 {
         return Err(up.response.status);
     }
-    up.ws.send(&Frame::text("__name__").masked(rand::random())).await;
+    up.ws
+        .send(&Frame::text("__name__").masked(rand::random()))
+        .await;
     Ok(String::from_utf8(up.ws.recv_data(5.0).await.payload).unwrap())
 }
 
@@ -380,17 +382,40 @@ async fn longest_path_wins_and_exact_paths_match_only_themselves() {
         Route::new("root").backend(root.addr),
         Route::new("api").prefix("/api").backend(api.addr),
         Route::new("exact").exact("/api/ws").backend(exact.addr),
-        Route::new("chat").host("chat.example.com").prefix("/api").backend(chat.addr),
+        Route::new("chat")
+            .host("chat.example.com")
+            .prefix("/api")
+            .backend(chat.addr),
     ]))
     .await;
     let host = "app.example.com";
     assert_eq!(backend_name(&gate, host, "/").await, Ok("root".into()));
-    assert_eq!(backend_name(&gate, host, "/anything").await, Ok("root".into()));
-    assert_eq!(backend_name(&gate, host, "/api/other").await, Ok("api".into()));
-    assert_eq!(backend_name(&gate, host, "/api/ws").await, Ok("exact".into()));
-    assert_eq!(backend_name(&gate, host, "/api/ws?token=1").await, Ok("exact".into()), "the query is not part of the path");
-    assert_eq!(backend_name(&gate, host, "/api/ws/sub").await, Ok("api".into()));
-    assert_eq!(backend_name(&gate, "chat.example.com", "/api/x").await, Ok("chat-host".into()), "a route for the host beats any-host routes");
+    assert_eq!(
+        backend_name(&gate, host, "/anything").await,
+        Ok("root".into())
+    );
+    assert_eq!(
+        backend_name(&gate, host, "/api/other").await,
+        Ok("api".into())
+    );
+    assert_eq!(
+        backend_name(&gate, host, "/api/ws").await,
+        Ok("exact".into())
+    );
+    assert_eq!(
+        backend_name(&gate, host, "/api/ws?token=1").await,
+        Ok("exact".into()),
+        "the query is not part of the path"
+    );
+    assert_eq!(
+        backend_name(&gate, host, "/api/ws/sub").await,
+        Ok("api".into())
+    );
+    assert_eq!(
+        backend_name(&gate, "chat.example.com", "/api/x").await,
+        Ok("chat-host".into()),
+        "a route for the host beats any-host routes"
+    );
 }
 
 #[tokio::test]

@@ -267,7 +267,9 @@ async fn served_by(gate: &Wsgate, path: &str) -> Option<String> {
     if up.response.status != 101 {
         return None;
     }
-    up.ws.send(&Frame::text("__name__").masked([7, 7, 7, 7])).await;
+    up.ws
+        .send(&Frame::text("__name__").masked([7, 7, 7, 7]))
+        .await;
     String::from_utf8(up.ws.recv_data(5.0).await.payload).ok()
 }
 
@@ -278,7 +280,10 @@ async fn route_files_added_to_or_removed_from_the_directory_are_applied() {
     let gate = Wsgate::start_with(dir_mode(), &Route::new("main").backend(a.addr).yaml()).await;
     let mut main = ws_connect(&gate.url("/")).await;
 
-    gate.write_routes("extra.yaml", &Route::new("extra").prefix("/extra").backend(b.addr).yaml());
+    gate.write_routes(
+        "extra.yaml",
+        &Route::new("extra").prefix("/extra").backend(b.addr).yaml(),
+    );
     // "/" still matches everything: the longer prefix must take over.
     eventually(10.0, "the new file's route to serve", || async {
         (served_by(&gate, "/extra").await.as_deref() == Some("B")).then_some(())

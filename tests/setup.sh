@@ -39,7 +39,7 @@ if ! cmp -s "$here/peers/package-lock.json" "$node_dir/package-lock.json" ||
   log "installing Node peers into $node_dir"
   mkdir -p "$node_dir"
   cp "$here/peers/package.json" "$here/peers/package-lock.json" "$node_dir/"
-  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
+  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >&2)
 fi
 
 # Python peers: a virtualenv, reinstalled when requirements.txt changed.

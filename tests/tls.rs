@@ -23,7 +23,9 @@ fn pki(hosts: &[&str]) -> Pki {
     let dir = tempfile::tempdir().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "wsgate test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wsgate test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let mut leaves = vec![];
     for host in hosts {
@@ -36,7 +38,11 @@ fn pki(hosts: &[&str]) -> Pki {
         leaves.push((host.to_string(), cert.der().clone()));
     }
     let ca_der = AsRef::<rcgen::Certificate>::as_ref(&ca).der().clone();
-    Pki { ca: ca_der, leaves, dir }
+    Pki {
+        ca: ca_der,
+        leaves,
+        dir,
+    }
 }
 
 /// A TLS connection to `addr` with SNI `host`, trusting only `ca`.
@@ -56,7 +62,9 @@ async fn tls_connect(
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    connector.connect(ServerName::try_from(host.to_string()).unwrap(), tcp).await
+    connector
+        .connect(ServerName::try_from(host.to_string()).unwrap(), tcp)
+        .await
 }
 
 #[tokio::test]
@@ -71,18 +79,29 @@ async fn wss_uses_the_certificate_that_sni_names() {
             let key = pki.dir.path().join(format!("{h}.key"));
             Route::new(&h.replace('.', "-")).host(h).backend(addr).set(
                 "tls",
-                &format!("{{certFile: \"{}\", keyFile: \"{}\"}}", crt.display(), key.display()),
+                &format!(
+                    "{{certFile: \"{}\", keyFile: \"{}\"}}",
+                    crt.display(),
+                    key.display()
+                ),
             )
         })
         .collect();
-    let opts = Options { tls: true, ..Options::default() };
+    let opts = Options {
+        tls: true,
+        ..Options::default()
+    };
     let gate = Wsgate::start_with(opts, &routes_yaml(&routes)).await;
     let tls_addr = gate.tls.unwrap();
 
     for (host, leaf) in &pki.leaves {
-        let tls = within(10.0, "the TLS handshake", tls_connect(tls_addr, host, &pki.ca))
-            .await
-            .unwrap_or_else(|e| panic!("TLS to {host}: {e}"));
+        let tls = within(
+            10.0,
+            "the TLS handshake",
+            tls_connect(tls_addr, host, &pki.ca),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("TLS to {host}: {e}"));
         let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
         assert!(served == *leaf, "SNI {host} must get {host}'s certificate");
 
@@ -95,8 +114,13 @@ async fn wss_uses_the_certificate_that_sni_names() {
         .unwrap_or_else(|e| panic!("wss upgrade for {host}: {e}"));
         assert_eq!(resp.status(), 101);
         use futures_util::{SinkExt, StreamExt};
-        ws.send(Message::text(format!("hello {host}"))).await.unwrap();
-        let echo = within(5.0, "the wss echo", ws.next()).await.unwrap().unwrap();
+        ws.send(Message::text(format!("hello {host}")))
+            .await
+            .unwrap();
+        let echo = within(5.0, "the wss echo", ws.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(echo.into_text().unwrap().as_str(), format!("hello {host}"));
 
         let conn = backend.expect("connection", 5.0).await;
@@ -106,7 +130,10 @@ async fn wss_uses_the_certificate_that_sni_names() {
 
     // The plain listener serves the same routes, by Host.
     let up = raw_upgrade(gate.listen, "/plain", &[]).await;
-    assert_eq!(up.response.status, 404, "no route has the bare address as hostname");
+    assert_eq!(
+        up.response.status, 404,
+        "no route has the bare address as hostname"
+    );
     let req = upgrade_request("a.example.test", "/plain", &new_key(), &[]);
     let up = raw_request(gate.listen, &req).await;
     assert_eq!(up.response.status, 101);
