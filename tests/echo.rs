@@ -215,3 +215,60 @@ async fn sixteen_mib_message_streams_through_in_bounded_memory() {
          (from {rss_before} KiB to {peak} KiB); a streaming relay needs far less than 8 MiB"
     );
 }
+
+#[tokio::test]
+async fn a_backend_that_stops_reading_pushes_back_on_the_client_instead_of_filling_memory() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let backend = RawBackend::bind().await;
+    let gate = Wsgate::start(
+        &Route::new("slow")
+            .backend(backend.addr)
+            .no_keepalive()
+            .yaml(),
+    )
+    .await;
+    let (up, server) = tokio::join!(raw_upgrade(gate.listen, "/slow", &[]), async {
+        backend.accept(10.0).await.accept().await
+    });
+    assert_eq!(up.response.status, 101);
+    let (mut client, mut server) = (up.ws, server);
+    gate.reset_peak_rss();
+    let rss_before = gate.proc_status_kib("VmRSS");
+
+    // 32 frames of 1 MiB toward a backend that reads nothing for now.
+    let frame = Frame::binary(pattern(1 << 20))
+        .masked([0x11, 0x22, 0x33, 0x44])
+        .encode();
+    let total = frame.len() * 32;
+    let written = Arc::new(AtomicUsize::new(0));
+    let counter = written.clone();
+    let writer = tokio::spawn(async move {
+        for _ in 0..32 {
+            for chunk in frame.chunks(64 * 1024) {
+                client.send_bytes(chunk).await;
+                counter.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+        }
+        client
+    });
+    pause(2.0).await;
+    let stalled_at = written.load(Ordering::Relaxed);
+    let peak = gate.proc_status_kib("VmHWM");
+    eprintln!("client stalled after {stalled_at} of {total} bytes; wsgate RSS {rss_before} -> peak {peak} KiB");
+    assert!(
+        stalled_at < total,
+        "the client wrote all {total} bytes into a backend that reads nothing: wsgate buffered them"
+    );
+    let growth_kib = peak.saturating_sub(rss_before);
+    assert!(
+        growth_kib < 8 * 1024,
+        "wsgate's peak RSS grew by {growth_kib} KiB holding back a stalled backend"
+    );
+
+    // Once the backend reads, everything arrives.
+    let got = server.read_bytes(total, 30.0).await;
+    assert_eq!(got.len(), total);
+    within(10.0, "the writer to finish", writer).await.unwrap();
+}
