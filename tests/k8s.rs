@@ -21,10 +21,10 @@ mod backend;
 mod client;
 #[path = "k8s/cluster.rs"]
 mod cluster;
-#[path = "k8s/gateway.rs"]
-mod gateway;
 #[path = "k8s/endpoints.rs"]
 mod endpoints;
+#[path = "k8s/gateway.rs"]
+mod gateway;
 #[path = "k8s/objects.rs"]
 mod objects;
 #[path = "k8s/routes.rs"]
@@ -50,9 +50,10 @@ const SCENARIO_LIMIT: Duration = Duration::from_secs(240);
 
 /// What scenarios share: the control plane and the wsgate replica they talk to.
 pub struct Env {
-    pub cluster: Cluster,
-    /// The replica scenarios send traffic through (the leader, normally).
+    /// The replica scenarios send traffic through (the leader, normally). Declared
+    /// first so it stops before the control plane does.
     pub gw: Gateway,
+    pub cluster: Cluster,
     /// Lines for the final summary (e.g. latency percentiles).
     pub summary: Vec<String>,
 }
@@ -74,7 +75,10 @@ const ALL: &[Scenario] = &[
     ("8 two-replicas-one-leader", availability::two_replicas),
     ("9 apiserver-outage", availability::apiserver_outage),
     ("10 conflicting-route", routes::conflict),
-    ("11 metrics-and-quiet-status", routes::metrics_and_quiet_status),
+    (
+        "11 metrics-and-quiet-status",
+        routes::metrics_and_quiet_status,
+    ),
 ];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.
@@ -111,7 +115,11 @@ pub async fn timed<T>(fut: impl Future<Output = T>) -> (T, Duration) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let filters: Vec<&str> = args.iter().map(String::as_str).filter(|a| !a.starts_with('-')).collect();
+    let filters: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let selected: Vec<Scenario> = ALL
         .iter()
         .copied()
@@ -151,7 +159,11 @@ fn reexec_in_netns(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let status = std::process::Command::new(&script).arg(exe).args(args).env(INSIDE, "1").status();
+    let status = std::process::Command::new(&script)
+        .arg(exe)
+        .args(args)
+        .env(INSIDE, "1")
+        .status();
     match status {
         Ok(s) if s.success() => ExitCode::SUCCESS,
         Ok(s) => ExitCode::from(u8::try_from(s.code().unwrap_or(1)).unwrap_or(1).max(1)),
@@ -176,7 +188,11 @@ async fn run(selected: Vec<Scenario>) -> ExitCode {
             }
         };
         println!("harness: wsgate run ready {:.1}s", t.as_secs_f64());
-        Ok::<_, anyhow::Error>(Env { cluster, gw, summary: vec![] })
+        Ok::<_, anyhow::Error>(Env {
+            cluster,
+            gw,
+            summary: vec![],
+        })
     };
     let mut env = match setup.await {
         Ok(env) => env,
@@ -186,7 +202,10 @@ async fn run(selected: Vec<Scenario>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("harness: setup {:.1}s in all", total.elapsed().as_secs_f64());
+    println!(
+        "harness: setup {:.1}s in all",
+        total.elapsed().as_secs_f64()
+    );
 
     let (mut passed, mut failed) = (0, 0);
     for (name, scenario) in selected {
@@ -200,7 +219,10 @@ async fn run(selected: Vec<Scenario>) -> ExitCode {
         let failure = match outcome {
             Ok(Ok(Ok(()))) => None,
             Ok(Ok(Err(e))) => Some(format!("{e:#}")),
-            Ok(Err(_)) => Some(format!("did not finish within {}s", SCENARIO_LIMIT.as_secs())),
+            Ok(Err(_)) => Some(format!(
+                "did not finish within {}s",
+                SCENARIO_LIMIT.as_secs()
+            )),
             Err(panic) => Some(format!(
                 "panicked: {}",
                 panic
@@ -219,7 +241,11 @@ async fn run(selected: Vec<Scenario>) -> ExitCode {
                 failed += 1;
                 env.cluster.keep = true;
                 println!("{name}: FAILED {reason} ({secs:.1}s)");
-                println!("    last lines of {}:\n{}", env.gw.log.display(), env.gw.log_tail(15));
+                println!(
+                    "    last lines of {}:\n{}",
+                    env.gw.log.display(),
+                    env.gw.log_tail(15)
+                );
             }
         }
     }
@@ -228,7 +254,10 @@ async fn run(selected: Vec<Scenario>) -> ExitCode {
     }
     let scenarios_secs = total.elapsed().as_secs_f64();
     drop(env);
-    println!("k8s: total {:.1}s (scenarios done at {scenarios_secs:.1}s)", total.elapsed().as_secs_f64());
+    println!(
+        "k8s: total {:.1}s (scenarios done at {scenarios_secs:.1}s)",
+        total.elapsed().as_secs_f64()
+    );
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
         ExitCode::FAILURE

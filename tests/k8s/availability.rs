@@ -14,7 +14,10 @@ use crate::objects::{namespace, programmed, route, service, slice, wait_status, 
 use crate::{eventually, Env, Run};
 
 async fn lease_holder(c: &Cluster) -> Option<String> {
-    let lease = c.get("coordination.k8s.io/v1", "Lease", Some(WSGATE_NS), LEASE).await.ok()??;
+    let lease = c
+        .get("coordination.k8s.io/v1", "Lease", Some(WSGATE_NS), LEASE)
+        .await
+        .ok()??;
     lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
 }
 
@@ -36,13 +39,26 @@ pub fn two_replicas(env: &mut Env) -> Run<'_> {
         c.apply(route(ns, "ha", route_spec("s8.test"))).await?;
         wait_status(c, ns, "ha", 20.0, "programmed", programmed).await?;
         let first_id = env.gw.identity.clone();
-        upgrade_eventually(env.gw.listen, "s8.test", "/", 10.0).await.context("through the first replica")?;
-        let mut via_second = upgrade_eventually(second.listen, "s8.test", "/", 10.0).await.context("through the second replica")?;
+        upgrade_eventually(env.gw.listen, "s8.test", "/", 10.0)
+            .await
+            .context("through the first replica")?;
+        let mut via_second = upgrade_eventually(second.listen, "s8.test", "/", 10.0)
+            .await
+            .context("through the second replica")?;
 
         let holder = lease_holder(c).await;
-        ensure!(holder.as_deref() == Some(first_id.as_str()), "Lease holder is {holder:?}, want {first_id}");
-        ensure!(!second.log_text().contains("became leader"), "the second replica says it became leader");
-        let r = c.get(crate::objects::WSR, "WebSocketRoute", Some(ns), "ha").await?.context("route ha")?;
+        ensure!(
+            holder.as_deref() == Some(first_id.as_str()),
+            "Lease holder is {holder:?}, want {first_id}"
+        );
+        ensure!(
+            !second.log_text().contains("became leader"),
+            "the second replica says it became leader"
+        );
+        let r = c
+            .get(crate::objects::WSR, "WebSocketRoute", Some(ns), "ha")
+            .await?
+            .context("route ha")?;
         let status_managers: Vec<&str> = r["metadata"]["managedFields"]
             .as_array()
             .into_iter()
@@ -50,7 +66,10 @@ pub fn two_replicas(env: &mut Env) -> Run<'_> {
             .filter(|m| m["subresource"] == "status")
             .filter_map(|m| m["manager"].as_str())
             .collect();
-        ensure!(status_managers == ["wsgate"], "status field managers: {status_managers:?}");
+        ensure!(
+            status_managers == ["wsgate"],
+            "status field managers: {status_managers:?}"
+        );
 
         let t0 = Instant::now();
         env.gw.kill();
@@ -60,22 +79,47 @@ pub fn two_replicas(env: &mut Env) -> Run<'_> {
         })
         .await?;
         let takeover = t0.elapsed();
-        ensure!(takeover < Duration::from_secs(25), "takeover took {takeover:?}");
+        ensure!(
+            takeover < Duration::from_secs(25),
+            "takeover took {takeover:?}"
+        );
         ensure!(second.running(), "the second replica exited");
         // The new leader keeps status current: a new route and an edit get status.
-        c.apply(route(ns, "after-failover", route_spec("s8-after.test"))).await?;
-        wait_status(c, ns, "after-failover", 20.0, "programmed by the new leader", programmed).await?;
+        c.apply(route(ns, "after-failover", route_spec("s8-after.test")))
+            .await?;
+        wait_status(
+            c,
+            ns,
+            "after-failover",
+            20.0,
+            "programmed by the new leader",
+            programmed,
+        )
+        .await?;
         let mut edited = route_spec("s8.test");
         edited["limits"] = json!({"maxConnections": 10});
         c.apply(route(ns, "ha", edited)).await?;
-        wait_status(c, ns, "ha", 20.0, "generation 2 programmed by the new leader", |r| {
-            programmed(r) && r["metadata"]["generation"] == 2
-        })
+        wait_status(
+            c,
+            ns,
+            "ha",
+            20.0,
+            "generation 2 programmed by the new leader",
+            |r| programmed(r) && r["metadata"]["generation"] == 2,
+        )
         .await?;
-        via_second.echo().await.context("a tunnel through the second replica after the failover")?;
+        via_second
+            .echo()
+            .await
+            .context("a tunnel through the second replica after the failover")?;
         upgrade_eventually(second.listen, "s8-after.test", "/", 10.0).await?;
-        let line = format!("leader failover (SIGKILL → other replica holds the Lease): {:.1}s", takeover.as_secs_f64());
-        println!("    both replicas served; Lease held by {first_id}; {line}; new leader wrote status");
+        let line = format!(
+            "leader failover (SIGKILL → other replica holds the Lease): {:.1}s",
+            takeover.as_secs_f64()
+        );
+        println!(
+            "    both replicas served; Lease held by {first_id}; {line}; new leader wrote status"
+        );
         env.summary.push(line);
         std::mem::swap(&mut env.gw, &mut second);
         Ok(())
@@ -96,45 +140,77 @@ pub fn apiserver_outage(env: &mut Env) -> Run<'_> {
         c.apply(route(ns, "steady", route_spec("s9.test"))).await?;
         let mut tunnels = vec![upgrade_eventually(gw.listen, "s9.test", "/", 20.0).await?];
         tunnels.push(open(gw.listen, "s9.test", "/").await?);
-        let restarts0 = gw.metric("wsgate_controller_watch_restarts_total", &[]).await?.unwrap_or(0.0);
+        let restarts0 = gw
+            .metric("wsgate_controller_watch_restarts_total", &[])
+            .await?
+            .unwrap_or(0.0);
 
-        c.stop_apiserver().await?;
+        let (stopped, stop_took) = crate::timed(c.stop_apiserver()).await;
+        stopped?;
         let down = Instant::now();
         let mut checks = 0;
         while down.elapsed() < Duration::from_secs(10) {
             for t in &mut tunnels {
                 t.echo().await.context("an open tunnel during the outage")?;
             }
-            open(gw.listen, "s9.test", "/").await.context("a new upgrade during the outage")?;
+            open(gw.listen, "s9.test", "/")
+                .await
+                .context("a new upgrade during the outage")?;
             let (status, _) = gw.get("/readyz").await?;
             ensure!(status == 200, "/readyz answered {status} during the outage");
             checks += 1;
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        c.start_apiserver().await?;
+        let (started, start_took) = crate::timed(c.start_apiserver()).await;
+        started?;
         let outage = down.elapsed();
 
         let up = Instant::now();
         // The admin client's pooled connection died with the server: retry the write.
         eventually(30.0, "applying a route after the restart", || async {
-            c.apply(route(ns, "after", json!({"hostnames": ["s9.test"], "path": {"type": "Exact", "value": "/after"},
-                "backends": [{"service": {"name": "echo", "port": 80}}]})))
-                .await
-                .ok()
+            c.apply(route(
+                ns,
+                "after",
+                json!({"hostnames": ["s9.test"], "path": {"type": "Exact", "value": "/after"},
+                "backends": [{"service": {"name": "echo", "port": 80}}]}),
+            ))
+            .await
+            .ok()
         })
         .await?;
-        upgrade_eventually(gw.listen, "s9.test", "/after", 90.0).await.context("a route created after the restart")?;
+        upgrade_eventually(gw.listen, "s9.test", "/after", 90.0)
+            .await
+            .context("a route created after the restart")?;
         let pickup = up.elapsed();
-        wait_status(c, ns, "after", 30.0, "programmed after the restart", programmed).await?;
+        wait_status(
+            c,
+            ns,
+            "after",
+            30.0,
+            "programmed after the restart",
+            programmed,
+        )
+        .await?;
+        let status_after = up.elapsed();
         for t in &mut tunnels {
             t.echo().await.context("an open tunnel after the outage")?;
         }
-        let restarts = gw.metric("wsgate_controller_watch_restarts_total", &[]).await?.unwrap_or(0.0);
-        ensure!(restarts > restarts0, "wsgate_controller_watch_restarts_total stayed at {restarts}");
+        let restarts = gw
+            .metric("wsgate_controller_watch_restarts_total", &[])
+            .await?
+            .unwrap_or(0.0);
+        ensure!(
+            restarts > restarts0,
+            "wsgate_controller_watch_restarts_total stayed at {restarts}"
+        );
         println!(
-            "    outage {:.1}s: {checks} rounds of echo/upgrade/readyz ok; new route served {:.1}s after restart; watch restarts {restarts0} → {restarts}",
+            "    stop-apiserver {:.1}s, outage {:.1}s (incl. start-apiserver {:.1}s): {checks} rounds of echo/upgrade/readyz ok; \
+             new route served {:.1}s and its status written {:.1}s after the restart; watch restarts {restarts0} → {restarts}",
+            stop_took.as_secs_f64(),
             outage.as_secs_f64(),
-            pickup.as_secs_f64()
+            start_took.as_secs_f64(),
+            pickup.as_secs_f64(),
+            status_after.as_secs_f64()
         );
         Ok(())
     })

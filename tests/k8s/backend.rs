@@ -24,9 +24,11 @@ impl Backend {
     /// Listens on `ip`:[`PORT`].
     pub async fn start(name: &str, ip: &str) -> Result<Backend> {
         let addr: SocketAddr = format!("{ip}:{PORT}").parse()?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (is 192.0.2.x on lo? run through hack/k8s/in-netns.sh)"))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen on {addr} (is 192.0.2.x on lo? run through hack/k8s/in-netns.sh)"
+            )
+        })?;
         let prefix = name.to_owned();
         let accept = tokio::spawn(async move {
             // Owned here, so aborting the accept loop also ends every tunnel.
@@ -34,7 +36,9 @@ impl Backend {
             while let Ok((tcp, _)) = listener.accept().await {
                 let prefix = prefix.clone();
                 tunnels.spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
                     while let Some(Ok(msg)) = ws.next().await {
                         let reply = match msg {
                             Message::Text(t) => Message::text(format!("{prefix}:{t}")),
@@ -50,7 +54,10 @@ impl Backend {
                 while tunnels.try_join_next().is_some() {}
             }
         });
-        Ok(Backend { ip: ip.to_owned(), accept })
+        Ok(Backend {
+            ip: ip.to_owned(),
+            accept,
+        })
     }
 }
 

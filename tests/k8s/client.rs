@@ -37,7 +37,11 @@ pub struct Closed {
     pub at: Instant,
 }
 
-fn request(scheme: &str, host: &str, path: &str) -> Result<tungstenite::handshake::client::Request> {
+fn request(
+    scheme: &str,
+    host: &str,
+    path: &str,
+) -> Result<tungstenite::handshake::client::Request> {
     let mut req = format!("{scheme}://{host}{path}").into_client_request()?;
     req.headers_mut().insert("Host", host.parse()?);
     Ok(req)
@@ -72,14 +76,21 @@ pub async fn upgrade_tls(
 pub async fn tls_connect(gw: SocketAddr, host: &str, ca: &CertificateDer<'static>) -> Result<Tls> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone())?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = within(5.0, "TCP connect to wsgate", TcpStream::connect(gw)).await??;
     let name = ServerName::try_from(host.to_owned())?;
-    Ok(within(5.0, "TLS handshake with wsgate", connector.connect(name, tcp)).await??)
+    Ok(within(
+        5.0,
+        "TLS handshake with wsgate",
+        connector.connect(name, tcp),
+    )
+    .await??)
 }
 
 async fn handshake<S>(io: S, scheme: &str, host: &str, path: &str) -> Result<Result<Tunnel<S>, u16>>
@@ -87,9 +98,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let req = request(scheme, host, path)?;
-    match within(10.0, "the WebSocket upgrade", tokio_tungstenite::client_async(req, io)).await? {
+    match within(
+        10.0,
+        "the WebSocket upgrade",
+        tokio_tungstenite::client_async(req, io),
+    )
+    .await?
+    {
         Ok((ws, _)) => {
-            let mut t = Tunnel { ws, backend: String::new(), sent: 0 };
+            let mut t = Tunnel {
+                ws,
+                backend: String::new(),
+                sent: 0,
+            };
             t.backend = t.echo().await?;
             Ok(Ok(t))
         }
@@ -107,7 +128,12 @@ pub async fn open(gw: SocketAddr, host: &str, path: &str) -> Result<Tunnel> {
 }
 
 /// Upgrades, retrying every 20 ms for `secs` until wsgate answers 101.
-pub async fn upgrade_eventually(gw: SocketAddr, host: &str, path: &str, secs: f64) -> Result<Tunnel> {
+pub async fn upgrade_eventually(
+    gw: SocketAddr,
+    host: &str,
+    path: &str,
+    secs: f64,
+) -> Result<Tunnel> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     loop {
         let last = match upgrade(gw, host, path).await {
@@ -123,7 +149,13 @@ pub async fn upgrade_eventually(gw: SocketAddr, host: &str, path: &str, secs: f6
 }
 
 /// Upgrades, retrying for `secs` until wsgate refuses with `want`.
-pub async fn refused_eventually(gw: SocketAddr, host: &str, path: &str, want: u16, secs: f64) -> Result<()> {
+pub async fn refused_eventually(
+    gw: SocketAddr,
+    host: &str,
+    path: &str,
+    want: u16,
+    secs: f64,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     loop {
         let last = match upgrade(gw, host, path).await {
@@ -144,9 +176,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Tunnel<S> {
     pub async fn echo(&mut self) -> Result<String> {
         self.sent += 1;
         let text = format!("message {}", self.sent);
-        within(5.0, "sending a message", self.ws.send(Message::text(text.clone())))
-            .await?
-            .context("send")?;
+        within(
+            5.0,
+            "sending a message",
+            self.ws.send(Message::text(text.clone())),
+        )
+        .await?
+        .context("send")?;
         let reply = within(5.0, "an echo", self.next_data()).await??;
         let (name, rest) = reply
             .split_once(':')
@@ -179,13 +215,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Tunnel<S> {
             loop {
                 match self.ws.next().await {
                     Some(Ok(Message::Close(f))) => {
-                        return Closed { code: f.map(|f| u16::from(f.code)), at: Instant::now() }
+                        return Closed {
+                            code: f.map(|f| u16::from(f.code)),
+                            at: Instant::now(),
+                        }
                     }
                     Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => return Closed { code: None, at: Instant::now() },
+                    Some(Err(_)) | None => {
+                        return Closed {
+                            code: None,
+                            at: Instant::now(),
+                        }
+                    }
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs_f64(secs), wait).await.ok()
+        tokio::time::timeout(Duration::from_secs_f64(secs), wait)
+            .await
+            .ok()
     }
 }

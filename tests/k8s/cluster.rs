@@ -49,7 +49,7 @@ pub struct Cluster {
     pub wsgate_kubeconfig: PathBuf,
     /// Admin client.
     pub client: kube::Client,
-    /// Keep the state dir (logs) after the run.
+    /// Keep the state dir (logs) after the run: on failure, or with `WSGATE_K8S_KEEP=1`.
     pub keep: bool,
 }
 
@@ -68,7 +68,12 @@ async fn script(name: &str, args: &[&str], secs: u64) -> Result<String> {
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot run {}", path.display()))?;
-    let out = within(secs as f64, &format!("{name} {}", args.join(" ")), child.wait_with_output()).await??;
+    let out = within(
+        secs as f64,
+        &format!("{name} {}", args.join(" ")),
+        child.wait_with_output(),
+    )
+    .await??;
     if !out.status.success() {
         bail!(
             "{name} {} failed ({}):\n{}",
@@ -82,7 +87,8 @@ async fn script(name: &str, args: &[&str], secs: u64) -> Result<String> {
 
 /// Reads `export K='V'` lines of the control plane's `env` file.
 fn env_var(state: &Path, key: &str) -> Result<String> {
-    let text = std::fs::read_to_string(state.join("env")).context("reading the control plane's env file")?;
+    let text = std::fs::read_to_string(state.join("env"))
+        .context("reading the control plane's env file")?;
     text.lines()
         .filter_map(|l| l.strip_prefix("export "))
         .filter_map(|l| l.split_once('='))
@@ -111,7 +117,12 @@ fn resource(api_version: &str, kind: &str) -> Result<(ApiResource, bool)> {
     Ok((ApiResource::from_gvk_with_plural(&gvk, plural), namespaced))
 }
 
-fn dynamic(client: &kube::Client, api_version: &str, kind: &str, ns: Option<&str>) -> Result<Api<DynamicObject>> {
+fn dynamic(
+    client: &kube::Client,
+    api_version: &str,
+    kind: &str,
+    ns: Option<&str>,
+) -> Result<Api<DynamicObject>> {
     let (ar, namespaced) = resource(api_version, kind)?;
     Ok(match (namespaced, ns) {
         (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
@@ -127,8 +138,15 @@ impl Cluster {
         let hack = hack_dir();
         let (assets, t) = timed(script("assets.sh", &[], 3600)).await;
         let assets = assets?;
-        println!("harness: assets.sh {:.1}s ({})", t.as_secs_f64(), assets.lines().last().unwrap_or("").trim());
-        let state = tempfile::Builder::new().prefix("wsgate-k8s-test.").tempdir()?.keep();
+        println!(
+            "harness: assets.sh {:.1}s ({})",
+            t.as_secs_f64(),
+            assets.lines().last().unwrap_or("").trim()
+        );
+        let state = tempfile::Builder::new()
+            .prefix("wsgate-k8s-test.")
+            .tempdir()?
+            .keep();
         let state_s = state.to_str().context("utf-8 temp dir")?.to_owned();
         let (started, t) = timed(script("control-plane.sh", &["start", &state_s], 300)).await;
         let mut cluster = Cluster {
@@ -138,7 +156,7 @@ impl Cluster {
             wsgate_kubeconfig: state.join("wsgate.kubeconfig"),
             client: kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse()?))?,
             state,
-            keep: false,
+            keep: std::env::var_os("WSGATE_K8S_KEEP").is_some(),
         };
         started?;
         println!("harness: control plane start {:.1}s", t.as_secs_f64());
@@ -148,7 +166,10 @@ impl Cluster {
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
         cluster.client = kube::Client::try_from(cfg)?;
         cluster.install().await?;
-        println!("harness: CRD + wsgate identity {:.1}s", t0.elapsed().as_secs_f64());
+        println!(
+            "harness: CRD + wsgate identity {:.1}s",
+            t0.elapsed().as_secs_f64()
+        );
         Ok(cluster)
     }
 
@@ -160,7 +181,15 @@ impl Cluster {
             bail!("kubectl apply of the CRD failed: {}", out.stderr);
         }
         let out = self
-            .kubectl(&["wait", "--for=condition=Established", "crd/websocketroutes.wsgate.io", "--timeout=60s"], None)
+            .kubectl(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "crd/websocketroutes.wsgate.io",
+                    "--timeout=60s",
+                ],
+                None,
+            )
             .await?;
         if !out.ok {
             bail!("CRD not Established: {}", out.stderr);
@@ -168,21 +197,33 @@ impl Cluster {
         // Namespace, ServiceAccount and a 2 h token kubeconfig.
         let state = self.state.to_str().context("utf-8")?;
         let kc = self.wsgate_kubeconfig.to_str().context("utf-8")?;
-        script("control-plane.sh", &["token", state, WSGATE_NS, WSGATE_SA, kc], 120).await?;
+        script(
+            "control-plane.sh",
+            &["token", state, WSGATE_NS, WSGATE_SA, kc],
+            120,
+        )
+        .await?;
         let rules = |file: &str| -> Result<Value> {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/wsgate/files").join(file);
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let v: Value = serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("charts/wsgate/files")
+                .join(file);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let v: Value = serde_yaml::from_str(&text)
+                .with_context(|| format!("parsing {}", path.display()))?;
             if !v.is_array() {
                 bail!("{} is not a list of rules", path.display());
             }
             Ok(v)
         };
-        let subject = json!([{"kind": "ServiceAccount", "name": WSGATE_SA, "namespace": WSGATE_NS}]);
+        let subject =
+            json!([{"kind": "ServiceAccount", "name": WSGATE_SA, "namespace": WSGATE_NS}]);
         let rbac = "rbac.authorization.k8s.io/v1";
-        self.apply(json!({"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": "wsgate"},
-            "rules": rules("rbac-rules.yaml")?}))
-            .await?;
+        self.apply(
+            json!({"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": "wsgate"},
+            "rules": rules("rbac-rules.yaml")?}),
+        )
+        .await?;
         self.apply(json!({"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": "wsgate"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "wsgate"},
             "subjects": subject}))
@@ -198,10 +239,26 @@ impl Cluster {
             .await?;
         // The identity really is least-privilege: not even Secrets of its own namespace.
         let out = self
-            .kubectl(&["--kubeconfig", kc, "auth", "can-i", "get", "secrets", "-n", WSGATE_NS], None)
+            .kubectl(
+                &[
+                    "--kubeconfig",
+                    kc,
+                    "auth",
+                    "can-i",
+                    "get",
+                    "secrets",
+                    "-n",
+                    WSGATE_NS,
+                ],
+                None,
+            )
             .await?;
         if out.stdout.trim() != "no" {
-            bail!("the wsgate ServiceAccount may get secrets: {}{}", out.stdout, out.stderr);
+            bail!(
+                "the wsgate ServiceAccount may get secrets: {}{}",
+                out.stdout,
+                out.stderr
+            );
         }
         Ok(())
     }
@@ -214,7 +271,11 @@ impl Cluster {
         }
         let mut child = cmd
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -225,7 +286,12 @@ impl Cluster {
             let mut pipe = child.stdin.take().context("kubectl stdin")?;
             pipe.write_all(input.as_bytes()).await?;
         }
-        let out = within(60.0, &format!("kubectl {}", args.join(" ")), child.wait_with_output()).await??;
+        let out = within(
+            60.0,
+            &format!("kubectl {}", args.join(" ")),
+            child.wait_with_output(),
+        )
+        .await??;
         Ok(Output {
             ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -239,7 +305,12 @@ impl Cluster {
         let api_version = obj["apiVersion"].as_str().context("apiVersion")?;
         let kind = obj["kind"].as_str().context("kind")?;
         let name = obj["metadata"]["name"].as_str().context("metadata.name")?;
-        let api = dynamic(&self.client, api_version, kind, obj["metadata"]["namespace"].as_str())?;
+        let api = dynamic(
+            &self.client,
+            api_version,
+            kind,
+            obj["metadata"]["namespace"].as_str(),
+        )?;
         let what = format!("apply {kind} {name}");
         let pp = PatchParams::apply(TEST_MANAGER).force();
         let out = within(30.0, &what, api.patch(name, &pp, &Patch::Apply(&obj)))
@@ -249,15 +320,29 @@ impl Cluster {
     }
 
     /// Gets an object (None when it does not exist).
-    pub async fn get(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> Result<Option<Value>> {
+    pub async fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>> {
         let api = dynamic(&self.client, api_version, kind, ns)?;
         let what = format!("get {kind} {name}");
-        let got = within(30.0, &what, api.get_opt(name)).await?.with_context(|| what.clone())?;
+        let got = within(30.0, &what, api.get_opt(name))
+            .await?
+            .with_context(|| what.clone())?;
         Ok(got.map(serde_json::to_value).transpose()?)
     }
 
     /// Deletes an object.
-    pub async fn delete(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> Result<()> {
+    pub async fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<()> {
         let api = dynamic(&self.client, api_version, kind, ns)?;
         let what = format!("delete {kind} {name}");
         within(30.0, &what, api.delete(name, &DeleteParams::default()))
@@ -268,12 +353,24 @@ impl Cluster {
 
     /// Stops kube-apiserver only (etcd keeps the data).
     pub async fn stop_apiserver(&self) -> Result<()> {
-        script("control-plane.sh", &["stop-apiserver", self.state_str()], 60).await.map(drop)
+        script(
+            "control-plane.sh",
+            &["stop-apiserver", self.state_str()],
+            60,
+        )
+        .await
+        .map(drop)
     }
 
     /// Starts kube-apiserver again and waits for `/readyz`.
     pub async fn start_apiserver(&self) -> Result<()> {
-        script("control-plane.sh", &["start-apiserver", self.state_str()], 180).await.map(drop)
+        script(
+            "control-plane.sh",
+            &["start-apiserver", self.state_str()],
+            180,
+        )
+        .await
+        .map(drop)
     }
 
     fn state_str(&self) -> &str {
@@ -292,13 +389,19 @@ impl Drop for Cluster {
             .stderr(Stdio::null())
             .status();
         if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("control-plane.sh stop {} failed: {status:?}", self.state.display());
+            eprintln!(
+                "control-plane.sh stop {} failed: {status:?}",
+                self.state.display()
+            );
         }
         if self.keep {
             println!("harness: logs kept in {}", self.state.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.state);
         }
-        println!("harness: control plane stop {:.1}s", t.elapsed().as_secs_f64());
+        println!(
+            "harness: control plane stop {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
     }
 }

@@ -29,46 +29,82 @@ pub fn endpoint_drain(env: &mut Env) -> Run<'_> {
         let term = Backend::start("s4-terminating", "192.0.2.7").await?;
         c.apply(namespace(ns)).await?;
         c.apply(service(ns, "pods")).await?;
-        c.apply(slice(ns, "pods-1", "pods", &[Ready(&a), Ready(&b)])).await?;
+        c.apply(slice(ns, "pods-1", "pods", &[Ready(&a), Ready(&b)]))
+            .await?;
         let spec = json!({"hostnames": ["s4.test"], "backends": [{"service": {"name": "pods", "port": "ws"}}],
             "drain": {"gracePeriod": "2s"}});
         c.apply(route(ns, "drain", spec)).await?;
-        wait_status(c, ns, "drain", 20.0, "programmed with 2 backends", |r| programmed(r) && r["status"]["backends"] == 2)
-            .await?;
+        wait_status(c, ns, "drain", 20.0, "programmed with 2 backends", |r| {
+            programmed(r) && r["status"]["backends"] == 2
+        })
+        .await?;
         let mut on_a = Vec::new();
         let mut on_b = Vec::new();
         upgrade_eventually(gw, "s4.test", "/", 10.0).await?;
         for _ in 0..6 {
             let t = open(gw, "s4.test", "/").await?;
-            if t.backend == "s4-a" { on_a.push(t) } else { on_b.push(t) }
+            if t.backend == "s4-a" {
+                on_a.push(t)
+            } else {
+                on_b.push(t)
+            }
         }
-        ensure!(!on_a.is_empty() && !on_b.is_empty(), "6 tunnels: {} on s4-a, {} on s4-b", on_a.len(), on_b.len());
+        ensure!(
+            !on_a.is_empty() && !on_b.is_empty(),
+            "6 tunnels: {} on s4-a, {} on s4-b",
+            on_a.len(),
+            on_b.len()
+        );
 
         // s4-a leaves the slice.
         let t0 = Instant::now();
         c.apply(slice(ns, "pods-1", "pods", &[Ready(&b)])).await?;
-        wait_status(c, ns, "drain", 10.0, "1 backend after s4-a left", |r| r["status"]["backends"] == 1).await?;
+        wait_status(c, ns, "drain", 10.0, "1 backend after s4-a left", |r| {
+            r["status"]["backends"] == 1
+        })
+        .await?;
         let applied = t0.elapsed();
-        ensure!(applied < Duration::from_millis(1800), "the slice change took {applied:?} to apply; cannot check the 2s grace");
+        ensure!(
+            applied < Duration::from_millis(1800),
+            "the slice change took {applied:?} to apply; cannot check the 2s grace"
+        );
         for t in &mut on_a {
-            t.echo().await.context("a tunnel to the removed endpoint, inside its grace period")?;
+            t.echo()
+                .await
+                .context("a tunnel to the removed endpoint, inside its grace period")?;
         }
         for _ in 0..6 {
             let t = open(gw, "s4.test", "/").await?;
-            ensure!(t.backend == "s4-b", "a new tunnel went to {} after it left the slice", t.backend);
+            ensure!(
+                t.backend == "s4-b",
+                "a new tunnel went to {} after it left the slice",
+                t.backend
+            );
         }
-        let limit = Duration::from_secs(8).saturating_sub(t0.elapsed()).as_secs_f64();
+        let limit = Duration::from_secs(8)
+            .saturating_sub(t0.elapsed())
+            .as_secs_f64();
         let closes = join_all(on_a.iter_mut().map(|t| t.closed_within(limit))).await;
         let mut at = Vec::new();
         for closed in closes {
-            let closed = closed.context("a tunnel to the removed endpoint was still open 8s after the change")?;
-            ensure!(closed.code == Some(1001), "a drained tunnel closed with {:?}, want 1001", closed.code);
+            let closed = closed
+                .context("a tunnel to the removed endpoint was still open 8s after the change")?;
+            ensure!(
+                closed.code == Some(1001),
+                "a drained tunnel closed with {:?}, want 1001",
+                closed.code
+            );
             let after = closed.at - t0;
-            ensure!(after >= Duration::from_secs(2), "a drained tunnel closed {after:?} after the change, before the 2s grace");
+            ensure!(
+                after >= Duration::from_secs(2),
+                "a drained tunnel closed {after:?} after the change, before the 2s grace"
+            );
             at.push(after.as_secs_f64());
         }
         for t in &mut on_b {
-            t.echo().await.context("a tunnel to the remaining endpoint after the drain")?;
+            t.echo()
+                .await
+                .context("a tunnel to the remaining endpoint after the drain")?;
         }
         println!(
             "    s4-a removed (applied in {:.0} ms): {} tunnels closed 1001 after {:.2}–{:.2}s (grace 2s); {} on s4-b untouched",
@@ -80,14 +116,34 @@ pub fn endpoint_drain(env: &mut Env) -> Run<'_> {
         );
 
         // s4-a back, and a terminating endpoint: it gets nothing new.
-        c.apply(slice(ns, "pods-1", "pods", &[Ready(&a), Ready(&b), Terminating(&term)])).await?;
-        wait_status(c, ns, "drain", 10.0, "2 backends (terminating one excluded)", |r| r["status"]["backends"] == 2).await?;
+        c.apply(slice(
+            ns,
+            "pods-1",
+            "pods",
+            &[Ready(&a), Ready(&b), Terminating(&term)],
+        ))
+        .await?;
+        wait_status(
+            c,
+            ns,
+            "drain",
+            10.0,
+            "2 backends (terminating one excluded)",
+            |r| r["status"]["backends"] == 2,
+        )
+        .await?;
         let mut seen = Vec::new();
         for _ in 0..8 {
             seen.push(open(gw, "s4.test", "/").await?.backend);
         }
-        ensure!(!seen.iter().any(|n| n == "s4-terminating"), "a terminating endpoint got a new tunnel: {seen:?}");
-        ensure!(seen.iter().any(|n| n == "s4-a") && seen.iter().any(|n| n == "s4-b"), "new tunnels: {seen:?}");
+        ensure!(
+            !seen.iter().any(|n| n == "s4-terminating"),
+            "a terminating endpoint got a new tunnel: {seen:?}"
+        );
+        ensure!(
+            seen.iter().any(|n| n == "s4-a") && seen.iter().any(|n| n == "s4-b"),
+            "new tunnels: {seen:?}"
+        );
         println!("    terminating endpoint got none of 8 new tunnels");
         Ok(())
     })
@@ -102,8 +158,12 @@ impl Pki {
     fn new() -> Result<Pki> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "wsgate k8s test CA");
-        Ok(Pki { ca: CertifiedIssuer::self_signed(params, KeyPair::generate()?)? })
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "wsgate k8s test CA");
+        Ok(Pki {
+            ca: CertifiedIssuer::self_signed(params, KeyPair::generate()?)?,
+        })
     }
 
     fn ca_der(&self) -> CertificateDer<'static> {
@@ -131,14 +191,36 @@ pub fn missing_refs(env: &mut Env) -> Run<'_> {
         c.apply(namespace(ns)).await?;
         let spec = json!({"hostnames": ["s7.test"], "backends": [{"service": {"name": "late", "port": 80}}]});
         c.apply(route(ns, "late", spec)).await?;
-        let r = wait_status(c, ns, "late", 20.0, "ResolvedRefs=False", |r| has(r, "ResolvedRefs", "False", None)).await?;
-        let msg = condition(&r, "ResolvedRefs").map(|c| c.message).unwrap_or_default();
-        ensure!(msg.contains("Service s7/late"), "ResolvedRefs message does not name the Service: {msg:?}");
-        ensure!(has(&r, "Accepted", "True", None) && has(&r, "Programmed", "False", None), "late: {}", crate::objects::describe(&r));
-        refused_eventually(gw.listen, "s7.test", "/", 404, 5.0).await.context("a route with a missing Service")?;
+        let r = wait_status(c, ns, "late", 20.0, "ResolvedRefs=False", |r| {
+            has(r, "ResolvedRefs", "False", None)
+        })
+        .await?;
+        let msg = condition(&r, "ResolvedRefs")
+            .map(|c| c.message)
+            .unwrap_or_default();
+        ensure!(
+            msg.contains("Service s7/late"),
+            "ResolvedRefs message does not name the Service: {msg:?}"
+        );
+        ensure!(
+            has(&r, "Accepted", "True", None) && has(&r, "Programmed", "False", None),
+            "late: {}",
+            crate::objects::describe(&r)
+        );
+        refused_eventually(gw.listen, "s7.test", "/", 404, 5.0)
+            .await
+            .context("a route with a missing Service")?;
         c.apply(service(ns, "late")).await?;
         c.apply(slice(ns, "late-1", "late", &[Ready(&pod)])).await?;
-        wait_status(c, ns, "late", 20.0, "programmed once the Service exists", programmed).await?;
+        wait_status(
+            c,
+            ns,
+            "late",
+            20.0,
+            "programmed once the Service exists",
+            programmed,
+        )
+        .await?;
         let t = upgrade_eventually(gw.listen, "s7.test", "/", 10.0).await?;
         ensure!(t.backend == "s7", "traffic reached {}", t.backend);
         println!("    missing Service: ResolvedRefs=False ({msg}); created → True, traffic flows");
@@ -149,14 +231,33 @@ pub fn missing_refs(env: &mut Env) -> Run<'_> {
         let spec = json!({"hostnames": [host], "backends": [{"service": {"name": "late", "port": 80}}],
             "tls": {"secretName": "secure-tls"}});
         c.apply(route(ns, "secure", spec)).await?;
-        let r = wait_status(c, ns, "secure", 20.0, "ResolvedRefs=False", |r| has(r, "ResolvedRefs", "False", None)).await?;
-        let msg = condition(&r, "ResolvedRefs").map(|c| c.message).unwrap_or_default();
-        ensure!(msg.contains("s7/secure-tls"), "ResolvedRefs message does not name the Secret: {msg:?}");
+        let r = wait_status(c, ns, "secure", 20.0, "ResolvedRefs=False", |r| {
+            has(r, "ResolvedRefs", "False", None)
+        })
+        .await?;
+        let msg = condition(&r, "ResolvedRefs")
+            .map(|c| c.message)
+            .unwrap_or_default();
+        ensure!(
+            msg.contains("s7/secure-tls"),
+            "ResolvedRefs message does not name the Secret: {msg:?}"
+        );
         let (crt1, key1, der1) = pki.leaf(host)?;
         c.apply(tls_secret(ns, "secure-tls", &crt1, &key1)).await?;
-        wait_status(c, ns, "secure", 20.0, "programmed once the Secret exists", programmed).await?;
+        wait_status(
+            c,
+            ns,
+            "secure",
+            20.0,
+            "programmed once the Secret exists",
+            programmed,
+        )
+        .await?;
         let (served, tunnel) = upgrade_tls(gw.tls, host, "/", &ca).await?;
-        ensure!(served == der1, "wss handshake presented another certificate than the Secret's");
+        ensure!(
+            served == der1,
+            "wss handshake presented another certificate than the Secret's"
+        );
         match tunnel {
             Ok(t) => ensure!(t.backend == "s7", "wss reached {}", t.backend),
             Err(s) => bail!("wss upgrade refused with {s}"),
@@ -165,16 +266,27 @@ pub fn missing_refs(env: &mut Env) -> Run<'_> {
         let (crt2, key2, der2) = pki.leaf(host)?;
         let t0 = Instant::now();
         c.apply(tls_secret(ns, "secure-tls", &crt2, &key2)).await?;
-        eventually(20.0, "a handshake presenting the rotated certificate", || async {
-            let tls = tls_connect(gw.tls, host, &ca).await.ok()?;
-            let served = tls.get_ref().1.peer_certificates()?.first()?.clone();
-            (served == der2).then_some(())
-        })
+        eventually(
+            20.0,
+            "a handshake presenting the rotated certificate",
+            || async {
+                let tls = tls_connect(gw.tls, host, &ca).await.ok()?;
+                let served = tls.get_ref().1.peer_certificates()?.first()?.clone();
+                (served == der2).then_some(())
+            },
+        )
         .await?;
         let rotated = t0.elapsed();
         let (served, tunnel) = upgrade_tls(gw.tls, host, "/", &ca).await?;
-        ensure!(served == der2, "a later handshake went back to the old certificate");
-        ensure!(tunnel.is_ok(), "wss upgrade after rotation refused: {:?}", tunnel.err());
+        ensure!(
+            served == der2,
+            "a later handshake went back to the old certificate"
+        );
+        ensure!(
+            tunnel.is_ok(),
+            "wss upgrade after rotation refused: {:?}",
+            tunnel.err()
+        );
         println!(
             "    missing Secret: ResolvedRefs=False ({msg}); created → wss works; rotated → new certificate served after {:.0} ms",
             rotated.as_secs_f64() * 1000.0

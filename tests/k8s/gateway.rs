@@ -45,9 +45,26 @@ impl Gateway {
             .arg("run")
             .arg("--kubeconfig")
             .arg(&cluster.wsgate_kubeconfig)
-            .args(["--lease-namespace", WSGATE_NS, "--lease-name", LEASE, "--identity", identity])
-            .args(["--listen", &listen.to_string(), "--tls-listen", &tls.to_string()])
-            .args(["--admin-listen", &admin.to_string(), "--drain-timeout", "1s"])
+            .args([
+                "--lease-namespace",
+                WSGATE_NS,
+                "--lease-name",
+                LEASE,
+                "--identity",
+                identity,
+            ])
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--tls-listen",
+                &tls.to_string(),
+            ])
+            .args([
+                "--admin-listen",
+                &admin.to_string(),
+                "--drain-timeout",
+                "1s",
+            ])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -55,7 +72,14 @@ impl Gateway {
             .stderr(stderr)
             .spawn()
             .context("cannot start wsgate run")?;
-        let mut gw = Gateway { child, identity: identity.to_owned(), listen, tls, admin, log };
+        let mut gw = Gateway {
+            child,
+            identity: identity.to_owned(),
+            listen,
+            tls,
+            admin,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = gw.child.try_wait() {
@@ -65,7 +89,10 @@ impl Gateway {
                 return Ok(gw);
             }
             if Instant::now() > deadline {
-                bail!("wsgate {identity}: /readyz not 200 within 30s\n{}", gw.log_tail(20));
+                bail!(
+                    "wsgate {identity}: /readyz not 200 within 30s\n{}",
+                    gw.log_tail(20)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -85,7 +112,10 @@ impl Gateway {
                 .nth(1)
                 .and_then(|s| s.parse().ok())
                 .context("no HTTP status line")?;
-            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+            let body = text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default();
             Ok((status, body))
         })
         .await?
@@ -135,7 +165,9 @@ impl Drop for Gateway {
 pub fn sum_samples(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let (metric, series_labels) = match series.split_once('{') {
             Some((m, rest)) => (m, rest.trim_end_matches('}')),
             None => (series, ""),
@@ -152,4 +184,3 @@ pub fn sum_samples(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     }
     found
 }
-

@@ -75,7 +75,10 @@ pub struct Cond {
 
 /// The condition `kind` of a route object.
 pub fn condition(route: &Value, kind: &str) -> Option<Cond> {
-    let c = route["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)?;
+    let c = route["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)?;
     Some(Cond {
         status: c["status"].as_str()?.to_owned(),
         reason: c["reason"].as_str().unwrap_or_default().to_owned(),
@@ -90,7 +93,12 @@ pub fn describe(route: &Value) -> String {
         .as_array()
         .map(|cs| {
             cs.iter()
-                .map(|c| format!("{}={} ({}: {}; gen {})", c["type"], c["status"], c["reason"], c["message"], c["observedGeneration"]))
+                .map(|c| {
+                    format!(
+                        "{}={} ({}: {}; gen {})",
+                        c["type"], c["status"], c["reason"], c["message"], c["observedGeneration"]
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -117,14 +125,18 @@ pub async fn wait_status(
     let mut last = Value::Null;
     loop {
         if let Ok(Some(r)) = cluster.get(WSR, "WebSocketRoute", Some(ns), name).await {
-            let current = r["status"]["observedGeneration"].as_i64() == r["metadata"]["generation"].as_i64();
+            let current =
+                r["status"]["observedGeneration"].as_i64() == r["metadata"]["generation"].as_i64();
             if current && check(&r) {
                 return Ok(r);
             }
             last = r;
         }
         if Instant::now() > deadline {
-            bail!("timed out after {secs}s waiting for {ns}/{name}: {what}; last seen: {}", describe(&last));
+            bail!(
+                "timed out after {secs}s waiting for {ns}/{name}: {what}; last seen: {}",
+                describe(&last)
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -135,11 +147,15 @@ pub async fn wait_status(
 pub fn has(route: &Value, kind: &str, status: &str, reason: Option<&str>) -> bool {
     let generation = route["metadata"]["generation"].as_i64();
     condition(route, kind).is_some_and(|c| {
-        c.status == status && reason.is_none_or(|r| c.reason == r) && c.observed_generation == generation
+        c.status == status
+            && reason.is_none_or(|r| c.reason == r)
+            && c.observed_generation == generation
     })
 }
 
 /// All three conditions True at the route's generation.
 pub fn programmed(route: &Value) -> bool {
-    ["Accepted", "ResolvedRefs", "Programmed"].iter().all(|k| has(route, k, "True", None))
+    ["Accepted", "ResolvedRefs", "Programmed"]
+        .iter()
+        .all(|k| has(route, k, "True", None))
 }
