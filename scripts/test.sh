@@ -12,6 +12,10 @@ step() { printf '\n== %s (%(%H:%M:%S)T)\n' "$*" -1; }
 step "installing test peers and tools"
 bash tests/setup.sh
 
+step "kube-apiserver, etcd and helm (built from the Go module proxy once, then cached)"
+hack/k8s/assets.sh >/dev/null
+hack/k8s/helm.sh >/dev/null
+
 step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

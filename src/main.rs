@@ -188,9 +188,12 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 async fn serve(config_path: PathBuf, common: Common) -> anyhow::Result<()> {
     let proxy = Proxy::new(Metrics::new());
-    let loaded = config::load(&config_path).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+    let loaded = config::load(&config_path).map_err(|errors| match errors.as_slice() {
+        [one] => anyhow::anyhow!("{one}"),
+        many => {
+            let lines: Vec<String> = many.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+        }
     })?;
     let watched: Vec<PathBuf> = loaded
         .files

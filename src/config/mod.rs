@@ -197,13 +197,14 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
                 field: field.to_owned(),
                 message,
             };
-            let parsed: Document = match serde_yaml::from_str(&doc) {
-                Ok(d) => d,
-                Err(e) => {
-                    errors.push(yaml_error(file, start, &doc, &e));
-                    continue;
-                }
-            };
+            let parsed: Document =
+                match serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&doc)) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        errors.push(yaml_error(file, start, &doc, &e));
+                        continue;
+                    }
+                };
             if parsed.api_version != API_VERSION {
                 errors.push(at(
                     "apiVersion",
@@ -273,15 +274,29 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
     })
 }
 
-/// A YAML or schema error with its line; serde_yaml messages carry the field path.
-fn yaml_error(file: &Path, start: usize, doc: &str, e: &serde_yaml::Error) -> ConfigError {
-    let text = e.to_string();
-    let message = text.split(" at line ").next().unwrap_or(&text).to_owned();
-    let (field, message) = match message.split_once(": ") {
-        Some((f, m)) if !f.contains(' ') => (f.to_owned(), m.to_owned()),
-        _ => ("document".to_owned(), message),
+/// A YAML or schema error with its line and the exact field path.
+fn yaml_error(
+    file: &Path,
+    start: usize,
+    doc: &str,
+    e: &serde_path_to_error::Error<serde_yaml::Error>,
+) -> ConfigError {
+    let inner = e.inner();
+    let text = inner.to_string();
+    let mut message = text.split(" at line ").next().unwrap_or(&text).to_owned();
+    let path = e.path().to_string();
+    // serde_yaml prefixes its own (shorter) path; the tracked one replaces it.
+    if let Some((prefix, rest)) = message.split_once(": ") {
+        if !prefix.contains(' ') {
+            message = rest.to_owned();
+        }
+    }
+    let field = if path == "." || path.is_empty() {
+        "document".to_owned()
+    } else {
+        path
     };
-    let line = match e.location() {
+    let line = match inner.location() {
         Some(l) => l.line(),
         None => locate::locate(doc, &field) + 1,
     };

@@ -148,7 +148,7 @@ impl Route {
         self
     }
     /// Sets a `spec` field to a YAML value written in flow style, e.g.
-    /// `.set("keepalive", "{interval: 1s, timeout: 1s}")`.
+    /// `.set("keepalive", "{interval: 1s, timeout: 500ms}")`.
     pub fn set(mut self, field: &str, flow_yaml: &str) -> Self {
         self.fields.retain(|(f, _)| f != field);
         self.fields.push((field.into(), flow_yaml.into()));
