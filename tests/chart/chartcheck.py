@@ -418,7 +418,7 @@ def cmd_metrics(queries_file, expositions, skip):
                     continue
                 if lab not in labels[name]:
                     problems.append(f"{src}: {name} has no label {lab!r} (query: {expr.strip()[:120]})")
-                elif op == "=" and "$" not in val and val not in labels[name][lab]:
+                elif op == "=" and "$" not in val and lab not in ("namespace", "route") and val not in labels[name][lab]:
                     notes.append(f"{name}{{{lab}=\"{val}\"}} not observed in this run (used by {src})")
         present = [n for n in names_here if n in labels]
         for kw, group in GROUPING.findall(expr):
