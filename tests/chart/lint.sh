@@ -78,6 +78,25 @@ refuse 'autoscaling.enabled=true,autoscaling.targetCPUUtilizationPercentage=null
 # Template-time guard (not expressible in the schema).
 refuse 'mode=sidecar,metrics.serviceMonitor.enabled=true' "set sidecar.podSelector"
 
+echo "== PromQL of the dashboards and alerts parses (Prometheus' own parser)"
+# tests/chart/promql is a tiny Go program around github.com/prometheus/prometheus/promql/parser;
+# built once into the cache, keyed by its sources.
+pq_key="$(cat "${HERE}/promql/go.mod" "${HERE}/promql/go.sum" "${HERE}/promql/main.go" | sha256sum | cut -c1-16)"
+PQ="${WSGATE_CACHE:-/var/cache/wsgate}/tools/promqlcheck-${pq_key}"
+if [[ ! -x "${PQ}" ]]; then
+  mkdir -p "$(dirname "${PQ}")"
+  (cd "${HERE}/promql" && go build -o "${PQ}.tmp" . && mv "${PQ}.tmp" "${PQ}") 2>"${WORK}/promql-build.log" ||
+    { flunk "cannot build tests/chart/promql (go build):"; tail -n 20 "${WORK}/promql-build.log" | sed 's/^/    /'; }
+fi
+if [[ -x "${PQ}" ]]; then
+  if python3 "${HERE}/chartcheck.py" queries "${CHART}" "${WORK}/monitoring.yaml" "${WORK}/sidecar-monitoring.yaml" >"${WORK}/queries.json" &&
+    out="$("${PQ}" <"${WORK}/queries.json")"; then
+    pass "every dashboard and alert query parses: $(tail -n1 <<<"${out}" | sed 's/^ *//')"
+  else
+    flunk "invalid PromQL in the dashboards or alerts:"; echo "${out:-}" | sed 's/^/    /'
+  fi
+fi
+
 echo "== CRD in the chart == crds/websocketroute.yaml"
 if cmp -s "${CHART}/crds/websocketroute.yaml" "${ROOT}/crds/websocketroute.yaml"; then
   pass "charts/wsgate/crds/websocketroute.yaml is identical to crds/websocketroute.yaml"
@@ -141,6 +160,7 @@ else
 fi
 
 echo
-echo "lint.sh: ${passed} passed, ${failed} failed in $((SECONDS - T0))s"
 for f in "${failures[@]}"; do echo "  failed: ${f}"; done
+echo "time: $((SECONDS - T0))s"
+echo "lint.sh: ${passed} passed, ${failed} failed"
 [[ ${failed} == 0 ]]

@@ -186,6 +186,7 @@ else
 fi
 
 echo
-echo "sidecar.sh: ${passed} passed, ${failed} failed in $((SECONDS - T0))s"
 for f in "${failures[@]}"; do echo "  failed: ${f}"; done
+echo "time: $((SECONDS - T0))s"
+echo "sidecar.sh: ${passed} passed, ${failed} failed"
 [[ ${failed} == 0 ]]
