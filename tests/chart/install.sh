@@ -35,17 +35,28 @@ set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="${ROOT}/tests/chart"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/wsgate/target}"
+PROM_OP_VERSION="${WSGATE_PROM_OPERATOR_VERSION:-v0.85.0}"
 if [[ "${WSGATE_CHART_INSTALL_INSIDE:-}" != 1 ]]; then
+  # Everything that needs a registry happens out here: the network namespace
+  # below has loopback only.
+  HELM="${HELM:-$("${ROOT}/hack/k8s/helm.sh" | tail -n1)}" || { echo "install.sh: no helm (hack/k8s/helm.sh)" >&2; exit 2; }
+  "${ROOT}/hack/k8s/assets.sh" >/dev/null || { echo "install.sh: hack/k8s/assets.sh failed" >&2; exit 2; }
+  if [[ ! -x "${CARGO_TARGET_DIR}/debug/wsgate" || ! -x "${CARGO_TARGET_DIR}/debug/examples/echo" ]]; then
+    (cd "${ROOT}" && cargo build --quiet --bin wsgate --example echo) || { echo "install.sh: cargo build failed" >&2; exit 2; }
+  fi
+  # The real prometheus-operator CRDs ship in its Go module.
+  WSGATE_PROM_CRDS_DIR="$(go mod download -json "github.com/prometheus-operator/prometheus-operator@${PROM_OP_VERSION}" 2>/dev/null |
+    jq -r '.Dir // empty')/example/prometheus-operator-crd" || true
+  export HELM WSGATE_PROM_CRDS_DIR
   WSGATE_CHART_INSTALL_INSIDE=1 exec "${ROOT}/hack/k8s/in-netns.sh" "${BASH_SOURCE[0]}" "$@"
 fi
 
 CHART="${ROOT}/charts/wsgate"
 CP="${ROOT}/hack/k8s/control-plane.sh"
 CC="${HERE}/chartcheck.py"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/wsgate/target}"
 WSGATE="${CARGO_TARGET_DIR}/debug/wsgate"
 ECHO="${CARGO_TARGET_DIR}/debug/examples/echo"
-PROM_OP_VERSION="${WSGATE_PROM_OPERATOR_VERSION:-v0.85.0}"
 T0=${SECONDS}
 passed=0 failed=0
 failures=()
@@ -87,10 +98,7 @@ summary() {
 phase "prerequisites"
 command -v python3 >/dev/null && python3 -c 'import yaml' 2>/dev/null || abort "python3 with PyYAML is required"
 command -v jq >/dev/null || abort "jq is required"
-HELM="${HELM:-$("${ROOT}/hack/k8s/helm.sh" | tail -n1)}" || abort "no helm (hack/k8s/helm.sh)"
-if [[ ! -x "${WSGATE}" || ! -x "${ECHO}" ]]; then
-  (cd "${ROOT}" && cargo build --quiet --bin wsgate --example echo) || abort "cargo build --bin wsgate --example echo failed"
-fi
+[[ -x "${HELM:-}" && -x "${WSGATE}" && -x "${ECHO}" ]] || abort "helm, wsgate or the echo example missing"
 pass "helm $(${HELM} version --short), ${WSGATE}"
 
 "${CP}" start "${STATE}" 2>"${STATE}/control-plane.start.log" || { cat "${STATE}/control-plane.start.log" >&2; abort "control plane did not start"; }
@@ -102,11 +110,11 @@ pass "control plane up: $(k version -o json | jq -r .serverVersion.gitVersion) a
 
 # ---- prometheus-operator CRDs ------------------------------------------------
 PROM_CRDS=""
-if dir="$(go mod download -json "github.com/prometheus-operator/prometheus-operator@${PROM_OP_VERSION}" 2>/dev/null | jq -r .Dir)" &&
-  [[ -f "${dir}/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" ]]; then
+dir="${WSGATE_PROM_CRDS_DIR:-}"
+if [[ -f "${dir}/monitoring.coreos.com_servicemonitors.yaml" ]]; then
   PROM_CRDS="real (prometheus-operator ${PROM_OP_VERSION})"
   for c in servicemonitors podmonitors prometheusrules; do
-    k apply --server-side -f "${dir}/example/prometheus-operator-crd/monitoring.coreos.com_${c}.yaml" >/dev/null ||
+    k apply --server-side -f "${dir}/monitoring.coreos.com_${c}.yaml" >/dev/null ||
       abort "cannot create the ${c} CRD"
   done
 else

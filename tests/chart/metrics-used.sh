@@ -34,6 +34,13 @@ CC="${HERE}/chartcheck.py"
 RUN_ONLY=(wsgate_controller_reconciles_total)
 
 if [[ $# -eq 0 && "${WSGATE_METRICS_INSIDE:-}" != 1 ]]; then
+  # Registries are reachable only out here: build and fetch before the netns.
+  HELM="${HELM:-$("${ROOT}/hack/k8s/helm.sh" | tail -n1)}" || { echo "metrics-used.sh: no helm" >&2; exit 2; }
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/wsgate/target}"
+  if [[ ! -x "${CARGO_TARGET_DIR}/debug/wsgate" || ! -x "${CARGO_TARGET_DIR}/debug/examples/echo" ]]; then
+    (cd "${ROOT}" && cargo build --quiet --bin wsgate --example echo) || { echo "metrics-used.sh: cargo build failed" >&2; exit 2; }
+  fi
+  export HELM
   WSGATE_METRICS_INSIDE=1 exec "${ROOT}/hack/k8s/in-netns.sh" "${BASH_SOURCE[0]}"
 fi
 

@@ -20,6 +20,13 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="${ROOT}/tests/chart"
 if [[ "${WSGATE_SIDECAR_INSIDE:-}" != 1 ]]; then
+  # Registries are reachable only out here: build and fetch before the netns.
+  HELM="${HELM:-$("${ROOT}/hack/k8s/helm.sh" | tail -n1)}" || { echo "sidecar.sh: no helm" >&2; exit 2; }
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/wsgate/target}"
+  if [[ ! -x "${CARGO_TARGET_DIR}/debug/wsgate" || ! -x "${CARGO_TARGET_DIR}/debug/examples/echo" ]]; then
+    (cd "${ROOT}" && cargo build --quiet --bin wsgate --example echo) || { echo "sidecar.sh: cargo build failed" >&2; exit 2; }
+  fi
+  export HELM
   WSGATE_SIDECAR_INSIDE=1 exec "${ROOT}/hack/k8s/in-netns.sh" "${BASH_SOURCE[0]}" "$@"
 fi
 
