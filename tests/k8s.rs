@@ -113,18 +113,43 @@ pub async fn timed<T>(fut: impl Future<Output = T>) -> (T, Duration) {
     (v, t.elapsed())
 }
 
+/// libtest flags that take a value: `cargo test -- ARGS` hands ARGS to every test
+/// binary, so `--test-threads 1` must not read as a filter `1`.
+const VALUE_FLAGS: &[&str] = &[
+    "--test-threads",
+    "--color",
+    "--format",
+    "--logfile",
+    "-Z",
+    "--shuffle-seed",
+];
+
+/// The scenarios the arguments select, like libtest: names containing any filter
+/// (or equal to one with `--exact`), minus those containing a `--skip` value.
+fn select(args: &[String]) -> Vec<Scenario> {
+    let (mut filters, mut skips, mut exact) = (Vec::new(), Vec::new(), false);
+    let mut it = args.iter().map(String::as_str);
+    while let Some(a) = it.next() {
+        match a {
+            "--skip" => skips.extend(it.next()),
+            "--exact" => exact = true,
+            _ if VALUE_FLAGS.contains(&a) => drop(it.next()),
+            _ if a.starts_with("--skip=") => skips.push(&a["--skip=".len()..]),
+            _ if a.starts_with('-') => {}
+            _ => filters.push(a),
+        }
+    }
+    let matches = |name: &str, f: &str| if exact { name == f } else { name.contains(f) };
+    ALL.iter()
+        .copied()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| matches(name, f)))
+        .filter(|(name, _)| !skips.iter().any(|s| name.contains(s)))
+        .collect()
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let filters: Vec<&str> = args
-        .iter()
-        .map(String::as_str)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let selected: Vec<Scenario> = ALL
-        .iter()
-        .copied()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
-        .collect();
+    let selected = select(&args);
     if args.iter().any(|a| a == "--list") {
         for (name, _) in &selected {
             println!("{name}: test");
@@ -183,7 +208,7 @@ async fn run(selected: Vec<Scenario>) -> ExitCode {
             Ok(gw) => gw,
             Err(e) => {
                 let mut cluster = cluster;
-                cluster.keep = true;
+                cluster.keep_logs();
                 return Err(e);
             }
         };
@@ -239,7 +264,7 @@ async fn run(selected: Vec<Scenario>) -> ExitCode {
             }
             Some(reason) => {
                 failed += 1;
-                env.cluster.keep = true;
+                env.cluster.keep_logs();
                 println!("{name}: FAILED {reason} ({secs:.1}s)");
                 println!(
                     "    last lines of {}:\n{}",

@@ -166,19 +166,15 @@ pub fn apiserver_outage(env: &mut Env) -> Run<'_> {
         let outage = down.elapsed();
 
         let up = Instant::now();
+        // Its own host name: "steady" (PathPrefix /) would serve any path of s9.test.
         // The admin client's pooled connection died with the server: retry the write.
         eventually(30.0, "applying a route after the restart", || async {
-            c.apply(route(
-                ns,
-                "after",
-                json!({"hostnames": ["s9.test"], "path": {"type": "Exact", "value": "/after"},
-                "backends": [{"service": {"name": "echo", "port": 80}}]}),
-            ))
-            .await
-            .ok()
+            c.apply(route(ns, "after", route_spec("s9-after.test")))
+                .await
+                .ok()
         })
         .await?;
-        upgrade_eventually(gw.listen, "s9.test", "/after", 90.0)
+        upgrade_eventually(gw.listen, "s9-after.test", "/", 90.0)
             .await
             .context("a route created after the restart")?;
         let pickup = up.elapsed();

@@ -42,9 +42,9 @@ fn request(
     host: &str,
     path: &str,
 ) -> Result<tungstenite::handshake::client::Request> {
-    let mut req = format!("{scheme}://{host}{path}").into_client_request()?;
-    req.headers_mut().insert("Host", host.parse()?);
-    Ok(req)
+    // The URL names the virtual host (Host header, SNI); the TCP connection,
+    // made by the caller, goes to wsgate.
+    Ok(format!("{scheme}://{host}{path}").into_client_request()?)
 }
 
 /// Upgrades `ws://host/path` through wsgate at `gw`: Ok(Ok(tunnel)) on 101 (after a

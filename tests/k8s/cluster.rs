@@ -35,10 +35,16 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// A running control plane.
+/// The control plane's processes and state dir: stopped (and the dir removed
+/// unless logs are kept) when dropped, also when a later setup step fails.
+struct ControlPlane {
+    state: PathBuf,
+    keep: bool,
+}
+
+/// A running control plane with the CRD and wsgate's identity installed.
 pub struct Cluster {
-    /// `hack/k8s`.
-    hack: PathBuf,
+    control_plane: ControlPlane,
     /// The control plane's state dir (logs, kubeconfigs, wsgate logs).
     pub state: PathBuf,
     /// A kubectl matching the server.
@@ -49,8 +55,6 @@ pub struct Cluster {
     pub wsgate_kubeconfig: PathBuf,
     /// Admin client.
     pub client: kube::Client,
-    /// Keep the state dir (logs) after the run: on failure, or with `WSGATE_K8S_KEEP=1`.
-    pub keep: bool,
 }
 
 fn hack_dir() -> PathBuf {
@@ -135,7 +139,6 @@ impl Cluster {
     /// Builds or finds the binaries, starts the control plane, installs the CRD and
     /// wsgate's identity. Prints how long each step took.
     pub async fn start() -> Result<Cluster> {
-        let hack = hack_dir();
         let (assets, t) = timed(script("assets.sh", &[], 3600)).await;
         let assets = assets?;
         println!(
@@ -148,24 +151,28 @@ impl Cluster {
             .tempdir()?
             .keep();
         let state_s = state.to_str().context("utf-8 temp dir")?.to_owned();
-        let (started, t) = timed(script("control-plane.sh", &["start", &state_s], 300)).await;
-        let mut cluster = Cluster {
-            hack,
-            kubectl: PathBuf::new(),
-            admin_kubeconfig: state.join("admin.kubeconfig"),
-            wsgate_kubeconfig: state.join("wsgate.kubeconfig"),
-            client: kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse()?))?,
-            state,
-            keep: std::env::var_os("WSGATE_K8S_KEEP").is_some(),
+        let control_plane = ControlPlane {
+            state: state.clone(),
+            // Until setup has succeeded: its logs say why it did not.
+            keep: true,
         };
+        let (started, t) = timed(script("control-plane.sh", &["start", &state_s], 300)).await;
         started?;
         println!("harness: control plane start {:.1}s", t.as_secs_f64());
         let t0 = Instant::now();
-        cluster.kubectl = PathBuf::from(env_var(&cluster.state, "KUBECTL")?);
-        let kc = kube::config::Kubeconfig::read_from(&cluster.admin_kubeconfig)?;
+        let admin_kubeconfig = state.join("admin.kubeconfig");
+        let kc = kube::config::Kubeconfig::read_from(&admin_kubeconfig)?;
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        cluster.client = kube::Client::try_from(cfg)?;
+        let mut cluster = Cluster {
+            kubectl: PathBuf::from(env_var(&state, "KUBECTL")?),
+            admin_kubeconfig,
+            wsgate_kubeconfig: state.join("wsgate.kubeconfig"),
+            client: kube::Client::try_from(cfg)?,
+            state,
+            control_plane,
+        };
         cluster.install().await?;
+        cluster.control_plane.keep = std::env::var_os("WSGATE_K8S_KEEP").is_some();
         println!(
             "harness: CRD + wsgate identity {:.1}s",
             t0.elapsed().as_secs_f64()
@@ -378,10 +385,17 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl Cluster {
+    /// Keeps the state dir (control plane and wsgate logs) after the run.
+    pub fn keep_logs(&mut self) {
+        self.control_plane.keep = true;
+    }
+}
+
+impl Drop for ControlPlane {
     fn drop(&mut self) {
         let t = Instant::now();
-        let status = std::process::Command::new(self.hack.join("control-plane.sh"))
+        let status = std::process::Command::new(hack_dir().join("control-plane.sh"))
             .arg("stop")
             .arg(&self.state)
             .stdin(Stdio::null())
