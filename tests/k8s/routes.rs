@@ -324,6 +324,10 @@ pub fn conflict(env: &mut Env) -> Run<'_> {
         let spec = |ip: &str| json!({"hostnames": ["s10.test"], "backends": [{"address": format!("{ip}:9001")}]});
         c.apply(route(ns, "first", spec("192.0.2.13"))).await?;
         wait_status(c, ns, "first", 20.0, "programmed", programmed).await?;
+        // A route of another class (another wsgate's) neither conflicts nor gets status.
+        let mut other = spec("192.0.2.14");
+        other["className"] = json!("other");
+        c.apply(route(ns, "other-class", other)).await?;
         // Creation times have 1 s resolution; make "later" unambiguous.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         c.apply(route(ns, "second", spec("192.0.2.14"))).await?;
@@ -347,6 +351,15 @@ pub fn conflict(env: &mut Env) -> Run<'_> {
             .await?
             .context("route first")?;
         ensure!(programmed(&first), "the older route lost its status");
+        let other = c
+            .get(WSR, "WebSocketRoute", Some(ns), "other-class")
+            .await?
+            .context("route other-class")?;
+        ensure!(
+            other.get("status").is_none(),
+            "wsgate (class wsgate) wrote status on a route of class other: {}",
+            crate::objects::describe(&other)
+        );
         let t = open(gw, "s10.test", "/").await?;
         ensure!(
             t.backend == "s10-first",
@@ -388,7 +401,7 @@ pub fn conflict(env: &mut Env) -> Run<'_> {
             "after the winner's deletion traffic went to {}",
             t.backend
         );
-        println!("    second: Accepted=False Conflicted ({msg}); Warning Event {:?}; takes over after delete", ev.note.unwrap_or_default());
+        println!("    other-class route ignored (no status, no conflict); second: Accepted=False Conflicted ({msg}); Warning Event {:?}; takes over after delete", ev.note.unwrap_or_default());
         Ok(())
     })
 }
