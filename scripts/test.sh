@@ -22,3 +22,11 @@ cargo clippy --locked --all-targets -- -D warnings
 
 step "unit and black-box tests"
 cargo test --locked --no-fail-fast
+
+step "Helm chart: lint and render, sidecar mode, dashboard/alert metrics"
+bash tests/chart/lint.sh
+bash tests/chart/sidecar.sh
+bash tests/chart/metrics-used.sh
+
+step "Helm chart: install, upgrade, uninstall into a real kube-apiserver"
+bash tests/chart/install.sh

@@ -32,6 +32,15 @@ command -v cc >/dev/null || apt_install build-essential
 # websocat's TLS support links OpenSSL.
 if ! pkg-config --exists openssl 2>/dev/null; then apt_install pkg-config libssl-dev; fi
 
+# Chart tests (tests/chart/*.sh): jq, PyYAML for chartcheck.py, curl, openssl, iproute2
+# and util-linux (unshare) for the network namespace of the control-plane harness.
+command -v jq >/dev/null || apt_install jq
+command -v curl >/dev/null || apt_install curl
+command -v openssl >/dev/null || apt_install openssl
+command -v ip >/dev/null || apt_install iproute2
+command -v unshare >/dev/null && command -v flock >/dev/null || apt_install util-linux
+python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml || pip install --quiet pyyaml
+
 # Node peers: `npm ci` into the cache when the lock file changed.
 node_dir=$cache/peers-node
 if ! cmp -s "$here/peers/package-lock.json" "$node_dir/package-lock.json" ||

@@ -42,7 +42,9 @@ pub async fn watch(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
-            if !matches!(ev.kind, notify::EventKind::Access(_)) {
+            if !matches!(ev.kind, notify::EventKind::Access(_))
+                && ev.paths.iter().any(|p| relevant(p))
+            {
                 let _ = tx.send(());
             }
         }
@@ -80,14 +82,46 @@ pub async fn watch(
             *dirs = want;
         };
     rewatch(&mut watcher, &watched, &mut dirs);
+    let mut last = fingerprint(&path, &watched);
     while rx.recv().await.is_some() {
         // Editors write in bursts: settle, then reload once.
         tokio::time::sleep(Duration::from_millis(150)).await;
         while rx.try_recv().is_ok() {}
+        // Skip a reload when nothing we read changed (an editor's swap file, a
+        // touch): the table, the metrics and the log stay quiet.
+        let now = fingerprint(&path, &watched);
+        if now == last {
+            continue;
+        }
+        last = now;
         if let Some(files) = reload(&proxy, &path) {
             watched = files;
             rewatch(&mut watcher, &watched, &mut dirs);
+            last = fingerprint(&path, &watched);
         }
     }
     Ok(())
+}
+
+/// Whether a changed path can matter: route files, certificate files, and the
+/// `..data` symlink swap a Kubernetes ConfigMap or Secret volume makes on update.
+fn relevant(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.starts_with("..")
+        || [".yaml", ".yml", ".pem", ".crt", ".key"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+        || !name.contains('.')
+}
+
+/// A digest of everything a reload reads: route files and certificate files.
+fn fingerprint(path: &Path, watched: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let files = super::route_files(path).unwrap_or_default();
+    for f in files.iter().chain(watched) {
+        f.hash(&mut h);
+        std::fs::read(f).ok().hash(&mut h);
+    }
+    h.finish()
 }
