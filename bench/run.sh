@@ -4,7 +4,10 @@
 # a missed target). See bench/README.md.
 #
 #   bench/run.sh [--quick] [--n N] [--proxies wsgate,nginx,haproxy-http,haproxy-tcp]
-#                [--no-build] [--keep] [--wait-quiet SECONDS]
+#                [--no-build] [--keep] [--wait-quiet SECONDS] [--rounds R]
+#
+# --rounds R repeats the whole sequence R times (alternating the order) and
+# reports medians: use 3 on a machine shared with other work.
 #
 # Environment: WSGATE_BIN (use this binary instead of building), CARGO_TARGET_DIR
 # (default /var/cache/wsgate/target), WSGATE_CACHE (default /var/cache/wsgate),
@@ -40,6 +43,7 @@ HS_DURATION=10s
 PROXIES=wsgate,nginx,haproxy-http,haproxy-tcp
 BUILD=1
 KEEP=0
+ROUNDS=1
 N_SET=
 WAIT_QUIET=
 
@@ -52,9 +56,11 @@ while [ $# -gt 0 ]; do
     --proxies=*) PROXIES=${1#--proxies=} ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --rounds=*) ROUNDS=${1#--rounds=} ;;
     --wait-quiet) WAIT_QUIET=$2; shift ;;
     --wait-quiet=*) WAIT_QUIET=${1#--wait-quiet=} ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -180,7 +186,7 @@ import sys, time
 def busy():
     f = open("/proc/stat").readline().split()[1:9]
     v = list(map(int, f))
-    return sum(v) - v[3] - v[4]
+    return sum(v) - v[3] - v[4] - v[7]  # minus idle, iowait, steal
 b0 = busy(); time.sleep(float(sys.argv[1])); print(f"{(busy() - b0) / 100 / float(sys.argv[1]):.2f}")
 PY
 }
@@ -194,7 +200,7 @@ done
 say "machine busy before measuring: $MACHINE_BUSY0 of $(nproc) cores (anything above ~0.1 is someone else's load and skews every figure)"
 
 cat >"$WORK/meta.json" <<EOF
-{"mode":"$MODE","n":$N,"settle":"$SETTLE","sources":"$SOURCES",
+{"mode":"$MODE","rounds":$ROUNDS,"n":$N,"settle":"$SETTLE","sources":"$SOURCES",
  "throughput":{"conns":$TP_CONNS,"window":$TP_WINDOW,"messages":$TP_MESSAGES,"duration":"$TP_DURATION","size":1024,
    "paced_rate":$TP_RATE,"paced_duration":"$TP_PACED_DURATION"},
  "latency":{"conns":$LAT_CONNS,"count":$LAT_COUNT,"interval":"$LAT_INTERVAL","size":1024},
@@ -281,9 +287,15 @@ EOF
 }
 
 IFS=, read -r -a PROXY_LIST <<<"$PROXIES"
-for name in "${PROXY_LIST[@]}"; do
-  step "$name"
-  out=$WORK/$name
+for round in $(seq 1 "$ROUNDS"); do
+# Odd rounds go in the given order, even rounds in reverse, to cancel drift.
+order=("${PROXY_LIST[@]}")
+if [ $((round % 2)) = 0 ]; then
+  order=(); for ((i=${#PROXY_LIST[@]}-1; i>=0; i--)); do order+=("${PROXY_LIST[$i]}"); done
+fi
+for name in "${order[@]}"; do
+  if [ "$ROUNDS" -gt 1 ]; then step "$name (round $round of $ROUNDS)"; else step "$name"; fi
+  out=$WORK/round$round/$name
   mkdir -p "$out"
   if [ "$name" = wsgate ] && [ -z "$WSGATE" ]; then
     echo "{\"status\":\"skipped\",\"reason\":\"$(printf '%s' "$WSGATE_NOTE" | tr '"\\' "''")\"}" >"$out/status.json"
@@ -358,6 +370,7 @@ json.dump(d, open(p, "w"))
 EOF
   stop_group "$PROXY_PID"
   sleep 2   # let TIME_WAIT and the backend settle before the next proxy
+done
 done
 
 step "results"

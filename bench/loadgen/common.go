@@ -287,7 +287,7 @@ func machineBusy() float64 {
 	}
 	var busy int64
 	for i, v := range f[1:9] {
-		if i == 3 || i == 4 { // idle, iowait
+		if i == 3 || i == 4 || i == 7 { // idle, iowait, steal (the hypervisor's, not ours)
 			continue
 		}
 		x, _ := strconv.ParseInt(v, 10, 64)
