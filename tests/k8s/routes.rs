@@ -169,11 +169,10 @@ pub fn apply_latency(env: &mut Env) -> Run<'_> {
     Box::pin(async move {
         let (c, gw) = (&env.cluster, env.gw.listen);
         let ns = "s3";
-        let _pod = Backend::start("s3", "192.0.2.4").await?;
+        let pod = Backend::start("s3", "192.0.2.4").await?;
         c.apply(namespace(ns)).await?;
         c.apply(service(ns, "echo")).await?;
-        c.apply(slice(ns, "echo-1", "echo", &[Ready(&_pod)]))
-            .await?;
+        c.apply(slice(ns, "echo-1", "echo", &[Ready(&pod)])).await?;
         let mut ms = Vec::new();
         for i in 0..20 {
             let path = format!("/lat/{i:02}");
