@@ -48,12 +48,46 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Retry delay after a failed status write.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// A full rebuild this often even without changes, so the last-sync timestamp proves
+/// the controller alive and a missed event cannot leave the table stale for long.
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// Watch retry delays: 0.5 s doubling to 5 s, reset after a success. A lower cap
+/// than kube's default (30 s), so a change made right after an API server comes
+/// back is served within seconds; a few watches retrying every 5 s is no load.
+#[derive(Clone, Copy)]
+struct WatchBackoff(Duration);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff(Duration::from_millis(500))
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.0;
+        self.0 = (d * 2).min(Duration::from_secs(5));
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        *self = WatchBackoff::default();
+    }
+}
+
 fn reflect<K>(api: Api<K>, cfg: watcher::Config, trigger: Arc<Notify>, metrics: Metrics) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, cfg).default_backoff().reflect(writer);
+    let stream = watcher(api, cfg)
+        .backoff(WatchBackoff::default())
+        .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
@@ -155,10 +189,20 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
         m.controller_last_sync_timestamp_seconds
             .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
         let mut ok = true;
+        // A route whose outcome changed counts as a reload: `error` when it is now
+        // refused (the cluster's analogue of a refused file change).
+        let mut reload: Option<&str> = None;
+        let before = last_programmed.len();
         for (obj, outcome) in &build.outcomes {
             let key = (obj.namespace().unwrap_or_default(), obj.name_any());
             let summary = format!("{outcome:?}");
             if last_programmed.get(&key) != Some(&summary) {
+                let refused = !matches!(outcome, Outcome::Programmed { .. });
+                reload = Some(if refused || reload == Some("error") {
+                    "error"
+                } else {
+                    "success"
+                });
                 match outcome {
                     Outcome::Programmed { backends } => {
                         tracing::info!(route = %format!("{}/{}", key.0, key.1), backends, "route programmed")
@@ -195,15 +239,18 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
             }
         }
         build_outcomes_gc(&mut last_programmed, &build.outcomes);
+        if last_programmed.len() < before && reload.is_none() {
+            reload = Some("success");
+        }
+        if let Some(result) = reload {
+            m.config_reloads_total.with_label_values(&[result]).inc();
+        }
         m.controller_reconciles_total
             .with_label_values(&[if ok { "success" } else { "error" }])
             .inc();
         tracing::debug!(routes = served, "route table rebuilt");
-        if ok {
-            trigger.notified().await;
-        } else {
-            let _ = tokio::time::timeout(RETRY, trigger.notified()).await;
-        }
+        let wait = if ok { RESYNC } else { RETRY };
+        let _ = tokio::time::timeout(wait, trigger.notified()).await;
         tokio::time::sleep(DEBOUNCE).await;
     }
 }
