@@ -229,7 +229,7 @@ def main():
     p(f"wsgate benchmark ({meta.get('mode', '?')} mode{f', median of {nr} rounds' if nr > 1 else ''}) — {meta.get('date', '')}, kernel {meta.get('kernel', '')}, "
       f"{meta.get('cpus', '?')} x {meta.get('cpu_model', '?')}")
     p(f"nginx {meta.get('nginx_version', '?')}, haproxy {meta.get('haproxy_version', '?')}, "
-      f"wsgate {meta.get('wsgate_bin') or '(none)'} from {meta.get('wsgate_source') or '?'}; repo HEAD {meta.get('wsgate_commit', '?')}")
+      f"wsgate {meta.get('wsgate_bin') or '(none)'} (sha256 {meta.get('wsgate_sha256_16') or '?'}…) from {meta.get('wsgate_source') or '?'}; repo HEAD {meta.get('wsgate_commit', '?')}")
     tpm = meta.get("throughput", {})
     lat = meta.get("latency", {})
     hsm = meta.get("handshakes", {})

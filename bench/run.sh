@@ -132,6 +132,8 @@ say "loadgen: $LOADGEN"
 WSGATE=""
 WSGATE_NOTE=""
 WSGATE_SOURCE=""
+WSGATE_ORIG=""
+WSGATE_SHA=""
 if [[ ",$PROXIES," == *",wsgate,"* ]]; then
   if [ -n "${WSGATE_BIN:-}" ]; then
     WSGATE=$WSGATE_BIN
@@ -166,6 +168,12 @@ if [[ ",$PROXIES," == *",wsgate,"* ]]; then
     say "$WSGATE_NOTE"
   fi
   [ -n "$WSGATE_NOTE" ] && WSGATE=""
+  # The target dir is shared: others rebuild release/wsgate at any time. Measure
+  # a private copy so every round runs the same binary.
+  if [ -n "$WSGATE" ]; then
+    mkdir -p "$WORK/bin" && cp "$WSGATE" "$WORK/bin/wsgate" && WSGATE_ORIG=$WSGATE && WSGATE=$WORK/bin/wsgate
+    WSGATE_SHA=$(sha256sum "$WSGATE" | cut -c1-16)
+  fi
 fi
 NGINX_VERSION=$(nginx -v 2>&1 | sed 's/.*nginx\///' || true)
 HAPROXY_VERSION=$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}' || true)
@@ -206,7 +214,7 @@ cat >"$WORK/meta.json" <<EOF
  "latency":{"conns":$LAT_CONNS,"count":$LAT_COUNT,"interval":"$LAT_INTERVAL","size":1024},
  "handshakes":{"workers":$HS_WORKERS,"duration":"$HS_DURATION"},
  "nginx_version":"$NGINX_VERSION","haproxy_version":"$HAPROXY_VERSION",
- "wsgate_bin":"$WSGATE","wsgate_note":"$(printf '%s' "$WSGATE_NOTE" | tr '"\\' "''")",
+ "wsgate_bin":"$WSGATE_ORIG","wsgate_sha256_16":"$WSGATE_SHA","wsgate_note":"$(printf '%s' "$WSGATE_NOTE" | tr '"\\' "''")",
  "wsgate_commit":"$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)",
  "wsgate_source":"$(printf '%s' "$WSGATE_SOURCE" | tr '"\\' "''")",
  "kernel":"$(uname -r)","cpus":$(nproc),"cpu_model":"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')",
