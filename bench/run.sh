@@ -383,4 +383,4 @@ done
 
 step "results"
 mkdir -p "$HERE/results"
-python3 "$HERE/report.py" "$WORK" "$HERE/results/latest.json"
+python3 "$HERE/report.py" "$WORK" "$HERE/results/latest.json" | tee "$HERE/results/latest.txt"
