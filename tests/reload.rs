@@ -22,7 +22,7 @@ async fn two_hundred_open_tunnels_survive_configuration_changes() {
     let echo = Route::new("echo")
         .backend(a.addr)
         .set("drain", "{gracePeriod: 1s}");
-    let gate = Wsgate::start_with(dir_mode(), &routes_yaml(&[echo.clone()])).await;
+    let gate = Wsgate::start_with(dir_mode(), &routes_yaml(std::slice::from_ref(&echo))).await;
 
     let mut tunnels = Vec::with_capacity(200);
     for i in 0..200 {

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures_util::task::AtomicWaker;
 use serde::Serialize;
-use tokio::sync::Notify;
 
 use super::table::Route;
 use crate::metrics::RouteMetrics;
@@ -156,8 +156,11 @@ pub struct TunnelInfo {
     /// bit-free encoding keeps it one atomic.
     close_at: AtomicU64,
     close_reason: AtomicU64,
-    /// Wakes the relay when `close_at` changes.
-    pub(crate) wake: Notify,
+    /// Set with `close_at` changes; the relay clears it when it looks.
+    pub(crate) signal: std::sync::atomic::AtomicBool,
+    /// The relay task, woken when `signal` is set (a waker, not a future: an idle
+    /// tunnel keeps no pending future for it).
+    pub(crate) waker: AtomicWaker,
 }
 
 impl TunnelInfo {
@@ -246,7 +249,8 @@ impl Registry {
             backend_rtt_us: AtomicU64::new(u64::MAX),
             close_at: AtomicU64::new(u64::MAX),
             close_reason: AtomicU64::new(0),
-            wake: Notify::new(),
+            signal: std::sync::atomic::AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         });
         self.tunnels
             .lock()
@@ -301,7 +305,8 @@ impl Registry {
             .store(u64::from(reason == CloseReason::Shutdown), Relaxed);
         t.close_at.store(ms, Relaxed);
         if old != ms {
-            t.wake.notify_one();
+            t.signal.store(true, std::sync::atomic::Ordering::Release);
+            t.waker.wake();
         }
     }
 

@@ -8,6 +8,7 @@
 //! system call. Counters are added once per batch, not once per message.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -41,6 +42,15 @@ struct Scratch {
 thread_local! {
     static SCRATCH_BUF: RefCell<Scratch> =
         RefCell::new(Scratch { read: vec![0; SCRATCH], out: Vec::with_capacity(SCRATCH + 512) });
+}
+
+/// What woke the relay.
+enum Wake {
+    Signal,
+    Read(Side),
+    Write(Side),
+    Gone(Side),
+    Timer,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -177,14 +187,6 @@ impl State {
     }
 }
 
-async fn ready_to_read(s: &Stream, maybe_more: bool) -> io::Result<()> {
-    if maybe_more {
-        Ok(())
-    } else {
-        s.readable().await
-    }
-}
-
 /// Writes what the stream takes now and keeps the rest; false when the peer is gone.
 fn send(dst: &mut Stream, dir: &mut Dir, mut bytes: &[u8]) -> bool {
     if dir.out.is_empty() {
@@ -234,7 +236,7 @@ fn flush(dst: &mut Stream, dir: &mut Dir) -> bool {
 impl Relay {
     /// Relays until the tunnel closes. `client_early`/`backend_early` are bytes that
     /// arrived with the handshakes.
-    pub async fn run(mut self, client_early: bytes::Bytes, backend_early: bytes::Bytes) {
+    pub async fn run(mut self, client_early: Vec<u8>, backend_early: Vec<u8>) {
         let route = self.info.route.clone();
         let now = Instant::now();
         let leg = |ping| Leg {
@@ -260,6 +262,8 @@ impl Relay {
         if !backend_early.is_empty() {
             self.ingest(Side::Backend, &backend_early, &mut st);
         }
+        // Parameters live as long as the future unless moved out.
+        drop((client_early, backend_early));
         let sleep = sleep_until(self.next_deadline(&st).into());
         tokio::pin!(sleep);
         while !st.done() {
@@ -273,31 +277,78 @@ impl Relay {
             let (read_c, read_b) = (st.can_read(Side::Client), st.can_read(Side::Backend));
             let write_b = !st.c2b.out.is_empty() || st.c2b.tls_pending;
             let write_c = !st.b2c.out.is_empty() || st.b2c.tls_pending;
-            tokio::select! {
-                biased;
-                _ = self.info.wake.notified() => {}
-                r = ready_to_read(&self.client, st.c.maybe_more), if read_c => match r {
-                    Ok(()) => self.read(Side::Client, &mut st),
-                    Err(_) => self.gone(Side::Client, &mut st),
-                },
-                r = ready_to_read(&self.backend, st.b.maybe_more), if read_b => match r {
-                    Ok(()) => self.read(Side::Backend, &mut st),
-                    Err(_) => self.gone(Side::Backend, &mut st),
-                },
-                r = self.backend.writable(), if write_b => {
-                    if r.is_err() || !flush(&mut self.backend, &mut st.c2b) {
+            let (more_c, more_b) = (st.c.maybe_more, st.b.maybe_more);
+            // One hand-written poll instead of `select!` over readiness futures: the
+            // sockets keep the waker, so an idle tunnel's task is a few hundred bytes.
+            let wake = std::future::poll_fn(|cx| {
+                use std::task::Poll::{Pending, Ready};
+                self.info.waker.register(cx.waker());
+                if self.info.signal.swap(false, Relaxed) {
+                    return Ready(Wake::Signal);
+                }
+                for (side, want, more) in [
+                    (Side::Client, read_c, more_c),
+                    (Side::Backend, read_b, more_b),
+                ] {
+                    if !want {
+                        continue;
+                    }
+                    if more {
+                        return Ready(Wake::Read(side));
+                    }
+                    let s = match side {
+                        Side::Client => &self.client,
+                        Side::Backend => &self.backend,
+                    };
+                    if let Ready(r) = s.tcp().poll_read_ready(cx) {
+                        return Ready(if r.is_ok() {
+                            Wake::Read(side)
+                        } else {
+                            Wake::Gone(side)
+                        });
+                    }
+                }
+                for (side, want) in [(Side::Backend, write_b), (Side::Client, write_c)] {
+                    let s = match side {
+                        Side::Client => &self.client,
+                        Side::Backend => &self.backend,
+                    };
+                    if want {
+                        if let Ready(r) = s.tcp().poll_write_ready(cx) {
+                            return Ready(if r.is_ok() {
+                                Wake::Write(side)
+                            } else {
+                                Wake::Gone(side)
+                            });
+                        }
+                    }
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Ready(Wake::Timer);
+                }
+                Pending
+            })
+            .await;
+            match wake {
+                Wake::Signal => {}
+                Wake::Read(side) => self.read(side, &mut st),
+                Wake::Gone(side) => self.gone(side, &mut st),
+                Wake::Write(Side::Backend) => {
+                    if !flush(&mut self.backend, &mut st.c2b) {
                         self.gone(Side::Backend, &mut st);
                     }
                 }
-                r = self.client.writable(), if write_c => {
-                    if r.is_err() || !flush(&mut self.client, &mut st.b2c) {
+                Wake::Write(Side::Client) => {
+                    if !flush(&mut self.client, &mut st.b2c) {
                         self.gone(Side::Client, &mut st);
                     }
                 }
-                _ = &mut sleep => self.on_timer(&mut st),
+                Wake::Timer => self.on_timer(&mut st),
             }
         }
-        self.finish(st).await;
+        // Boxed: the closing steps' futures would otherwise enlarge every tunnel's
+        // task for its whole life.
+        Box::pin(self.finish(st)).await;
     }
 
     fn next_deadline(&self, st: &State) -> Instant {

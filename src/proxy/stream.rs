@@ -39,11 +39,6 @@ impl Stream {
         }
     }
 
-    /// Waits until a read may make progress.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.tcp().readable().await
-    }
-
     /// Waits until a write may make progress.
     pub async fn writable(&self) -> io::Result<()> {
         self.tcp().writable().await

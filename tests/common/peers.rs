@@ -316,6 +316,8 @@ impl Drop for EchoBackend {
     }
 }
 
+// tungstenite's handshake callback signature fixes the large `Err` type.
+#[allow(clippy::result_large_err)]
 async fn echo_conn(stream: tokio::net::TcpStream, name: String, log: Arc<Mutex<EchoLog>>) {
     let log_hdr = log.clone();
     let callback = move |req: &Request, resp: Response| {

@@ -25,8 +25,8 @@ fn route_spec(host: &str) -> Value {
     json!({"hostnames": [host], "backends": [{"service": {"name": "echo", "port": 80}}]})
 }
 
-/// 8. Two replicas, one Lease: both serve traffic, only the holder writes status;
-/// kill it and the other takes over and keeps status current.
+/// Scenario 8. Two replicas, one Lease: both serve traffic, only the holder writes
+/// status; kill it and the other takes over and keeps status current.
 pub fn two_replicas(env: &mut Env) -> Run<'_> {
     Box::pin(async move {
         let ns = "s8";
@@ -126,7 +126,7 @@ pub fn two_replicas(env: &mut Env) -> Run<'_> {
     })
 }
 
-/// 9. kube-apiserver down for 10 s: tunnels and new upgrades keep working,
+/// Scenario 9: kube-apiserver down for 10 s: tunnels and new upgrades keep working,
 /// `/readyz` stays 200; afterwards a new route is picked up and the watch
 /// restarts are counted.
 pub fn apiserver_outage(env: &mut Env) -> Run<'_> {

@@ -17,7 +17,7 @@ use crate::objects::{
 };
 use crate::{eventually, Env, Run};
 
-/// 4. An endpoint leaves the slice: new tunnels avoid it at once, its open tunnels
+/// Scenario 4: An endpoint leaves the slice: new tunnels avoid it at once, its open tunnels
 /// get Close 1001 after `drain.gracePeriod` (not before), the other endpoint's
 /// tunnels are untouched. A terminating endpoint gets no new tunnels.
 pub fn endpoint_drain(env: &mut Env) -> Run<'_> {
@@ -185,7 +185,7 @@ impl Pki {
     }
 }
 
-/// 7. A route naming a missing Service, then a missing TLS Secret: ResolvedRefs
+/// Scenario 7: A route naming a missing Service, then a missing TLS Secret: ResolvedRefs
 /// False naming it; created → True and traffic (ws, then wss); the Secret rotated →
 /// the next handshake presents the new certificate.
 pub fn missing_refs(env: &mut Env) -> Run<'_> {

@@ -21,7 +21,7 @@ fn svc_backend(name: &str) -> serde_json::Value {
     json!([{"service": {"name": name, "port": 80}}])
 }
 
-/// 1. The CRD's CEL rules refuse bad routes at `kubectl apply` time.
+/// Scenario 1: The CRD's CEL rules refuse bad routes at `kubectl apply` time.
 pub fn crd_rules(env: &mut Env) -> Run<'_> {
     Box::pin(async move {
         let c = &env.cluster;
@@ -84,7 +84,7 @@ pub fn crd_rules(env: &mut Env) -> Run<'_> {
     })
 }
 
-/// 2. Service + EndpointSlice for two pods, a route, traffic through `wsgate run`
+/// Scenario 2: Service + EndpointSlice for two pods, a route, traffic through `wsgate run`
 /// (round robin over both), status conditions and `kubectl get wsr` columns.
 pub fn traffic_and_status(env: &mut Env) -> Run<'_> {
     Box::pin(async move {
@@ -164,7 +164,7 @@ pub fn traffic_and_status(env: &mut Env) -> Run<'_> {
     })
 }
 
-/// 3. apply → first successful upgrade, over 20 new routes.
+/// Scenario 3: apply → first successful upgrade, over 20 new routes.
 pub fn apply_latency(env: &mut Env) -> Run<'_> {
     Box::pin(async move {
         let (c, gw) = (&env.cluster, env.gw.listen);
@@ -212,7 +212,7 @@ pub fn apply_latency(env: &mut Env) -> Run<'_> {
     })
 }
 
-/// 5. Editing a route leaves its open tunnels alone.
+/// Scenario 5: Editing a route leaves its open tunnels alone.
 pub fn edit_keeps_tunnels(env: &mut Env) -> Run<'_> {
     Box::pin(async move {
         let (c, gw) = (&env.cluster, env.gw.listen);
@@ -272,7 +272,7 @@ pub fn edit_keeps_tunnels(env: &mut Env) -> Run<'_> {
     })
 }
 
-/// 6. A deleted route answers 404, and its tunnels drain after its grace period.
+/// Scenario 6: A deleted route answers 404, and its tunnels drain after its grace period.
 pub fn delete_gives_404(env: &mut Env) -> Run<'_> {
     Box::pin(async move {
         let (c, gw) = (&env.cluster, env.gw.listen);
@@ -311,7 +311,7 @@ pub fn delete_gives_404(env: &mut Env) -> Run<'_> {
     })
 }
 
-/// 10. A later route claiming the same host and path is refused as `Conflicted`,
+/// Scenario 10: A later route claiming the same host and path is refused as `Conflicted`,
 /// with an Event; when the winner goes, it takes over.
 pub fn conflict(env: &mut Env) -> Run<'_> {
     Box::pin(async move {
@@ -405,7 +405,7 @@ pub fn conflict(env: &mut Env) -> Run<'_> {
     })
 }
 
-/// 11. `/metrics` has the controller's series, and status is not rewritten while
+/// Scenario 11: `/metrics` has the controller's series, and status is not rewritten while
 /// nothing changes.
 pub fn metrics_and_quiet_status(env: &mut Env) -> Run<'_> {
     Box::pin(async move {
