@@ -383,4 +383,6 @@ done
 
 step "results"
 mkdir -p "$HERE/results"
-python3 "$HERE/report.py" "$WORK" "$HERE/results/latest.json" | tee "$HERE/results/latest.txt"
+# A --quick smoke run does not overwrite the last full run's figures.
+RESULT=latest; [ "$MODE" = quick ] && RESULT=quick
+python3 "$HERE/report.py" "$WORK" "$HERE/results/$RESULT.json" | tee "$HERE/results/$RESULT.txt"
