@@ -400,7 +400,15 @@ impl Relay {
                         self.gone(side, st);
                         break;
                     }
-                    Ok(n) => self.process(side, &read[..n], out, st),
+                    Ok(n) => {
+                        self.process(side, &read[..n], out, st);
+                        // A short read drained the socket (tokio has noted it): wait
+                        // for readiness rather than read again into EAGAIN.
+                        if n < read.len() && matches!(side_stream(self, side), Stream::Tcp(_)) {
+                            exhausted = false;
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         exhausted = false;
                         break;
@@ -687,6 +695,13 @@ impl Relay {
             "tunnel closed"
         );
         drop(self.admission);
+    }
+}
+
+fn side_stream(relay: &Relay, side: Side) -> &Stream {
+    match side {
+        Side::Client => &relay.client,
+        Side::Backend => &relay.backend,
     }
 }
 

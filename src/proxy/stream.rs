@@ -45,16 +45,19 @@ impl Stream {
     }
 
     /// Reads what is available now; `WouldBlock` when nothing is.
+    ///
+    /// Through `poll_read`, not `TcpStream::try_read`: a short read tells tokio the
+    /// socket is drained, so the next wait goes straight to epoll instead of costing
+    /// one more `read` that returns `EAGAIN` (a system call per wake-up saved).
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.try_read(buf),
-            Stream::Tls(s) => poll_once(|cx| {
-                let mut rb = ReadBuf::new(buf);
-                Pin::new(&mut **s)
-                    .poll_read(cx, &mut rb)
-                    .map_ok(|()| rb.filled().len())
-            }),
-        }
+        poll_once(|cx| {
+            let mut rb = ReadBuf::new(buf);
+            let r = match self {
+                Stream::Tcp(s) => Pin::new(s).poll_read(cx, &mut rb),
+                Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, &mut rb),
+            };
+            r.map_ok(|()| rb.filled().len())
+        })
     }
 
     /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
