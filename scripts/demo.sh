@@ -6,6 +6,8 @@ target=${CARGO_TARGET_DIR:-/var/cache/wsgate/target}/release
 "$target/examples/echo" 127.0.0.1:9001 &
 echo_pid=$!
 trap 'kill $echo_pid 2>/dev/null || true' EXIT
+sleep 0.5
+kill -0 "$echo_pid" 2>/dev/null || { echo "demo: the echo backend could not start (is 127.0.0.1:9001 in use?)" >&2; exit 1; }
 cat <<'MSG'
 
 wsgate is starting on ws://127.0.0.1:8080 (admin on http://127.0.0.1:9090).
