@@ -152,8 +152,8 @@ pub struct TunnelInfo {
     /// Last client ping round trip in microseconds (`u64::MAX`: none yet).
     pub(crate) client_rtt_us: AtomicU64,
     pub(crate) backend_rtt_us: AtomicU64,
-    /// Close deadline in ms since the registry's epoch (`u64::MAX`: none); the low
-    /// bit-free encoding keeps it one atomic.
+    /// Close deadline in ms since the registry's epoch (`u64::MAX`: none), one
+    /// atomic so a reload can set it without locking the tunnel.
     close_at: AtomicU64,
     close_reason: AtomicU64,
     /// Set with `close_at` changes; the relay clears it when it looks.

@@ -138,6 +138,8 @@ pub(crate) struct Relay {
     pub runtime: Arc<RouteRuntime>,
     pub admission: Admission,
     pub epoch: Instant,
+    /// The proxy, to leave its registry when the tunnel ends.
+    pub proxy: Arc<super::Proxy>,
 }
 
 struct State {
@@ -695,6 +697,7 @@ impl Relay {
             "tunnel closed"
         );
         drop(self.admission);
+        self.proxy.registry.close(self.info.id);
     }
 }
 

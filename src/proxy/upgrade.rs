@@ -326,14 +326,16 @@ pub async fn websocket(
             runtime,
             admission,
             epoch: proxy.registry.epoch(),
+            proxy,
         };
         // `read_buf` views hyper's whole handshake buffer (8 KiB or more): copy the
         // (usually empty) rest out so the tunnel does not pin that buffer.
         let (client_early, backend_early) = (c.read_buf.to_vec(), b.read_buf.to_vec());
         drop((c.read_buf, b.read_buf));
-        // A task of its own: this handshake task's state would otherwise stay
-        // allocated, unused, beside the relay for the tunnel's whole life.
-        tokio::spawn(tunnel(proxy, relay, client_early, backend_early));
+        // A task of its own, spawned as the bare relay future: this handshake task's
+        // state (or a wrapper's copy of the relay future — rustc keeps both the
+        // local and the awaited copy) would otherwise double every tunnel's task.
+        tokio::spawn(relay.run(client_early, backend_early));
     });
 
     let mut out = Response::new(http_body_util::BodyExt::boxed(
@@ -345,17 +347,6 @@ pub async fn websocket(
 }
 
 use http_body_util::BodyExt as _;
-
-/// A tunnel's task: the relay, then its removal from the registry.
-async fn tunnel(proxy: Arc<Proxy>, relay: Relay, client_early: Vec<u8>, backend_early: Vec<u8>) {
-    let id = relay.info.id;
-    let fut = relay.run(client_early, backend_early);
-    if std::env::var_os("WSGATE_DEBUG_SIZES").is_some() {
-        tracing::info!(bytes = std::mem::size_of_val(&fut), "relay future size");
-    }
-    fut.await;
-    proxy.registry.close(id);
-}
 
 #[cfg(test)]
 mod tests {
