@@ -137,40 +137,9 @@ fn rendezvous(route: &Route, eligible: &[usize], key: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use crate::proxy::table::{BackendAddr, PathRule, RouteKey};
-    use std::time::Duration;
 
     fn route(balance: Balance, backends: &[(&str, u32)]) -> Route {
-        Route {
-            key: RouteKey {
-                namespace: "default".into(),
-                name: "r".into(),
-            },
-            hosts: vec![],
-            path: PathRule::Prefix("/".into()),
-            backends: backends
-                .iter()
-                .map(|(a, w)| BackendAddr {
-                    address: (*a).into(),
-                    weight: *w,
-                })
-                .collect(),
-            balance,
-            client_ping: None,
-            backend_ping: None,
-            connect_timeout: Duration::from_secs(1),
-            handshake_timeout: Duration::from_secs(1),
-            idle_timeout: None,
-            max_lifetime: None,
-            max_connections: 0,
-            max_connections_per_client_ip: 0,
-            max_message_bytes: 0,
-            allowed_origins: vec![],
-            subprotocols: vec![],
-            proxy_http: true,
-            drain_grace: Duration::from_secs(1),
-            tls: None,
-        }
+        Route::for_test("r", balance, backends)
     }
 
     fn parts(uri: &str, cookie: Option<&str>) -> Parts {

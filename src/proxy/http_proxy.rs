@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::balance;
 use super::headers::{set_forwarded, strip_hop_by_hop};
-use super::server::{request_host, status, Body};
+use super::server::{status, Body};
 use super::upgrade::affinity_cookie;
 use super::Proxy;
 
@@ -39,9 +39,7 @@ pub async fn forward(
     peer: SocketAddr,
     tls: bool,
 ) -> Response<Body> {
-    let live = proxy.live();
-    let host = request_host(&req);
-    let Some(route) = live.table.find(&host, req.uri().path()).cloned() else {
+    let Some((route, runtime)) = proxy.route_for(&req) else {
         proxy
             .metrics
             .http_requests_total
@@ -49,8 +47,6 @@ pub async fn forward(
             .inc();
         return status(StatusCode::NOT_FOUND, "no route for this host and path");
     };
-    let runtime = live.runtimes[&route.key].clone();
-    drop(live);
     let m = &runtime.metrics;
     if !route.proxy_http {
         m.http(426);

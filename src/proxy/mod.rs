@@ -71,6 +71,20 @@ impl Proxy {
         self.live.load()
     }
 
+    /// The route a request goes to (by `Host` and path) and its runtime state.
+    pub(crate) fn route_for<B>(
+        &self,
+        req: &http::Request<B>,
+    ) -> Option<(Arc<Route>, Arc<RouteRuntime>)> {
+        let live = self.live.load();
+        let route = live
+            .table
+            .find(&server::request_host(req), req.uri().path())?
+            .clone();
+        let runtime = live.runtimes[&route.key].clone();
+        Some((route, runtime))
+    }
+
     /// The routes being served.
     pub fn table(&self) -> RouteTable {
         self.live.load().table.clone()

@@ -211,6 +211,43 @@ impl fmt::Debug for Route {
     }
 }
 
+#[cfg(test)]
+impl Route {
+    /// A catch-all route with defaults, for unit tests.
+    pub(crate) fn for_test(name: &str, balance: Balance, backends: &[(&str, u32)]) -> Route {
+        Route {
+            key: RouteKey {
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            hosts: vec![],
+            path: PathRule::Prefix("/".into()),
+            backends: backends
+                .iter()
+                .map(|(a, w)| BackendAddr {
+                    address: (*a).into(),
+                    weight: *w,
+                })
+                .collect(),
+            balance,
+            client_ping: None,
+            backend_ping: None,
+            connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(1),
+            idle_timeout: None,
+            max_lifetime: None,
+            max_connections: 0,
+            max_connections_per_client_ip: 0,
+            max_message_bytes: 0,
+            allowed_origins: vec![],
+            subprotocols: vec![],
+            proxy_http: true,
+            drain_grace: Duration::from_secs(1),
+            tls: None,
+        }
+    }
+}
+
 /// The routes the proxy serves.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
@@ -296,30 +333,10 @@ mod tests {
     use super::*;
 
     fn route(name: &str, hosts: &[&str], path: PathRule) -> Route {
-        Route {
-            key: RouteKey {
-                namespace: "default".into(),
-                name: name.into(),
-            },
-            hosts: hosts.iter().map(|h| HostMatch::parse(h).unwrap()).collect(),
-            path,
-            backends: vec![],
-            balance: Balance::RoundRobin,
-            client_ping: None,
-            backend_ping: None,
-            connect_timeout: Duration::from_secs(1),
-            handshake_timeout: Duration::from_secs(1),
-            idle_timeout: None,
-            max_lifetime: None,
-            max_connections: 0,
-            max_connections_per_client_ip: 0,
-            max_message_bytes: 0,
-            allowed_origins: vec![],
-            subprotocols: vec![],
-            proxy_http: true,
-            drain_grace: Duration::from_secs(1),
-            tls: None,
-        }
+        let mut r = Route::for_test(name, Balance::RoundRobin, &[]);
+        r.hosts = hosts.iter().map(|h| HostMatch::parse(h).unwrap()).collect();
+        r.path = path;
+        r
     }
 
     #[test]

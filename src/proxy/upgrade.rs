@@ -21,7 +21,7 @@ use super::balance::{self, Choice};
 use super::headers::{set_forwarded, strip_hop_by_hop};
 use super::registry::CloseReason;
 use super::relay::Relay;
-use super::server::{request_host, status, Body};
+use super::server::{status, Body};
 use super::stream::Stream;
 use super::table::{Balance, Route};
 use super::Proxy;
@@ -87,9 +87,7 @@ pub async fn websocket(
     peer: SocketAddr,
     tls: bool,
 ) -> Response<Body> {
-    let live = proxy.live();
-    let host = request_host(&req);
-    let Some(route) = live.table.find(&host, req.uri().path()).cloned() else {
+    let Some((route, runtime)) = proxy.route_for(&req) else {
         proxy
             .metrics
             .connections_total
@@ -97,8 +95,6 @@ pub async fn websocket(
             .inc();
         return status(StatusCode::NOT_FOUND, "no route for this host and path");
     };
-    let runtime = live.runtimes[&route.key].clone();
-    drop(live);
     let m = &runtime.metrics;
     let reject = |code: StatusCode, why: &str| {
         m.outcome("rejected");
