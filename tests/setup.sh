@@ -39,7 +39,7 @@ command -v curl >/dev/null || apt_install curl
 command -v openssl >/dev/null || apt_install openssl
 command -v ip >/dev/null || apt_install iproute2
 command -v unshare >/dev/null && command -v flock >/dev/null || apt_install util-linux
-python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml || pip install --quiet pyyaml
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml || apt_install python3-yaml
 
 # Node peers: `npm ci` into the cache when the lock file changed.
 node_dir=$cache/peers-node
