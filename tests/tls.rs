@@ -140,3 +140,59 @@ async fn wss_uses_the_certificate_that_sni_names() {
     let conn = backend.expect("connection", 5.0).await;
     assert_eq!(conn["headers"]["x-forwarded-proto"], "http");
 }
+
+/// Certificate files replaced on disk (a renewal) are picked up by the next TLS
+/// handshake, without restarting wsgate or touching the route file.
+#[tokio::test]
+async fn renewed_certificate_files_are_served_without_a_restart() {
+    let host = "renew.example.test";
+    let first = pki(&[host]);
+    let (_backend, addr) = node_backend("secure", &[]).await;
+    let crt = first.dir.path().join(format!("{host}.crt"));
+    let key = first.dir.path().join(format!("{host}.key"));
+    let route = Route::new("renew").host(host).backend(addr).set(
+        "tls",
+        &format!(
+            "{{certFile: \"{}\", keyFile: \"{}\"}}",
+            crt.display(),
+            key.display()
+        ),
+    );
+    let opts = Options {
+        tls: true,
+        ..Options::default()
+    };
+    let gate = Wsgate::start_with(opts, &routes_yaml(&[route])).await;
+    let tls_addr = gate.tls.unwrap();
+    let served = |tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
+    let tls = within(
+        10.0,
+        "the first TLS handshake",
+        tls_connect(tls_addr, host, &first.ca),
+    )
+    .await
+    .unwrap();
+    assert!(
+        served(&tls) == first.leaves[0].1,
+        "the original certificate is served first"
+    );
+
+    // A renewal from another CA, written over the same files.
+    let second = pki(&[host]);
+    std::fs::copy(second.dir.path().join(format!("{host}.crt")), &crt).unwrap();
+    std::fs::copy(second.dir.path().join(format!("{host}.key")), &key).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(tls) = tls_connect(tls_addr, host, &second.ca).await {
+            assert!(served(&tls) == second.leaves[0].1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was not served within 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
