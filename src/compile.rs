@@ -160,21 +160,20 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
             );
         }
     }
+    // Any timeout above zero: pings repeat every interval until one is answered or
+    // the timeout runs out, so it may be longer than the interval.
     let ka = &spec.keepalive;
-    if !ka.interval.is_zero() && (ka.timeout.is_zero() || ka.timeout >= ka.interval) {
+    if !ka.interval.is_zero() && ka.timeout.is_zero() {
         err(
             "spec.keepalive.timeout".into(),
-            format!(
-                "must be above 0 and shorter than interval ({})",
-                ka.interval
-            ),
+            "must be above 0 while pings are on".into(),
         );
     }
     if let Some(b) = &ka.backend {
-        if !b.interval.is_zero() && (b.timeout.is_zero() || b.timeout >= b.interval) {
+        if !b.interval.is_zero() && b.timeout.is_zero() {
             err(
                 "spec.keepalive.backend.timeout".into(),
-                format!("must be above 0 and shorter than interval ({})", b.interval),
+                "must be above 0 while pings are on".into(),
             );
         }
     }
@@ -325,7 +324,7 @@ mod tests {
     #[test]
     fn reports_each_bad_field() {
         let s = spec(
-            "path: {value: chat}\nbackends: [{address: nope}, {}]\nloadBalancing: {policy: ConsistentHash}\nkeepalive: {interval: 5s, timeout: 10s}",
+            "path: {value: chat}\nbackends: [{address: nope}, {}]\nloadBalancing: {policy: ConsistentHash}\nkeepalive: {interval: 5s, timeout: 0s}",
         );
         let fields: Vec<_> = validate(&s).into_iter().map(|e| e.field).collect();
         assert_eq!(
@@ -338,6 +337,24 @@ mod tests {
                 "spec.keepalive.timeout"
             ]
         );
+    }
+
+    #[test]
+    fn keepalive_timeout_may_be_longer_than_the_interval() {
+        for ka in [
+            "{interval: 1s, timeout: 1s}",
+            "{interval: 1s, timeout: 3s}",
+            "{interval: 30s, timeout: 10s, backend: {interval: 5s, timeout: 20s}}",
+            "{interval: 0s, timeout: 0s}",
+        ] {
+            let s = spec(&format!(
+                "backends: [{{address: '127.0.0.1:9000'}}]\nkeepalive: {ka}"
+            ));
+            assert!(validate(&s).is_empty(), "{ka}: {:?}", validate(&s));
+        }
+        let s = spec("backends: [{address: '127.0.0.1:9000'}]\nkeepalive: {interval: 1s, timeout: 1s, backend: {interval: 1s, timeout: 0s}}");
+        let fields: Vec<_> = validate(&s).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["spec.keepalive.backend.timeout"]);
     }
 
     #[test]

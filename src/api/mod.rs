@@ -265,8 +265,8 @@ pub struct Keepalive {
     /// Ping the client when it has been silent this long; `0s` turns pings off.
     #[serde(default = "default_ping_interval")]
     pub interval: Duration,
-    /// The client is dead when nothing arrives this long after the ping; must be
-    /// shorter than `interval`.
+    /// The client is dead when nothing arrives this long after the first ping; pings
+    /// repeat every `interval` meanwhile, so it may be longer than `interval`.
     #[serde(default = "default_ping_timeout")]
     pub timeout: Duration,
     /// Pings on the backend leg (off unless given).
@@ -299,7 +299,8 @@ pub struct LegKeepalive {
     /// Ping the leg when it has been silent this long; `0s` turns pings off.
     #[serde(default = "default_ping_interval")]
     pub interval: Duration,
-    /// The leg is dead when nothing arrives this long after the ping.
+    /// The leg is dead when nothing arrives this long after the first ping (pings
+    /// repeat every `interval` meanwhile).
     #[serde(default = "default_ping_timeout")]
     pub timeout: Duration,
 }

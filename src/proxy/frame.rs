@@ -8,6 +8,8 @@
 
 use thiserror::Error;
 
+use super::protocol::{self, Rules};
+
 /// Continuation frame.
 pub const OP_CONTINUATION: u8 = 0x0;
 /// Text frame.
@@ -27,11 +29,15 @@ pub const MAX_HEADER_LEN: usize = 14;
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// A violation of RFC 6455 framing; the tunnel closes with the given code.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum FrameError {
     /// A framing error (§5.5, §5.2): Close 1002.
     #[error("protocol error: {0}")]
     Protocol(&'static str),
+    /// Data inconsistent with its type, such as a Close reason that is not UTF-8
+    /// (§7.4.1): Close 1007.
+    #[error("invalid payload: {0}")]
+    InvalidPayload(&'static str),
     /// A message larger than `maxMessageBytes`: Close 1009.
     #[error("message of {size} bytes exceeds the limit of {limit}")]
     TooBig {
@@ -43,11 +49,19 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    /// The close code that reports this error.
+    /// The close code that reports this error to the peer that caused it.
     pub fn close_code(&self) -> u16 {
+        self.close_codes().0
+    }
+
+    /// The close codes toward the peer that caused the error and toward the other
+    /// side: a broken protocol fails the offender's connection and the other side's
+    /// peer merely went away (1001); a message too big is news for both.
+    pub fn close_codes(&self) -> (u16, u16) {
         match self {
-            FrameError::Protocol(_) => 1002,
-            FrameError::TooBig { .. } => 1009,
+            FrameError::Protocol(_) => (1002, 1001),
+            FrameError::InvalidPayload(_) => (1007, 1001),
+            FrameError::TooBig { .. } => (1009, 1009),
         }
     }
 }
@@ -192,6 +206,25 @@ pub fn control_payload(header: &FrameHeader, frame: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The unmasked payload of a complete control frame, into a stack buffer: the
+/// reader checks every Close without allocating.
+fn control_payload_into<'a>(
+    header: &FrameHeader,
+    frame: &[u8],
+    buf: &'a mut [u8; MAX_CONTROL_PAYLOAD],
+) -> &'a [u8] {
+    let payload = &frame[header.header_len..];
+    let n = payload.len().min(MAX_CONTROL_PAYLOAD);
+    let out = &mut buf[..n];
+    out.copy_from_slice(&payload[..n]);
+    if let Some(key) = header.mask {
+        for (i, b) in out.iter_mut().enumerate() {
+            *b ^= key[i % 4];
+        }
+    }
+    out
+}
+
 /// The status code of a Close payload: 1005 (no status) when absent.
 pub fn close_code(payload: &[u8]) -> u16 {
     if payload.len() >= 2 {
@@ -211,10 +244,12 @@ pub trait FrameSink {
     fn control(&mut self, header: &FrameHeader, frame: &[u8]);
 }
 
-/// Splits one direction's byte stream into frames. Holds no buffer between frames
-/// except a header or control frame split across reads.
-#[derive(Debug, Default)]
+/// Splits one direction's byte stream into frames and checks them against that
+/// direction's [`Rules`]. Holds no buffer between frames except a header or control
+/// frame split across reads.
+#[derive(Debug)]
 pub struct FrameReader {
+    rules: Rules,
     /// A header or control frame split across reads (empty, unallocated, otherwise).
     pending: Vec<u8>,
     /// Payload bytes of the current data frame still to forward.
@@ -226,6 +261,42 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
+    /// A reader for frames that follow `rules`.
+    pub fn new(rules: Rules) -> FrameReader {
+        FrameReader {
+            rules,
+            pending: Vec::new(),
+            remaining: 0,
+            message_len: 0,
+            in_message: false,
+        }
+    }
+
+    /// A header from the start of `buf` that follows this direction's rules;
+    /// `Ok(None)` when more bytes are needed.
+    fn header(&self, buf: &[u8]) -> Result<Option<FrameHeader>, FrameError> {
+        let header = FrameHeader::parse(buf)?;
+        if let Some(h) = &header {
+            self.rules.check_header(h, self.in_message)?;
+        }
+        Ok(header)
+    }
+
+    /// Hands a complete control frame on, once its Close payload (if any) is valid.
+    fn control(
+        &self,
+        h: &FrameHeader,
+        frame: &[u8],
+        sink: &mut impl FrameSink,
+    ) -> Result<(), FrameError> {
+        if h.opcode == OP_CLOSE {
+            let mut buf = [0u8; MAX_CONTROL_PAYLOAD];
+            protocol::check_close(control_payload_into(h, frame, &mut buf))?;
+        }
+        sink.control(h, frame);
+        Ok(())
+    }
+
     /// True between frames: the proxy may insert a frame of its own here.
     pub fn at_boundary(&self) -> bool {
         self.remaining == 0
@@ -252,7 +323,7 @@ impl FrameReader {
                 continue;
             }
             if self.pending.is_empty() {
-                match FrameHeader::parse(input)? {
+                match self.header(input)? {
                     Some(h) if !h.is_control() => {
                         self.start_data(&h, max_message, sink)?;
                         sink.forward(&input[..h.header_len]);
@@ -261,7 +332,7 @@ impl FrameReader {
                     Some(h) => {
                         let total = h.header_len + h.payload_len as usize;
                         if input.len() >= total {
-                            sink.control(&h, &input[..total]);
+                            self.control(&h, &input[..total], sink)?;
                             input = &input[total..];
                         } else {
                             self.pending.extend_from_slice(input);
@@ -281,7 +352,7 @@ impl FrameReader {
                 2
             } else {
                 let hl = FrameHeader::len_from_prefix(self.pending[0], self.pending[1]);
-                match FrameHeader::parse(&self.pending)? {
+                match self.header(&self.pending)? {
                     Some(h) if h.is_control() => hl + h.payload_len as usize,
                     Some(_) => hl,
                     None => hl,
@@ -293,7 +364,7 @@ impl FrameReader {
             if self.pending.len() < want {
                 continue;
             }
-            let Some(h) = FrameHeader::parse(&self.pending)? else {
+            let Some(h) = self.header(&self.pending)? else {
                 continue;
             };
             if !h.is_control() {
@@ -302,7 +373,7 @@ impl FrameReader {
                 sink.forward(&held);
             } else if self.pending.len() == h.header_len + h.payload_len as usize {
                 let held = std::mem::take(&mut self.pending);
-                sink.control(&h, &held);
+                self.control(&h, &held, sink)?;
             }
         }
         Ok(())
@@ -345,7 +416,16 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::protocol::Extensions;
     use proptest::prelude::*;
+
+    fn client_reader() -> FrameReader {
+        FrameReader::new(Rules::from_client(Extensions::None))
+    }
+
+    fn backend_reader(ext: Extensions) -> FrameReader {
+        FrameReader::new(Rules::from_server(ext))
+    }
 
     #[derive(Default)]
     struct Collect {
@@ -420,7 +500,7 @@ mod tests {
         stream.extend(frame(true, OP_PING, b"p", Some([1, 1, 1, 1])));
         stream.extend(frame(true, OP_CONTINUATION, b"lo", Some([2, 2, 2, 2])));
         let mut sink = Collect::default();
-        FrameReader::default().feed(&stream, 0, &mut sink).unwrap();
+        client_reader().feed(&stream, 0, &mut sink).unwrap();
         assert_eq!(sink.out, stream);
         assert_eq!(sink.messages, 1);
         assert_eq!(sink.controls, vec![(OP_PING, b"p".to_vec())]);
@@ -430,7 +510,7 @@ mod tests {
     fn enforces_message_limit_across_fragments() {
         let mut stream = frame(false, OP_BINARY, &[0; 60], None);
         stream.extend(frame(true, OP_CONTINUATION, &[0; 60], None));
-        let err = FrameReader::default()
+        let err = backend_reader(Extensions::None)
             .feed(&stream, 100, &mut Collect::default())
             .unwrap_err();
         assert_eq!(
@@ -440,7 +520,118 @@ mod tests {
                 limit: 100
             }
         );
-        assert_eq!(err.close_code(), 1009);
+        assert_eq!(err.close_codes(), (1009, 1009));
+    }
+
+    /// Feeds `stream` one byte at a time: what was forwarded before the error, and
+    /// the error.
+    fn feed_bytewise(mut reader: FrameReader, stream: &[u8]) -> (Vec<u8>, Option<FrameError>) {
+        let mut sink = Collect::default();
+        for b in stream.chunks(1) {
+            if let Err(e) = reader.feed(b, 0, &mut sink) {
+                return (sink.out, Some(e));
+            }
+        }
+        (sink.out, None)
+    }
+
+    /// A frame that breaks the rules is not forwarded, not even its header, whether
+    /// it arrives whole or byte by byte; the valid frames before it are.
+    fn refused(reader: impl Fn() -> FrameReader, good: &[u8], bad: &[u8]) -> FrameError {
+        let stream = [good, bad].concat();
+        let mut sink = Collect::default();
+        let err = reader().feed(&stream, 0, &mut sink).unwrap_err();
+        assert_eq!(sink.out, good);
+        let (out, bytewise) = feed_bytewise(reader(), &stream);
+        assert_eq!(out, good);
+        assert_eq!(bytewise, Some(err.clone()));
+        err
+    }
+
+    const K: Option<[u8; 4]> = Some([0x11, 0x22, 0x33, 0x44]);
+
+    #[test]
+    fn refuses_unmasked_client_frames() {
+        let good = frame(true, OP_TEXT, b"ok", K);
+        let err = refused(client_reader, &good, &frame(true, OP_TEXT, b"plain", None));
+        assert_eq!(err, FrameError::Protocol("unmasked frame from the client"));
+        let err = refused(client_reader, &good, &frame(true, OP_PING, b"", None));
+        assert_eq!(err.close_codes(), (1002, 1001));
+    }
+
+    #[test]
+    fn refuses_masked_backend_frames() {
+        let reader = || backend_reader(Extensions::None);
+        let good = frame(true, OP_BINARY, &[1; 200], None);
+        let err = refused(reader, &good, &frame(true, OP_BINARY, b"x", K));
+        assert_eq!(err, FrameError::Protocol("masked frame from the backend"));
+    }
+
+    #[test]
+    fn refuses_rsv_bits_without_an_extension() {
+        let mut rsv2 = frame(true, OP_TEXT, b"x", K);
+        rsv2[0] |= 0x20;
+        let err = refused(client_reader, &frame(true, OP_TEXT, b"ok", K), &rsv2);
+        assert_eq!(err.close_codes(), (1002, 1001));
+
+        // Under permessage-deflate RSV1 passes on a message's first frame only.
+        let reader = || backend_reader(Extensions::Deflate);
+        let mut first = frame(false, OP_BINARY, b"compressed", None);
+        first[0] |= 0x40;
+        let mut cont = frame(true, OP_CONTINUATION, b"more", None);
+        let mut sink = Collect::default();
+        let stream = [first.clone(), cont.clone()].concat();
+        reader().feed(&stream, 0, &mut sink).unwrap();
+        assert_eq!(sink.out, stream);
+        cont[0] |= 0x40;
+        refused(reader, &first, &cont);
+        let mut ping = frame(true, OP_PING, b"", None);
+        ping[0] |= 0x40;
+        refused(reader, &[], &ping);
+    }
+
+    #[test]
+    fn refuses_reserved_opcodes_and_malformed_control_frames() {
+        let good = frame(true, OP_TEXT, b"ok", K);
+        for bad in [
+            frame(true, 0x3, b"", K),
+            frame(true, 0xB, b"", K),
+            frame(false, OP_PING, b"", K),
+            frame(true, OP_PONG, &[0; 126], K),
+            frame(true, OP_CONTINUATION, b"no message", K),
+        ] {
+            let err = refused(client_reader, &good, &bad);
+            assert_eq!(err.close_codes(), (1002, 1001), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_invalid_close_payloads() {
+        let good = frame(true, OP_TEXT, b"ok", K);
+        let err = refused(client_reader, &good, &frame(true, OP_CLOSE, &[3], K));
+        assert_eq!(err.close_codes(), (1002, 1001));
+        let err = refused(
+            client_reader,
+            &good,
+            &frame(true, OP_CLOSE, &close_payload(999, ""), K),
+        );
+        assert_eq!(err.close_codes(), (1002, 1001));
+        let mut bad_utf8 = close_payload(1000, "bye");
+        bad_utf8.push(0xc3);
+        let err = refused(client_reader, &good, &frame(true, OP_CLOSE, &bad_utf8, K));
+        assert_eq!(err, FrameError::InvalidPayload("close reason is not UTF-8"));
+        assert_eq!(err.close_codes(), (1007, 1001));
+
+        // Valid closes (masked ones are unmasked to be checked) pass byte for byte.
+        for payload in [
+            Vec::new(),
+            close_payload(1000, ""),
+            close_payload(4000, "ça va"),
+        ] {
+            let f = frame(true, OP_CLOSE, &payload, K);
+            let (out, err) = feed_bytewise(client_reader(), &f);
+            assert_eq!((out, err), (f, None));
+        }
     }
 
     #[test]
@@ -451,11 +642,11 @@ mod tests {
         assert!(close_payload(1000, &long).len() <= MAX_CONTROL_PAYLOAD);
     }
 
-    fn arb_frame() -> impl Strategy<Value = (u8, Vec<u8>, Option<[u8; 4]>)> {
+    fn arb_frame() -> impl Strategy<Value = (u8, Vec<u8>, [u8; 4])> {
         (
             prop_oneof![Just(OP_BINARY), Just(OP_TEXT), Just(OP_PING), Just(OP_PONG)],
             prop::collection::vec(any::<u8>(), 0..400),
-            prop::option::of(any::<[u8; 4]>()),
+            any::<[u8; 4]>(),
         )
             .prop_map(|(op, mut p, m)| {
                 if op & 0x8 != 0 {
@@ -472,9 +663,12 @@ mod tests {
         fn any_split_forwards_every_byte(
             frames in prop::collection::vec(arb_frame(), 1..20),
             cuts in prop::collection::vec(1usize..64, 1..200),
+            from_client in any::<bool>(),
         ) {
-            let stream: Vec<u8> = frames.iter().flat_map(|(op, p, m)| frame(true, *op, p, *m)).collect();
-            let mut reader = FrameReader::default();
+            // Clients mask, servers do not.
+            let key = |m: &[u8; 4]| from_client.then_some(*m);
+            let stream: Vec<u8> = frames.iter().flat_map(|(op, p, m)| frame(true, *op, p, key(m))).collect();
+            let mut reader = if from_client { client_reader() } else { backend_reader(Extensions::None) };
             let mut sink = Collect::default();
             let mut rest = &stream[..];
             let mut cut = cuts.iter().cycle();
@@ -494,7 +688,7 @@ mod tests {
         /// Arbitrary bytes never panic the reader.
         #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..2048), cut in 1usize..50) {
-            let mut reader = FrameReader::default();
+            let mut reader = client_reader();
             for chunk in bytes.chunks(cut) {
                 if reader.feed(chunk, 1 << 20, &mut Collect::default()).is_err() {
                     break;

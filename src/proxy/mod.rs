@@ -7,6 +7,7 @@ mod balance;
 pub mod frame;
 mod headers;
 mod http_proxy;
+pub mod protocol;
 mod registry;
 mod relay;
 mod server;

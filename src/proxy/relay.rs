@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use tokio::time::sleep_until;
 
-use super::frame::{self, FrameHeader, FrameReader, FrameSink, OP_CLOSE, OP_PING, OP_PONG};
+use super::frame::{
+    self, FrameError, FrameHeader, FrameReader, FrameSink, OP_CLOSE, OP_PING, OP_PONG,
+};
+use super::protocol::{Extensions, Rules};
 use super::registry::{Admission, CloseReason, RouteRuntime, TunnelInfo};
 use super::stream::Stream;
 use super::table::LegPing;
@@ -59,25 +62,46 @@ enum Side {
     Backend,
 }
 
+/// The proxy's pings to a leg that has not answered yet.
+#[derive(Clone, Copy)]
+struct Probe {
+    /// When the first of them went out: the leg is dead at `since + timeout`.
+    since: Instant,
+    /// When the latest went out: the next follows `interval` later.
+    last: Instant,
+    /// The latest one's token (its pong gives the round trip).
+    token: u64,
+}
+
 /// One peer's liveness.
 struct Leg {
     ping: Option<LegPing>,
     last_rx: Instant,
-    /// The proxy's unanswered ping: token and send time.
-    outstanding: Option<(u64, Instant)>,
+    /// Pings sent since the leg fell silent; anything the leg sends answers them.
+    probe: Option<Probe>,
     eof: bool,
     /// Reading stopped before the socket ran dry (TLS may hold decrypted bytes).
     maybe_more: bool,
 }
 
 /// Bytes flowing toward one peer.
-#[derive(Default)]
 struct Dir {
     reader: FrameReader,
     /// Bytes the destination has not taken yet; empty (unallocated) when idle.
     out: Vec<u8>,
     tls_pending: bool,
     close_sent: bool,
+}
+
+impl Dir {
+    fn new(rules: Rules) -> Dir {
+        Dir {
+            reader: FrameReader::new(rules),
+            out: Vec::new(),
+            tls_pending: false,
+            close_sent: false,
+        }
+    }
 }
 
 /// Frames of one read, on their way to the other leg.
@@ -138,6 +162,8 @@ pub(crate) struct Relay {
     pub runtime: Arc<RouteRuntime>,
     pub admission: Admission,
     pub epoch: Instant,
+    /// Extensions the backend's 101 negotiated: which RSV bits frames may carry.
+    pub extensions: Extensions,
     /// The proxy, to leave its registry when the tunnel ends.
     pub proxy: Arc<super::Proxy>,
 }
@@ -152,6 +178,15 @@ struct State {
     closing: Option<Instant>,
     first_close: Option<(u16, Initiator)>,
     finished: bool,
+}
+
+impl Leg {
+    /// The probe still waiting for an answer: none once the leg sent anything after
+    /// the first of its pings. (An answered probe is kept until the next ping, so a
+    /// late pong still gives its round trip.)
+    fn unanswered(&self) -> Option<Probe> {
+        self.probe.filter(|p| self.last_rx <= p.since)
+    }
 }
 
 impl State {
@@ -244,15 +279,15 @@ impl Relay {
         let leg = |ping| Leg {
             ping,
             last_rx: now,
-            outstanding: None,
+            probe: None,
             eof: false,
             maybe_more: false,
         };
         let mut st = State {
             c: leg(route.client_ping),
             b: leg(route.backend_ping),
-            c2b: Dir::default(),
-            b2c: Dir::default(),
+            c2b: Dir::new(Rules::from_client(self.extensions)),
+            b2c: Dir::new(Rules::from_server(self.extensions)),
             last_data: now,
             closing: None,
             first_close: None,
@@ -373,9 +408,12 @@ impl Relay {
             }
             for leg in [&st.c, &st.b] {
                 let Some(p) = leg.ping else { continue };
-                match leg.outstanding {
-                    Some((_, sent)) if leg.last_rx <= sent => at(sent + p.timeout),
-                    _ => at(leg.last_rx + p.interval),
+                match leg.unanswered() {
+                    Some(probe) => {
+                        at(probe.since + p.timeout);
+                        at(probe.last + p.interval);
+                    }
+                    None => at(leg.last_rx + p.interval),
                 }
             }
         }
@@ -449,11 +487,11 @@ impl Relay {
         let result = dir.reader.feed(input, max, &mut pass);
         let Pass {
             out,
+            discard: after_close,
             messages,
             bytes,
             close,
             pong,
-            ..
         } = pass;
         let (dst, dir) = match side {
             Side::Client => (&mut self.backend, &mut st.c2b),
@@ -483,10 +521,10 @@ impl Relay {
         }
         if let Some(token) = pong {
             let leg = st.leg(side);
-            if let Some((t, sent)) = leg.outstanding {
-                if t == token {
-                    leg.outstanding = None;
-                    let rtt = now.duration_since(sent);
+            if let Some(probe) = leg.probe {
+                if probe.token == token {
+                    leg.probe = None;
+                    let rtt = now.duration_since(probe.last);
                     let (hist, slot) = match side {
                         Side::Client => {
                             (&self.runtime.metrics.rtt_client, &self.info.client_rtt_us)
@@ -516,10 +554,29 @@ impl Relay {
             };
             self.gone(other, st);
         }
-        if let Err(e) = result {
-            tracing::debug!(tunnel = self.info.id, error = %e, "closing tunnel on a framing error");
-            self.proxy_close(e.close_code(), "message too big or malformed", st);
+        // Bytes after this direction's Close are dropped unread: their errors do
+        // not matter.
+        match result {
+            Err(e) if !after_close => self.fail(side, &e, st),
+            _ => {}
         }
+    }
+
+    /// `offender` broke RFC 6455 or a limit: the proxy ends the tunnel with the
+    /// error's close code toward the offender and the other side's code (1001, or
+    /// 1009 for a message too big) toward the other side.
+    fn fail(&mut self, offender: Side, e: &FrameError, st: &mut State) {
+        tracing::debug!(tunnel = self.info.id, peer = ?offender, error = %e, "closing tunnel on a framing error");
+        let (own, other) = e.close_codes();
+        st.first_close.get_or_insert((own, Initiator::Proxy));
+        self.send_close(offender, own, &e.to_string(), st);
+        let why = match (e, offender) {
+            (FrameError::TooBig { .. }, _) => "message too big",
+            (_, Side::Client) => "the client broke the WebSocket protocol",
+            (_, Side::Backend) => "the backend broke the WebSocket protocol",
+        };
+        self.send_close(side_other(offender), other, why, st);
+        self.linger(st);
     }
 
     /// A leg closed its connection or failed.
@@ -573,6 +630,11 @@ impl Relay {
         st.first_close.get_or_insert((code, Initiator::Proxy));
         self.send_close(Side::Backend, code, reason, st);
         self.send_close(Side::Client, code, reason, st);
+        self.linger(st);
+    }
+
+    /// After the proxy's own Close, the tunnel ends within a short bound.
+    fn linger(&self, st: &mut State) {
         let linger = Instant::now() + PROXY_CLOSE_LINGER;
         st.closing = Some(st.closing.map_or(linger, |c| c.min(linger)));
     }
@@ -611,8 +673,8 @@ impl Relay {
         for side in [Side::Client, Side::Backend] {
             let leg = st.leg(side);
             let Some(p) = leg.ping else { continue };
-            match leg.outstanding {
-                Some((_, sent)) if leg.last_rx <= sent && now >= sent + p.timeout => {
+            match leg.unanswered() {
+                Some(probe) if now >= probe.since + p.timeout => {
                     let m = &self.runtime.metrics;
                     match side {
                         Side::Client => m.pong_timeouts_client.inc(),
@@ -622,9 +684,12 @@ impl Relay {
                     self.proxy_close(1001, "peer did not answer keepalive ping", st);
                     return;
                 }
-                Some((_, sent)) if leg.last_rx <= sent => {}
-                _ if now >= leg.last_rx + p.interval => self.ping(side, st),
-                _ => {}
+                // Pings repeat every interval until the leg answers or the timeout
+                // runs out (which may be longer than the interval).
+                Some(probe) if now >= probe.last + p.interval => self.ping(side, st),
+                Some(_) => {}
+                None if now >= leg.last_rx + p.interval => self.ping(side, st),
+                None => {}
             }
         }
     }
@@ -636,9 +701,16 @@ impl Relay {
         };
         if dir.close_sent || !dir.reader.at_boundary() {
             // Mid-frame toward this peer: the timer fires again right after.
-            st.leg(to).last_rx = Instant::now()
-                - st.leg(to).ping.map_or(Duration::ZERO, |p| p.interval)
+            let leg = st.leg(to);
+            let retry = Instant::now() - leg.ping.map_or(Duration::ZERO, |p| p.interval)
                 + Duration::from_millis(20);
+            match (leg.unanswered(), &mut leg.probe) {
+                (Some(_), Some(probe)) => probe.last = retry,
+                _ => {
+                    leg.probe = None;
+                    leg.last_rx = retry;
+                }
+            }
             return;
         }
         let token = rand::random::<u64>();
@@ -647,7 +719,13 @@ impl Relay {
         let bytes = frame::control_frame(OP_PING, &payload, masked.then(rand::random::<[u8; 4]>));
         let ok = send(dst, dir, &bytes);
         let now = Instant::now();
-        st.leg(to).outstanding = Some((token, now));
+        let leg = st.leg(to);
+        let since = leg.unanswered().map_or(now, |p| p.since);
+        leg.probe = Some(Probe {
+            since,
+            last: now,
+            token,
+        });
         let m = &self.runtime.metrics;
         match to {
             Side::Client => m.pings_client.inc(),

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 use super::balance::{self, Choice};
 use super::headers::{set_forwarded, strip_hop_by_hop};
+use super::protocol::Extensions;
 use super::registry::CloseReason;
 use super::relay::Relay;
 use super::server::{status, Body};
@@ -283,6 +284,13 @@ pub async fn websocket(
         );
     }
     admission.set_backend(&backend);
+    // Which RSV bits the relay lets through (RFC 6455 §5.2).
+    let extensions = Extensions::negotiated(
+        resp.headers()
+            .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
 
     let mut headers = resp.headers().clone();
     strip_hop_by_hop(&mut headers);
@@ -322,6 +330,7 @@ pub async fn websocket(
             runtime,
             admission,
             epoch: proxy.registry.epoch(),
+            extensions,
             proxy,
         };
         // `read_buf` views hyper's whole handshake buffer (8 KiB or more): copy the

@@ -44,9 +44,9 @@ pub fn crd_rules(env: &mut Env) -> Run<'_> {
                 "hashOn is required when policy is ConsistentHash",
             ),
             (
-                "keepalive timeout = interval",
-                format!("{ok}\n  keepalive: {{interval: 10s, timeout: 10s}}"),
-                "keepalive.timeout must be above 0 and shorter than interval",
+                "keepalive timeout 0 with pings on",
+                format!("{ok}\n  keepalive: {{interval: 10s, timeout: 0s}}"),
+                "keepalive.timeout must be above 0 while pings are on",
             ),
             (
                 "malformed duration",
@@ -76,6 +76,16 @@ pub fn crd_rules(env: &mut Env) -> Run<'_> {
             .kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&doc(ok)))
             .await?;
         ensure!(out.ok, "a valid route was refused: {}", out.stderr.trim());
+        // A keepalive timeout longer than the interval is valid (pings repeat).
+        let long = format!("{ok}\n  keepalive: {{interval: 1s, timeout: 3s, backend: {{interval: 1s, timeout: 1s}}}}");
+        let out = c
+            .kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&doc(&long)))
+            .await?;
+        ensure!(
+            out.ok,
+            "a keepalive timeout longer than the interval was refused: {}",
+            out.stderr.trim()
+        );
         println!(
             "    kubectl refused {} bad routes with their rules' messages",
             cases.len()
