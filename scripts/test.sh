@@ -23,6 +23,9 @@ cargo clippy --locked --all-targets -- -D warnings
 step "unit and black-box tests"
 cargo test --locked --no-fail-fast
 
+step "fuzzing the frame reader for 60 s (a crash fails the run)"
+fuzz/run.sh -max_total_time=60
+
 step "Helm chart: lint and render, sidecar mode, dashboard/alert metrics"
 bash tests/chart/lint.sh
 bash tests/chart/sidecar.sh
