@@ -5,6 +5,12 @@
 #
 #   bench/run.sh [--quick] [--n N] [--proxies wsgate,nginx,haproxy-http,haproxy-tcp]
 #                [--no-build] [--keep] [--wait-quiet SECONDS] [--rounds R]
+#                [--routes N] [--ramp DURATION]
+#
+# --routes N: the routes-at-scale step (wsgate only): N routes in one file,
+# memory per route, /metrics size, load and reload time (default 5000, 0 = off).
+# --ramp D: the idle-memory step runs twice, a burst (as fast as the client
+# can) and a ramp spreading the N opens over D (default 30s, 0 = burst only).
 #
 # --rounds R repeats the whole sequence R times (alternating the order) and
 # reports medians: use 3 on a machine shared with other work.
@@ -44,6 +50,8 @@ PROXIES=wsgate,nginx,haproxy-http,haproxy-tcp
 BUILD=1
 KEEP=0
 ROUNDS=1
+ROUTES=5000
+RAMP=30s
 N_SET=
 WAIT_QUIET=
 
@@ -58,16 +66,20 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1 ;;
     --rounds) ROUNDS=$2; shift ;;
     --rounds=*) ROUNDS=${1#--rounds=} ;;
+    --routes) ROUTES=$2; shift ;;
+    --routes=*) ROUTES=${1#--routes=} ;;
+    --ramp) RAMP=$2; shift ;;
+    --ramp=*) RAMP=${1#--ramp=} ;;
     --wait-quiet) WAIT_QUIET=$2; shift ;;
     --wait-quiet=*) WAIT_QUIET=${1#--wait-quiet=} ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 if [ "$MODE" = quick ]; then
   N=1000; SETTLE=2s; TP_MESSAGES=100000; TP_DURATION=5s; TP_PACED_DURATION=3s
-  LAT_COUNT=4000; HS_DURATION=3s
+  LAT_COUNT=4000; HS_DURATION=3s; ROUTES=1000; RAMP=5s
 fi
 [ -n "$N_SET" ] && N=$N_SET
 # Wait (bounded) for the machine to go quiet before measuring: 60 s in a full
@@ -277,9 +289,13 @@ import json, sys
 kind, path = sys.argv[1], sys.argv[2]
 d = json.load(open(path))
 if kind == "idle":
-    print(f"   idle: {d['opened']}/{d['n']} tunnels open in {d['open_seconds']:.1f}s, failed {d['failed']}, "
+    shape = f"ramp over {d['ramp_seconds']:.0f}s" if d.get("ramp_seconds") else "burst"
+    left = ""
+    if d.get("proxy_after_close"):
+        left = f"; after all closed: anon {d['anon_kb_left_after_close']/1024:+.1f} MiB, RSS {d['rss_kb_left_after_close']/1024:+.1f} MiB vs before"
+    print(f"   idle ({shape}): {d['opened']}/{d['n']} tunnels open in {d['open_seconds']:.1f}s, failed {d['failed']}, "
           f"dropped while settling {d['dropped_while_settling']}; per tunnel: anon {d['anon_kb_per_tunnel']:.2f} KiB, "
-          f"RSS {d['rss_kb_per_tunnel']:.2f} KiB, private {d['private_kb_per_tunnel']:.2f} KiB")
+          f"RSS {d['rss_kb_per_tunnel']:.2f} KiB, private {d['private_kb_per_tunnel']:.2f} KiB{left}")
 elif kind == "throughput":
     print(f"   throughput {sys.argv[3]}: {d['relayed']} messages relayed in {d['seconds']:.1f}s ({d['relayed_per_s']:.0f}/s, bounded by {d['bounded_by']}), "
           f"proxy CPU {d['proxy_cpu_s']:.2f}s ({d['proxy_cpu_util']:.2f} cores) = {d['cpu_s_per_million_relayed']:.3f} CPU-s per million relayed; "
@@ -326,13 +342,25 @@ for name in "${order[@]}"; do
 
   # 1. memory per idle tunnel
   if timeout 300 "$LOADGEN" idle --target "$URL" --n "$N" --sources "$SOURCES" --proxy-pid "$PROXY_PID" \
-       --settle "$SETTLE" >"$out/idle.json" 2>"$out/idle.log"; then
+       --settle "$SETTLE" --measure-close >"$out/idle.json" 2>"$out/idle.log"; then
     summ idle "$out/idle.json" >&2
   else
     say "   idle: failed"; tail -3 "$out/idle.log" >&2; rm -f "$out/idle.json"
   fi
   stats1=$(backend_stats)
   sleep 3   # let the proxy tear the idle tunnels down
+
+  # 1b. the same N tunnels arriving in a slow ramp, then the memory left once
+  # they all closed (a burst of handshakes can leave the allocator holding pages)
+  if [ "$RAMP" != 0 ] && [ "$RAMP" != 0s ]; then
+    if timeout 600 "$LOADGEN" idle --target "$URL" --n "$N" --sources "$SOURCES" --proxy-pid "$PROXY_PID" \
+         --settle "$SETTLE" --ramp "$RAMP" --measure-close >"$out/idle-ramp.json" 2>"$out/idle-ramp.log"; then
+      summ idle "$out/idle-ramp.json" >&2
+    else
+      say "   idle ramp: failed"; tail -3 "$out/idle-ramp.log" >&2; rm -f "$out/idle-ramp.json"
+    fi
+    sleep 3
+  fi
   if ! kill -0 "$PROXY_PID" 2>/dev/null; then say "   $name died"; continue; fi
 
   # 2. CPU per relayed message: unpaced (as fast as the window allows), then paced
@@ -380,6 +408,18 @@ EOF
   sleep 2   # let TIME_WAIT and the backend settle before the next proxy
 done
 done
+
+# ---- routes at scale (wsgate only): memory per route, /metrics size, reload time ----
+if [ -n "$WSGATE" ] && [ "$ROUTES" -gt 0 ] && [[ ",$PROXIES," == *",wsgate,"* ]]; then
+  step "wsgate with $ROUTES routes"
+  mkdir -p "$WORK/routes"
+  if timeout 600 "$LOADGEN" routes --wsgate "$WSGATE" --backend "$BACKEND" --n "$ROUTES" --dir "$WORK/routes" \
+       --listen "127.0.0.1:$(free_port)" --admin "127.0.0.1:$(free_port)" >"$WORK/routes.json" 2>"$WORK/routes.log"; then
+    python3 "$HERE/report.py" --routes "$WORK/routes.json" >&2
+  else
+    say "   routes: failed"; tail -3 "$WORK/routes.log" >&2; rm -f "$WORK/routes.json"
+  fi
+fi
 
 step "results"
 mkdir -p "$HERE/results"

@@ -2,6 +2,7 @@
 //! defaults and backend resolution in one place, called by both the file source and
 //! the Kubernetes controller so the two can never disagree about what a route means.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
@@ -304,6 +305,38 @@ pub fn overlaps(a: &Route, b: &Route) -> bool {
         && (a.hosts.is_empty() && b.hosts.is_empty() || a.hosts.iter().any(|h| b.hosts.contains(h)))
 }
 
+/// The requests accepted routes claim, indexed by path rule and hostname, so a
+/// table of thousands of routes is checked for [`overlaps`] in one lookup per
+/// hostname instead of one comparison per earlier route (5,000 routes: 12.5
+/// million comparisons, most of a reload's time, before this index).
+#[derive(Default)]
+pub struct Claims<T> {
+    by: HashMap<(PathRule, Option<HostMatch>), T>,
+}
+
+impl<T: Clone> Claims<T> {
+    /// What claimed a request that `route` would claim too, if anything.
+    pub fn overlapping(&self, route: &Route) -> Option<&T> {
+        claim_keys(route).find_map(|k| self.by.get(&k))
+    }
+
+    /// Records `route`'s claims as `owner`'s.
+    pub fn insert(&mut self, route: &Route, owner: T) {
+        for k in claim_keys(route) {
+            self.by.entry(k).or_insert_with(|| owner.clone());
+        }
+    }
+}
+
+fn claim_keys(route: &Route) -> impl Iterator<Item = (PathRule, Option<HostMatch>)> + '_ {
+    let hosts: Vec<Option<HostMatch>> = if route.hosts.is_empty() {
+        vec![None]
+    } else {
+        route.hosts.iter().cloned().map(Some).collect()
+    };
+    hosts.into_iter().map(|h| (route.path.clone(), h))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +393,36 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused() {
         assert!(serde_yaml::from_str::<WebSocketRouteSpec>("backends: []\nkeepAlive: {}").is_err());
+    }
+
+    #[test]
+    fn claims_find_exactly_what_overlaps_finds() {
+        let route = |name: &str, hosts: &[&str], path: PathRule| {
+            let mut r = Route::for_test(name, Balance::RoundRobin, &[("127.0.0.1:1", 1)]);
+            r.hosts = hosts.iter().map(|h| HostMatch::parse(h).unwrap()).collect();
+            r.path = path;
+            r
+        };
+        let p = |s: &str| PathRule::Prefix(s.into());
+        let accepted = [
+            route("a", &[], p("/")),
+            route("b", &["x.example.com", "*.example.org"], p("/chat")),
+            route("c", &["y.example.com"], PathRule::Exact("/chat".into())),
+        ];
+        let mut claims = Claims::default();
+        for (i, r) in accepted.iter().enumerate() {
+            claims.insert(r, i);
+        }
+        for probe in [
+            route("d", &[], p("/")),
+            route("e", &[], p("/chat")),
+            route("f", &["*.example.org"], p("/chat")),
+            route("g", &["y.example.com"], p("/chat")),
+            route("h", &["y.example.com"], PathRule::Exact("/chat".into())),
+            route("i", &["x.example.com"], p("/")),
+        ] {
+            let slow = accepted.iter().position(|r| overlaps(r, &probe));
+            assert_eq!(claims.overlapping(&probe).copied(), slow, "{}", probe.key);
+        }
     }
 }

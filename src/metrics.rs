@@ -2,13 +2,69 @@
 //! dashboards and alerts depend on. No label carries a connection id or a client
 //! address: per-connection detail lives on `/connections`.
 //!
-//! Hot-path counters are resolved once per route ([`RouteMetrics`]) so a relayed
-//! batch costs an atomic add, not a label lookup.
+//! # Per-route series: created on first use
+//!
+//! A route that never sees traffic exports nothing (PRODUCT.md: "a route's series
+//! appear when it first sees traffic"), so 5,000 configured routes do not cost
+//! 5,000 × every label combination × every histogram bucket. [`Metrics`] holds the
+//! families; [`RouteMetrics`] (in `metrics/route.rs`) is one route's view of them,
+//! kept in the proxy's `RouteRuntime` across reloads. Two patterns, pick by label:
+//!
+//! - **Fixed labels, hot path** (messages, bytes, pings, RTT, duration): a
+//!   `OnceLock` cell per series in [`RouteMetrics`] and an accessor that resolves
+//!   it the first time (`self.cell(&self.x, &self.all.family, &[extra])`). After
+//!   that a relayed batch costs one atomic load and one atomic add.
+//! - **Open-ended but bounded label** (outcome, close code, HTTP status, and the
+//!   additions `wsgate_auth_total{result}`, `wsgate_rate_limited_total{action}`,
+//!   `wsgate_rebalanced_total`, `wsgate_backend_ejections_total`): a method on
+//!   [`RouteMetrics`] calling `self.all.family.with_label_values(&[&self.namespace,
+//!   &self.route, value])`; the series appears with its first increment.
+//!
+//! A new per-route family must also be listed in [`Metrics::forget_routes`], which
+//! drops the series of routes that left the table once their last tunnel is gone,
+//! so route churn cannot grow `/metrics` without bound. A label a peer controls
+//! must be bounded before it becomes a label value (see [`close_code_label`]).
+//!
+//! # Histogram buckets
+//!
+//! Each bucket is a series per route and peer, so there are few, each placed where
+//! an operator draws a conclusion; see [`PING_RTT_BUCKETS`] and
+//! [`CONNECTION_DURATION_BUCKETS`].
 
+mod route;
+
+use std::collections::{HashMap, HashSet};
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
+
+pub use route::{close_code_label, RouteMetrics};
+
+/// `wsgate_ping_rtt_seconds` boundaries: the round trip of a proxy ping, which is
+/// the network's RTT plus the time the peer's event loop takes to answer.
+pub const PING_RTT_BUCKETS: &[f64] = &[
+    0.001, // same node or pod network: anything above is not loopback-fast
+    0.005, // same zone / data centre
+    0.025, // cross-zone, same region; a good fixed line
+    0.1,   // another continent or a good mobile network
+    0.25,  // intercontinental or congested mobile: interactive apps feel it
+    1.0,   // a struggling peer (busy event loop, bufferbloat, 3G)
+    5.0,   // nearly dead: the default keepalive timeout is 10 s
+];
+
+/// `wsgate_connection_duration_seconds` boundaries: how long tunnels live.
+pub const CONNECTION_DURATION_BUCKETS: &[f64] = &[
+    1.0,     // failed in practice: refused by the app, auth, a crash loop
+    10.0,    // short: reconnect loops, page bounces
+    60.0,    // the 60 s idle cut of NGINX (proxy_read_timeout) and cloud LBs
+    300.0,   // a short visit
+    1800.0,  // a working session
+    7200.0,  // long sessions; token lifetimes and maxLifetime are often 1-2 h
+    86400.0, // a day: beyond this, tunnels outlive most deploys
+];
 
 /// Every metric wsgate exports, registered in one registry.
 #[derive(Clone)]
@@ -164,14 +220,14 @@ impl Metrics {
                 "wsgate_ping_rtt_seconds",
                 "Round trip of proxy pings.",
                 &["namespace", "route", "peer"],
-                exponential_buckets(0.0005, 2.0, 16).expect("valid buckets"),
+                PING_RTT_BUCKETS.to_vec(),
             ),
             connection_duration_seconds: histogram(
                 &r,
                 "wsgate_connection_duration_seconds",
                 "Lifetime of closed tunnels.",
                 route,
-                exponential_buckets(0.1, 4.0, 12).expect("valid buckets"),
+                CONNECTION_DURATION_BUCKETS.to_vec(),
             ),
             closes_total: counter(
                 &r,
@@ -213,109 +269,40 @@ impl Metrics {
         String::from_utf8(buf).expect("exposition is UTF-8")
     }
 
-    /// Resolves the hot-path handles of one route.
-    pub fn route(&self, namespace: &str, route: &str) -> RouteMetrics {
-        fn l<'a>(ns: &'a str, r: &'a str, x: &'a str) -> [&'a str; 3] {
-            [ns, r, x]
+    /// Drops every series of these `(namespace, route)` pairs: routes that left the
+    /// table and whose last tunnel closed. One pass over each per-route family.
+    pub fn forget_routes(&self, gone: &HashSet<(String, String)>) {
+        if gone.is_empty() {
+            return;
         }
-        RouteMetrics {
-            namespace: namespace.to_owned(),
-            route: route.to_owned(),
-            active: self
-                .connections_active
-                .with_label_values(&[namespace, route]),
-            messages_c2b: self.messages_total.with_label_values(&l(
-                namespace,
-                route,
-                "client_to_backend",
-            )),
-            messages_b2c: self.messages_total.with_label_values(&l(
-                namespace,
-                route,
-                "backend_to_client",
-            )),
-            bytes_c2b: self.bytes_total.with_label_values(&l(
-                namespace,
-                route,
-                "client_to_backend",
-            )),
-            bytes_b2c: self.bytes_total.with_label_values(&l(
-                namespace,
-                route,
-                "backend_to_client",
-            )),
-            pings_client: self
-                .pings_sent_total
-                .with_label_values(&l(namespace, route, "client")),
-            pings_backend: self
-                .pings_sent_total
-                .with_label_values(&l(namespace, route, "backend")),
-            pong_timeouts_client: self
-                .pong_timeouts_total
-                .with_label_values(&l(namespace, route, "client")),
-            pong_timeouts_backend: self
-                .pong_timeouts_total
-                .with_label_values(&l(namespace, route, "backend")),
-            rtt_client: self
-                .ping_rtt_seconds
-                .with_label_values(&l(namespace, route, "client")),
-            rtt_backend: self
-                .ping_rtt_seconds
-                .with_label_values(&l(namespace, route, "backend")),
-            duration: self
-                .connection_duration_seconds
-                .with_label_values(&[namespace, route]),
-            all: self.clone(),
-        }
+        forget(&self.connections_active, gone);
+        forget(&self.connections_total, gone);
+        forget(&self.messages_total, gone);
+        forget(&self.bytes_total, gone);
+        forget(&self.pings_sent_total, gone);
+        forget(&self.pong_timeouts_total, gone);
+        forget(&self.ping_rtt_seconds, gone);
+        forget(&self.connection_duration_seconds, gone);
+        forget(&self.closes_total, gone);
+        forget(&self.http_requests_total, gone);
     }
 }
 
-/// One route's metric handles, resolved once.
-#[derive(Clone)]
-pub struct RouteMetrics {
-    /// The route's namespace label.
-    pub namespace: String,
-    /// The route's name label.
-    pub route: String,
-    pub(crate) active: IntGauge,
-    pub(crate) messages_c2b: IntCounter,
-    pub(crate) messages_b2c: IntCounter,
-    pub(crate) bytes_c2b: IntCounter,
-    pub(crate) bytes_b2c: IntCounter,
-    pub(crate) pings_client: IntCounter,
-    pub(crate) pings_backend: IntCounter,
-    pub(crate) pong_timeouts_client: IntCounter,
-    pub(crate) pong_timeouts_backend: IntCounter,
-    pub(crate) rtt_client: Histogram,
-    pub(crate) rtt_backend: Histogram,
-    pub(crate) duration: Histogram,
-    all: Metrics,
-}
-
-impl RouteMetrics {
-    /// Counts an upgrade attempt's outcome.
-    pub fn outcome(&self, outcome: &str) {
-        self.all
-            .connections_total
-            .with_label_values(&[&self.namespace, &self.route, outcome])
-            .inc();
-    }
-
-    /// Counts a closed tunnel.
-    pub fn close(&self, code: u16, initiator: Initiator) {
-        let code = code.to_string();
-        self.all
-            .closes_total
-            .with_label_values(&[&self.namespace, &self.route, &code, initiator.as_str()])
-            .inc();
-    }
-
-    /// Counts a proxied plain HTTP request.
-    pub fn http(&self, status: u16) {
-        let code = status.to_string();
-        self.all
-            .http_requests_total
-            .with_label_values(&[&self.namespace, &self.route, &code])
-            .inc();
+/// Removes the children of `family` whose namespace and route are in `gone`.
+fn forget<T: MetricVecBuilder>(family: &MetricVec<T>, gone: &HashSet<(String, String)>) {
+    for mf in family.collect() {
+        for m in mf.get_metric() {
+            let labels: HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            let (Some(ns), Some(route)) = (labels.get("namespace"), labels.get("route")) else {
+                continue;
+            };
+            if gone.contains(&((*ns).to_owned(), (*route).to_owned())) {
+                let _ = family.remove(&labels);
+            }
+        }
     }
 }

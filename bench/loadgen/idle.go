@@ -26,6 +26,11 @@ type idleResult struct {
 	AnonKBPerTunnel float64   `json:"anon_kb_per_tunnel"`
 	RSSKBPerTunnel  float64   `json:"rss_kb_per_tunnel"`
 	PrivKBPerTunnel float64   `json:"private_kb_per_tunnel"`
+	RampSeconds     float64   `json:"ramp_seconds"`
+	// AfterClose is read --settle after every tunnel was closed (with --measure-close).
+	AfterClose       *procStat `json:"proxy_after_close,omitempty"`
+	AnonKBLeftClosed int64     `json:"anon_kb_left_after_close"`
+	RSSKBLeftClosed  int64     `json:"rss_kb_left_after_close"`
 	Errors          []string  `json:"errors,omitempty"`
 }
 
@@ -44,6 +49,8 @@ func cmdIdle(args []string) {
 	pid := fs.Int("proxy-pid", 0, "proxy process (tree) to measure; 0 = none")
 	hold := fs.Duration("hold", 0, "hold the tunnels this long after measuring (0 with no --proxy-pid: until SIGINT/SIGTERM, max 1h)")
 	openTimeout := fs.Duration("open-timeout", 180*time.Second, "bound on the opening phase")
+	ramp := fs.Duration("ramp", 0, "spread the opens evenly over this long (0 = a burst: as fast as --concurrency allows)")
+	measureClose := fs.Bool("measure-close", false, "after measuring, close every tunnel and measure the proxy again after --settle")
 	_ = fs.Parse(args)
 	if *target == "" {
 		fatalf("idle: --target required")
@@ -78,7 +85,7 @@ func cmdIdle(args []string) {
 		return c, nil
 	}
 
-	res := idleResult{Target: *target, N: *n, EchoOnce: *echoOnce}
+	res := idleResult{Target: *target, N: *n, EchoOnce: *echoOnce, RampSeconds: ramp.Seconds()}
 
 	if *pid > 0 && *warmup > 0 {
 		var wg sync.WaitGroup
@@ -133,6 +140,10 @@ func cmdIdle(args []string) {
 				i := next.Add(1)
 				if i > int64(*n) {
 					return
+				}
+				if *ramp > 0 {
+					// Tunnel i opens at i/n of the ramp: a slow, even arrival.
+					time.Sleep(time.Until(start.Add(time.Duration(float64(*ramp) * float64(i-1) / float64(*n)))))
 				}
 				c, err := openOne()
 				if err != nil {
@@ -190,6 +201,19 @@ func cmdIdle(args []string) {
 	}
 	res.Errors = errs.samples()
 	closing.Store(true)
+	if *measureClose && *pid > 0 {
+		for _, c := range conns {
+			c.Close()
+		}
+		time.Sleep(*settle)
+		a, err := readProcTree(*pid)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		res.AfterClose = &a
+		res.AnonKBLeftClosed = a.AnonKB - res.Before.AnonKB
+		res.RSSKBLeftClosed = a.RSSKB - res.Before.RSSKB
+	}
 	emitJSON(res)
 	// Exiting closes every socket at once (FIN); the proxy tears its tunnels down.
 	os.Exit(0)

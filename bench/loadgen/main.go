@@ -7,6 +7,7 @@
 //	loadgen latency     --target URL --conns 4 --count 20000 --interval 1ms
 //	loadgen handshakes  --target URL --workers 16 --duration 10s [--proxy-pid PID]
 //	loadgen wait        --target URL --timeout 20s
+//	loadgen routes      --wsgate BIN --backend HOST:PORT --n 5000 --dir DIR
 //	loadgen procstat    PID
 //
 // Results are printed as one JSON object on stdout; progress goes to stderr.
@@ -19,7 +20,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: loadgen echo-server|idle|throughput|latency|handshakes|wait|procstat [flags]")
+	fmt.Fprintln(os.Stderr, "usage: loadgen echo-server|idle|throughput|latency|handshakes|wait|routes|procstat [flags]")
 	os.Exit(2)
 }
 
@@ -42,6 +43,8 @@ func main() {
 		cmdHandshakes(args)
 	case "wait":
 		cmdWait(args)
+	case "routes":
+		cmdRoutes(args)
 	case "procstat":
 		if len(args) != 1 {
 			usage()

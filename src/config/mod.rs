@@ -5,7 +5,7 @@
 mod locate;
 mod watch;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::api::{Backend, Tls, WebSocketRouteSpec, API_VERSION};
 use crate::compile::{self, FieldError, Resolver};
-use crate::proxy::table::{BackendAddr, Route, RouteTable};
+use crate::proxy::table::{BackendAddr, Route, RouteKey, RouteTable};
 
 pub use watch::watch;
 
@@ -175,6 +175,9 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
     let files = route_files(path).map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     let mut routes: Vec<(Route, PathBuf, usize)> = Vec::new();
+    // Indexes into `routes`: duplicates and overlaps in one lookup each.
+    let mut keys: HashMap<RouteKey, usize> = HashMap::new();
+    let mut claims: compile::Claims<usize> = compile::Claims::default();
     let mut tls_files = Vec::new();
     for file in &files {
         let text = match std::fs::read_to_string(file) {
@@ -236,7 +239,8 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
                 Ok(route) => {
                     tls_files.extend(resolver.into_inner().tls_files);
                     let line = start + 1;
-                    if let Some((_, f, l)) = routes.iter().find(|(r, _, _)| r.key == route.key) {
+                    if let Some(&i) = keys.get(&route.key) {
+                        let (_, f, l) = &routes[i];
                         errors.push(at(
                             "metadata.name",
                             format!(
@@ -245,9 +249,8 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
                                 f.display()
                             ),
                         ));
-                    } else if let Some((r, f, l)) =
-                        routes.iter().find(|(r, _, _)| compile::overlaps(r, &route))
-                    {
+                    } else if let Some(&i) = claims.overlapping(&route) {
+                        let (r, f, l) = &routes[i];
                         errors.push(at(
                             "spec.path",
                             format!(
@@ -257,6 +260,8 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
                             ),
                         ));
                     } else {
+                        keys.insert(route.key.clone(), routes.len());
+                        claims.insert(&route, routes.len());
                         routes.push((route, file.clone(), line));
                     }
                 }

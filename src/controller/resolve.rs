@@ -197,6 +197,7 @@ pub fn build(cluster: &Cluster, class: &str) -> Build {
             .then_with(|| a.name_any().cmp(&b.name_any()))
     });
     let mut served: Vec<Route> = Vec::new();
+    let mut claims: compile::Claims<usize> = compile::Claims::default();
     let mut outcomes = Vec::new();
     for obj in routes {
         let ns = obj.namespace().unwrap_or_default();
@@ -207,12 +208,13 @@ pub fn build(cluster: &Cluster, class: &str) -> Build {
         } else {
             match compile::compile(&ns, &name, &obj.spec, cluster) {
                 Err(errs) => Outcome::Unresolved(errs),
-                Ok(route) => match served.iter().find(|r| compile::overlaps(r, &route)) {
-                    Some(w) => Outcome::Conflicted {
-                        winner: w.key.to_string(),
+                Ok(route) => match claims.overlapping(&route) {
+                    Some(&w) => Outcome::Conflicted {
+                        winner: served[w].key.to_string(),
                     },
                     None => {
                         let n = route.backends.len();
+                        claims.insert(&route, served.len());
                         served.push(route);
                         Outcome::Programmed { backends: n }
                     }

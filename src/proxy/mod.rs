@@ -16,7 +16,7 @@ pub mod table;
 mod tls;
 mod upgrade;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -113,9 +113,6 @@ impl Proxy {
                 .clone();
             runtimes.insert(r.key.clone(), rt);
         }
-        // Runtimes of removed routes live on in their tunnels; forget idle ones.
-        all.retain(|k, rt| runtimes.contains_key(k) || Arc::strong_count(rt) > 1);
-        drop(all);
         self.metrics.routes.set(table.routes().len() as i64);
         let now = Instant::now();
         let by_key: HashMap<&RouteKey, &Arc<Route>> =
@@ -146,6 +143,20 @@ impl Proxy {
         }
         self.live.store(Arc::new(Live { table, runtimes }));
         self.loaded.store(true, Ordering::Release);
+        // Runtimes of removed routes live on in their tunnels (and in requests still
+        // holding the previous table); forget idle ones and their series, after the
+        // swap so the previous table no longer counts as a holder.
+        let live = self.live.load();
+        let mut gone = HashSet::new();
+        all.retain(|k, rt| {
+            let keep = live.runtimes.contains_key(k) || Arc::strong_count(rt) > 1;
+            if !keep {
+                gone.insert((k.namespace.clone(), k.name.clone()));
+            }
+            keep
+        });
+        drop(all);
+        self.metrics.forget_routes(&gone);
     }
 
     /// A receiver that turns true when shutdown begins.

@@ -68,7 +68,7 @@ impl RouteRuntime {
         }
         *n += 1;
         drop(per_ip);
-        self.metrics.active.inc();
+        self.metrics.active().inc();
         Ok(Admission {
             runtime: self.clone(),
             ip,
@@ -101,7 +101,7 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         self.runtime.active.fetch_sub(1, Relaxed);
-        self.runtime.metrics.active.dec();
+        self.runtime.metrics.active().dec();
         let mut per_ip = self.runtime.per_ip.lock().expect("lock");
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;

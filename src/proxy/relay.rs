@@ -504,14 +504,14 @@ impl Relay {
                 Side::Client => (
                     &self.info.c2b_messages,
                     &self.info.c2b_bytes,
-                    &self.runtime.metrics.messages_c2b,
-                    &self.runtime.metrics.bytes_c2b,
+                    self.runtime.metrics.messages_c2b(),
+                    self.runtime.metrics.bytes_c2b(),
                 ),
                 Side::Backend => (
                     &self.info.b2c_messages,
                     &self.info.b2c_bytes,
-                    &self.runtime.metrics.messages_b2c,
-                    &self.runtime.metrics.bytes_b2c,
+                    self.runtime.metrics.messages_b2c(),
+                    self.runtime.metrics.bytes_b2c(),
                 ),
             };
             m.fetch_add(messages, Relaxed);
@@ -527,11 +527,12 @@ impl Relay {
                     let rtt = now.duration_since(probe.last);
                     let (hist, slot) = match side {
                         Side::Client => {
-                            (&self.runtime.metrics.rtt_client, &self.info.client_rtt_us)
+                            (self.runtime.metrics.rtt_client(), &self.info.client_rtt_us)
                         }
-                        Side::Backend => {
-                            (&self.runtime.metrics.rtt_backend, &self.info.backend_rtt_us)
-                        }
+                        Side::Backend => (
+                            self.runtime.metrics.rtt_backend(),
+                            &self.info.backend_rtt_us,
+                        ),
                     };
                     hist.observe(rtt.as_secs_f64());
                     slot.store(rtt.as_micros() as u64, Relaxed);
@@ -677,8 +678,8 @@ impl Relay {
                 Some(probe) if now >= probe.since + p.timeout => {
                     let m = &self.runtime.metrics;
                     match side {
-                        Side::Client => m.pong_timeouts_client.inc(),
-                        Side::Backend => m.pong_timeouts_backend.inc(),
+                        Side::Client => m.pong_timeouts_client().inc(),
+                        Side::Backend => m.pong_timeouts_backend().inc(),
                     }
                     tracing::info!(tunnel = self.info.id, route = %route.key, peer = ?side, "no answer to keepalive ping; closing tunnel");
                     self.proxy_close(1001, "peer did not answer keepalive ping", st);
@@ -728,8 +729,8 @@ impl Relay {
         });
         let m = &self.runtime.metrics;
         match to {
-            Side::Client => m.pings_client.inc(),
-            Side::Backend => m.pings_backend.inc(),
+            Side::Client => m.pings_client().inc(),
+            Side::Backend => m.pings_backend().inc(),
         }
         if !ok {
             self.gone(to, st);
@@ -767,7 +768,8 @@ impl Relay {
         let (code, initiator) = first_close.unwrap_or((1006, Initiator::Proxy));
         let m = &self.runtime.metrics;
         m.close(code, initiator);
-        m.duration.observe(self.info.opened.elapsed().as_secs_f64());
+        m.duration()
+            .observe(self.info.opened.elapsed().as_secs_f64());
         tracing::debug!(
             tunnel = self.info.id,
             code,

@@ -24,7 +24,7 @@ impl fmt::Display for RouteKey {
 }
 
 /// A host name pattern.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum HostMatch {
     /// `chat.example.com`, compared case-insensitively.
     Exact(String),
@@ -69,7 +69,7 @@ impl HostMatch {
 }
 
 /// A path rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PathRule {
     /// Exactly this path.
     Exact(String),
