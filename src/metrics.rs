@@ -45,6 +45,8 @@ pub struct Metrics {
     /// `wsgate_controller_last_sync_timestamp_seconds`: when the controller last
     /// published a table from a complete view of the API.
     pub controller_last_sync_timestamp_seconds: Gauge,
+    /// `wsgate_auth_total{namespace,route,result}`
+    pub auth_total: IntCounterVec,
 }
 
 /// Where a tunnel's close began.
@@ -200,6 +202,12 @@ impl Metrics {
             ),
             controller_watch_restarts_total: watch_restarts,
             controller_last_sync_timestamp_seconds: last_sync,
+            auth_total: counter(
+                &r,
+                "wsgate_auth_total",
+                "Token checks of upgrades and plain HTTP requests by result.",
+                &["namespace", "route", "result"],
+            ),
             registry: r,
         }
     }
@@ -316,6 +324,14 @@ impl RouteMetrics {
         self.all
             .http_requests_total
             .with_label_values(&[&self.namespace, &self.route, &code])
+            .inc();
+    }
+
+    /// Counts a token check (`ok`, `missing`, `invalid`, `expired`, `forbidden`).
+    pub fn auth(&self, result: &str) {
+        self.all
+            .auth_total
+            .with_label_values(&[&self.namespace, &self.route, result])
             .inc();
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::time::sleep_until;
 
 use super::frame::{self, FrameHeader, FrameReader, FrameSink, OP_CLOSE, OP_PING, OP_PONG};
-use super::registry::{Admission, CloseReason, RouteRuntime, TunnelInfo};
+use super::registry::{Admission, RouteRuntime, TunnelInfo};
 use super::stream::Stream;
 use super::table::LegPing;
 use crate::metrics::Initiator;
@@ -588,11 +588,8 @@ impl Relay {
         }
         if let Some(at) = self.info.close_deadline(self.epoch) {
             if now >= at {
-                let reason = match self.info.close_reason() {
-                    CloseReason::Drain => "route or backend removed",
-                    CloseReason::Shutdown => "server shutting down",
-                };
-                self.proxy_close(1001, reason, st);
+                let (code, reason) = self.info.close_reason().close_frame();
+                self.proxy_close(code, reason, st);
                 return;
             }
         }
