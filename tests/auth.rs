@@ -426,3 +426,59 @@ async fn check_names_file_line_and_field_of_bad_auth() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("spec.auth.jwt.jwks.file: cannot read"), "{out}");
 }
+
+/// A JWKS endpoint: serves `body` (or 500 while it is empty), one request per connection.
+async fn jwks_server(
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let b = body.lock().unwrap().clone();
+            let head = if b.is_empty() { "500 Internal Server Error" } else { "200 OK" };
+            let resp = format!(
+                "HTTP/1.1 {head}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                b.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_jwks_uri_is_refreshed_and_its_last_good_set_kept() {
+    let (a, b) = (ed25519("a"), p256("b"));
+    let set = |s: &Signer| json!({"keys": [s.jwk.clone()]}).to_string();
+    let body = std::sync::Arc::new(std::sync::Mutex::new(set(&a)));
+    let (addr, _server) = jwks_server(body.clone()).await;
+    let (_backend, backend_addr) = node_backend("chat", &[]).await;
+    let route = Route::new("chat").backend(backend_addr).set(
+        "auth",
+        &format!("{{jwt: {{issuer: \"{ISSUER}\", jwks: {{uri: \"http://{addr}/jwks\", refresh: 300ms}}}}}}"),
+    );
+    let gate = Wsgate::start(&route.yaml()).await;
+    let bearer = |t: String| format!("Bearer {t}");
+    let r = upgrade_status(&gate, "/", &[("Authorization", &bearer(a.token(300)))]).await;
+    assert_eq!(r.status, 101, "the first fetch serves the first upgrade: {r:?}");
+
+    *body.lock().unwrap() = set(&b);
+    let tb = b.token(300);
+    eventually(10.0, "the refreshed JWKS to be used", || async {
+        let r = upgrade_status(&gate, "/", &[("Authorization", &bearer(tb.clone()))]).await;
+        (r.status == 101).then_some(())
+    })
+    .await;
+    // The endpoint fails: the last good set keeps serving.
+    body.lock().unwrap().clear();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let r = upgrade_status(&gate, "/", &[("Authorization", &bearer(b.token(300)))]).await;
+    assert_eq!(r.status, 101, "{r:?}");
+    let r = upgrade_status(&gate, "/", &[("Authorization", &bearer(a.token(300)))]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(gate.log_text().contains("JWKS fetch failed"), "a failed fetch is logged");
+}
