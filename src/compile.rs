@@ -132,7 +132,11 @@ fn validate_jwt(jwt: &JwtAuth, err: &mut impl FnMut(String, String)) {
                 err(format!("{f}.header"), format!("{h:?} is not a header name"));
             }
         }
-        for (field, v) in [("query", &t.query), ("cookie", &t.cookie), ("subprotocol", &t.subprotocol)] {
+        for (field, v) in [
+            ("query", &t.query),
+            ("cookie", &t.cookie),
+            ("subprotocol", &t.subprotocol),
+        ] {
             if v.as_ref().is_some_and(|v| v.is_empty()) {
                 err(format!("{f}.{field}"), "must not be empty".into());
             }

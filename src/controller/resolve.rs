@@ -167,7 +167,11 @@ impl Resolver for Cluster {
                 let secret = find(&self.opaque_secrets, ns, name).ok_or_else(|| {
                     FieldError::new(field, format!("Secret {ns}/{name} not found (type Opaque)"))
                 })?;
-                let data = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone());
+                let data = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|b| b.0.clone());
                 (field, format!("Secret {ns}/{name}"), data)
             }
             (None, Some(name)) => {
@@ -175,7 +179,11 @@ impl Resolver for Cluster {
                 let cm = find(&self.config_maps, ns, name).ok_or_else(|| {
                     FieldError::new(field, format!("ConfigMap {ns}/{name} not found"))
                 })?;
-                let data = cm.data.as_ref().and_then(|d| d.get(key)).map(|t| t.clone().into_bytes());
+                let data = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|t| t.clone().into_bytes());
                 (field, format!("ConfigMap {ns}/{name}"), data)
             }
             (None, None) => {
@@ -185,8 +193,8 @@ impl Resolver for Cluster {
                 ))
             }
         };
-        let json = json
-            .ok_or_else(|| FieldError::new(field, format!("{what} has no key {key:?}")))?;
+        let json =
+            json.ok_or_else(|| FieldError::new(field, format!("{what} has no key {key:?}")))?;
         compile::key_set(&json, &what)
     }
 }
