@@ -5,11 +5,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::HeaderName;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::api::{Backend, PathMatchType, Policy, Tls, WebSocketRouteSpec};
+use crate::api::{Backend, JwksRef, JwtAuth, PathMatchType, Policy, Tls, WebSocketRouteSpec};
+use crate::proxy::auth::{self, KeySet, Keys, RemoteJwks, TokenSource};
 use crate::proxy::table::{
     BackendAddr, Balance, HashKey, HostMatch, LegPing, PathRule, Route, RouteKey,
 };
@@ -51,7 +53,158 @@ pub trait Resolver {
     ) -> Result<Vec<BackendAddr>, FieldError>;
     /// The certificate named by `spec.tls`.
     fn certificate(&self, namespace: &str, tls: &Tls) -> Result<Arc<CertifiedKey>, FieldError>;
+    /// The key set named by `spec.auth.jwt.jwks` when it is not a `uri`: a file in
+    /// standalone mode, a Secret or ConfigMap key in controller mode.
+    fn jwks(&self, namespace: &str, jwks: &JwksRef) -> Result<Arc<KeySet>, FieldError>;
 }
+
+/// Parses JWKS JSON read from a file, Secret or ConfigMap.
+pub fn key_set(json: &[u8], what: &str) -> Result<Arc<KeySet>, FieldError> {
+    KeySet::parse(json)
+        .map(Arc::new)
+        .map_err(|e| FieldError::new(JWKS, format!("{what}: {e}")))
+}
+
+const JWT: &str = "spec.auth.jwt";
+const JWKS: &str = "spec.auth.jwt.jwks";
+
+/// The `auth.jwt` rules (the CRD states the same ones in CEL).
+fn validate_jwt(jwt: &JwtAuth, err: &mut impl FnMut(String, String)) {
+    if jwt.issuer.is_empty() {
+        err(format!("{JWT}.issuer"), "must not be empty".into());
+    }
+    let j = &jwt.jwks;
+    let set = usize::from(j.secret_name.is_some())
+        + usize::from(j.config_map_name.is_some())
+        + usize::from(j.file.is_some())
+        + usize::from(j.uri.is_some());
+    if set != 1 {
+        err(
+            JWKS.into(),
+            "set exactly one of secretName, configMapName, file, uri".into(),
+        );
+    }
+    if (j.secret_name.is_some() || j.config_map_name.is_some()) && j.key.is_none() {
+        err(
+            format!("{JWKS}.key"),
+            "required with secretName or configMapName".into(),
+        );
+    }
+    if let Some(u) = &j.uri {
+        let ok = u
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            err(
+                format!("{JWKS}.uri"),
+                format!("{u:?} is not an http:// or https:// URL"),
+            );
+        }
+    }
+    if j.refresh.is_some() && j.uri.is_none() {
+        err(format!("{JWKS}.refresh"), "only applies to uri".into());
+    }
+    if j.refresh.is_some_and(|r| r.is_zero()) {
+        err(format!("{JWKS}.refresh"), "must be above 0".into());
+    }
+    if jwt.token_from.is_empty() {
+        err(
+            format!("{JWT}.tokenFrom"),
+            "at least one source is required".into(),
+        );
+    }
+    for (i, t) in jwt.token_from.iter().enumerate() {
+        let f = format!("{JWT}.tokenFrom[{i}]");
+        let n = usize::from(t.header.is_some())
+            + usize::from(t.query.is_some())
+            + usize::from(t.cookie.is_some())
+            + usize::from(t.subprotocol.is_some());
+        if n != 1 {
+            err(
+                f.clone(),
+                "set exactly one of header, query, cookie, subprotocol".into(),
+            );
+        }
+        if t.prefix.is_some() && t.header.is_none() {
+            err(format!("{f}.prefix"), "only applies to header".into());
+        }
+        if let Some(h) = &t.header {
+            if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                err(format!("{f}.header"), format!("{h:?} is not a header name"));
+            }
+        }
+        for (field, v) in [
+            ("query", &t.query),
+            ("cookie", &t.cookie),
+            ("subprotocol", &t.subprotocol),
+        ] {
+            if v.as_ref().is_some_and(|v| v.is_empty()) {
+                err(format!("{f}.{field}"), "must not be empty".into());
+            }
+        }
+    }
+    for (i, c) in jwt.claims_to_headers.iter().enumerate() {
+        let f = format!("{JWT}.claimsToHeaders[{i}]");
+        if c.claim.is_empty() {
+            err(format!("{f}.claim"), "must not be empty".into());
+        }
+        if HeaderName::from_bytes(c.header.as_bytes()).is_err() {
+            err(
+                format!("{f}.header"),
+                format!("{:?} is not a header name", c.header),
+            );
+        }
+    }
+}
+
+/// Compiles `auth.jwt` (already validated).
+fn compile_jwt(
+    namespace: &str,
+    jwt: &JwtAuth,
+    resolver: &dyn Resolver,
+) -> Result<auth::JwtAuth, FieldError> {
+    let keys = match &jwt.jwks.uri {
+        Some(u) => {
+            let uri = u
+                .parse()
+                .map_err(|_| FieldError::new(format!("{JWKS}.uri"), "not a URL"))?;
+            let refresh = jwt.jwks.refresh.map_or(DEFAULT_JWKS_REFRESH, |r| r.0);
+            Keys::Remote(RemoteJwks::shared(uri, refresh))
+        }
+        None => Keys::Fixed(resolver.jwks(namespace, &jwt.jwks)?),
+    };
+    let header = |h: &str| HeaderName::from_bytes(h.as_bytes()).ok();
+    let sources = jwt
+        .token_from
+        .iter()
+        .filter_map(|t| match (&t.header, &t.query, &t.cookie, &t.subprotocol) {
+            (Some(h), ..) => Some(TokenSource::Header {
+                name: header(h)?,
+                prefix: t.prefix.clone().unwrap_or_default(),
+            }),
+            (_, Some(q), ..) => Some(TokenSource::Query(q.clone())),
+            (_, _, Some(c), _) => Some(TokenSource::Cookie(c.clone())),
+            (_, _, _, Some(p)) => Some(TokenSource::Subprotocol(p.clone())),
+            _ => None,
+        })
+        .collect();
+    Ok(auth::JwtAuth {
+        issuer: jwt.issuer.clone(),
+        audiences: jwt.audiences.clone(),
+        keys,
+        sources,
+        claims_to_headers: jwt
+            .claims_to_headers
+            .iter()
+            .filter_map(|c| Some((c.claim.clone(), header(&c.header)?)))
+            .collect(),
+        close_on_expiry: jwt.close_on_expiry,
+        clock_skew: jwt.clock_skew.0,
+    })
+}
+
+/// How often a JWKS `uri` is fetched again unless `refresh` says otherwise.
+const DEFAULT_JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Checks a static `host:port`.
 pub fn check_address(address: &str) -> Result<(), String> {
@@ -204,6 +357,11 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
             );
         }
     }
+    if let Some(jwt) = spec.auth.as_ref().and_then(|a| a.jwt.as_ref()) {
+        validate_jwt(jwt, &mut err);
+    } else if spec.auth.is_some() {
+        err("spec.auth".into(), "set jwt".into());
+    }
     errs
 }
 
@@ -231,6 +389,18 @@ pub fn compile(
                 None
             }
         },
+        None => None,
+    };
+    let jwt = spec.auth.as_ref().and_then(|a| a.jwt.as_ref());
+    // A malformed `auth` is already reported; resolving it would only add noise.
+    let auth_invalid = errs.iter().any(|e| e.field.starts_with("spec.auth"));
+    let jwt = jwt.filter(|_| !auth_invalid);
+    let auth = match jwt.map(|j| compile_jwt(namespace, j, resolver)) {
+        Some(Ok(a)) => Some(Arc::new(a)),
+        Some(Err(e)) => {
+            errs.push(e);
+            None
+        }
         None => None,
     };
     if !errs.is_empty() {
@@ -295,6 +465,7 @@ pub fn compile(
         proxy_http: spec.proxy_http,
         drain_grace: spec.drain.grace_period.0,
         tls,
+        auth,
     })
 }
 

@@ -204,6 +204,7 @@ async fn serve(config_path: PathBuf, common: Common) -> anyhow::Result<()> {
         .files
         .iter()
         .chain(&loaded.tls_files)
+        .chain(&loaded.jwks_files)
         .cloned()
         .collect();
     let n = loaded.table.routes().len();

@@ -101,6 +101,8 @@ pub struct Metrics {
     /// `wsgate_controller_last_sync_timestamp_seconds`: when the controller last
     /// published a table from a complete view of the API.
     pub controller_last_sync_timestamp_seconds: Gauge,
+    /// `wsgate_auth_total{namespace,route,result}`
+    pub auth_total: IntCounterVec,
 }
 
 /// Where a tunnel's close began.
@@ -256,6 +258,12 @@ impl Metrics {
             ),
             controller_watch_restarts_total: watch_restarts,
             controller_last_sync_timestamp_seconds: last_sync,
+            auth_total: counter(
+                &r,
+                "wsgate_auth_total",
+                "Token checks of upgrades and plain HTTP requests by result.",
+                &["namespace", "route", "result"],
+            ),
             registry: r,
         }
     }
@@ -285,6 +293,7 @@ impl Metrics {
         forget(&self.connection_duration_seconds, gone);
         forget(&self.closes_total, gone);
         forget(&self.http_requests_total, gone);
+        forget(&self.auth_total, gone);
     }
 }
 

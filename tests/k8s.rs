@@ -13,6 +13,8 @@
 //! (later scenarios do not depend on earlier ones, except that the replica
 //! scenario replaces the first wsgate with the second).
 
+#[path = "k8s/auth.rs"]
+mod auth;
 #[path = "k8s/availability.rs"]
 mod availability;
 #[path = "k8s/backend.rs"]
@@ -79,6 +81,7 @@ const ALL: &[Scenario] = &[
         "11 metrics-and-quiet-status",
         routes::metrics_and_quiet_status,
     ),
+    ("12 auth-jwks-secret", auth::jwks_secret_refs),
 ];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.

@@ -41,6 +41,10 @@ command -v ip >/dev/null || apt_install iproute2
 command -v unshare >/dev/null && command -v flock >/dev/null || apt_install util-linux
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml || apt_install python3-yaml
 
+# Auth tests (tests/auth.rs): headless Chromium opens WebSockets with a token in the
+# subprotocol list and in a cookie, as a browser page would.
+command -v chromium >/dev/null || apt_install chromium
+
 # Node peers: `npm ci` into the cache when the lock file changed.
 node_dir=$cache/peers-node
 if ! cmp -s "$here/peers/package-lock.json" "$node_dir/package-lock.json" ||

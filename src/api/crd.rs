@@ -166,6 +166,62 @@ pub fn crd() -> CustomResourceDefinition {
             "tls needs secretName (or certFile and keyFile in standalone mode)"
         )]),
     );
+    let jwt = format!("{spec}/properties/auth/properties/jwt");
+    add(
+        &mut crd,
+        &format!("{jwt}/properties/issuer"),
+        "minLength",
+        json!(1),
+    );
+    add(
+        &mut crd,
+        &format!("{jwt}/properties/jwks"),
+        &xv,
+        json!([
+            rule(
+                "(has(self.secretName) ? 1 : 0) + (has(self.configMapName) ? 1 : 0) + (has(self.file) ? 1 : 0) + (has(self.uri) ? 1 : 0) == 1",
+                "set exactly one of secretName, configMapName, file, uri"
+            ),
+            rule(
+                "!(has(self.secretName) || has(self.configMapName)) || has(self.key)",
+                "key is required with secretName or configMapName"
+            ),
+            rule(
+                "!has(self.uri) || self.uri.startsWith('http://') || self.uri.startsWith('https://')",
+                "uri must be an http:// or https:// URL"
+            ),
+            rule(
+                "!has(self.refresh) || (has(self.uri) && duration(self.refresh) > duration('0s'))",
+                "refresh applies to uri and must be above 0"
+            ),
+        ]),
+    );
+    add(
+        &mut crd,
+        &format!("{jwt}/properties/tokenFrom/items"),
+        &xv,
+        json!([
+            rule(
+                "(has(self.header) ? 1 : 0) + (has(self.query) ? 1 : 0) + (has(self.cookie) ? 1 : 0) + (has(self.subprotocol) ? 1 : 0) == 1",
+                "set exactly one of header, query, cookie, subprotocol"
+            ),
+            rule("!has(self.prefix) || has(self.header)", "prefix only applies to header"),
+        ]),
+    );
+    for (list, max) in [("tokenFrom", 8), ("claimsToHeaders", 16), ("audiences", 32)] {
+        add(
+            &mut crd,
+            &format!("{jwt}/properties/{list}"),
+            "maxItems",
+            json!(max),
+        );
+    }
+    add(
+        &mut crd,
+        &format!("{jwt}/properties/tokenFrom"),
+        "minItems",
+        json!(1),
+    );
     // Every duration must also parse as one (the pattern checks the shape only).
     for (path, fields) in [
         ("keepalive", &["interval", "timeout"][..]),
@@ -176,6 +232,8 @@ pub fn crd() -> CustomResourceDefinition {
         ),
         ("drain", &["gracePeriod"][..]),
         ("loadBalancing/properties/cookie", &["ttl"][..]),
+        ("auth/properties/jwt", &["clockSkew"][..]),
+        ("auth/properties/jwt/properties/jwks", &["refresh"][..]),
     ] {
         for f in fields {
             add(

@@ -4,9 +4,11 @@
 //! Defaults live here (serde and the generated schema agree on them); meaning —
 //! validation and resolution into a live table — lives in [`crate::compile`].
 
+mod auth;
 mod crd;
 mod duration;
 
+pub use auth::{Auth, ClaimToHeader, JwksRef, JwtAuth, TokenSource};
 pub use crd::crd;
 pub use duration::{Duration, DURATION_PATTERN};
 
@@ -82,6 +84,9 @@ pub struct WebSocketRouteSpec {
     /// Terminates `wss` for the route's hostnames (SNI picks the certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// Authenticates upgrades and plain HTTP requests before any backend is contacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
 }
 
 fn default_true() -> bool {

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
-use crate::api::{Backend, Tls, WebSocketRouteSpec, API_VERSION};
+use crate::api::{Backend, JwksRef, Tls, WebSocketRouteSpec, API_VERSION};
 use crate::compile::{self, FieldError, Resolver};
+use crate::proxy::auth::KeySet;
 use crate::proxy::table::{BackendAddr, Route, RouteKey, RouteTable};
 
 pub use watch::watch;
@@ -54,6 +55,8 @@ pub struct Loaded {
     pub files: Vec<PathBuf>,
     /// Certificate and key files the routes use (watched like the route files).
     pub tls_files: Vec<PathBuf>,
+    /// JWKS files of `auth.jwt.jwks.file` (watched like the route files).
+    pub jwks_files: Vec<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +86,7 @@ struct Metadata {
 struct FileResolver<'a> {
     dir: &'a Path,
     tls_files: Vec<PathBuf>,
+    jwks_files: Vec<PathBuf>,
 }
 
 impl Resolver for std::cell::RefCell<FileResolver<'_>> {
@@ -117,6 +121,25 @@ impl Resolver for std::cell::RefCell<FileResolver<'_>> {
             read(&key, "spec.tls.keyFile")?,
         );
         compile::certified_key(&c, &k).map_err(|e| FieldError::new("spec.tls", e))
+    }
+
+    fn jwks(&self, _: &str, jwks: &JwksRef) -> Result<Arc<KeySet>, FieldError> {
+        let Some(file) = &jwks.file else {
+            return Err(FieldError::new(
+                "spec.auth.jwt.jwks",
+                "standalone mode takes a JWKS from file or uri (secretName and configMapName are for controller mode)",
+            ));
+        };
+        let mut me = self.borrow_mut();
+        let path = me.dir.join(file);
+        me.jwks_files.push(path.clone());
+        let json = std::fs::read(&path).map_err(|e| {
+            FieldError::new(
+                "spec.auth.jwt.jwks.file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        compile::key_set(&json, &path.display().to_string())
     }
 }
 
@@ -179,6 +202,7 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
     let mut keys: HashMap<RouteKey, usize> = HashMap::new();
     let mut claims: compile::Claims<usize> = compile::Claims::default();
     let mut tls_files = Vec::new();
+    let mut jwks_files = Vec::new();
     for file in &files {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
@@ -234,10 +258,13 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
             let resolver = std::cell::RefCell::new(FileResolver {
                 dir,
                 tls_files: Vec::new(),
+                jwks_files: Vec::new(),
             });
             match compile::compile(&ns, &parsed.metadata.name, &parsed.spec, &resolver) {
                 Ok(route) => {
-                    tls_files.extend(resolver.into_inner().tls_files);
+                    let used = resolver.into_inner();
+                    tls_files.extend(used.tls_files);
+                    jwks_files.extend(used.jwks_files);
                     let line = start + 1;
                     if let Some(&i) = keys.get(&route.key) {
                         let (_, f, l) = &routes[i];
@@ -276,6 +303,7 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<ConfigError>> {
         table: RouteTable::new(routes.into_iter().map(|(r, _, _)| r).collect()),
         files,
         tls_files,
+        jwks_files,
     })
 }
 

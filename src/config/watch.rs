@@ -19,7 +19,8 @@ pub fn reload(proxy: &Proxy, path: &Path) -> Option<Vec<PathBuf>> {
             proxy.apply(loaded.table);
             reloads.with_label_values(&["success"]).inc();
             tracing::info!(routes = n, config = %path.display(), "route table applied");
-            Some(loaded.files.into_iter().chain(loaded.tls_files).collect())
+            let watched = loaded.files.into_iter().chain(loaded.tls_files);
+            Some(watched.chain(loaded.jwks_files).collect())
         }
         Err(errors) => {
             reloads.with_label_values(&["error"]).inc();
@@ -108,7 +109,7 @@ pub async fn watch(
 fn relevant(p: &Path) -> bool {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
     name.starts_with("..")
-        || [".yaml", ".yml", ".pem", ".crt", ".key"]
+        || [".yaml", ".yml", ".pem", ".crt", ".key", ".json"]
             .iter()
             .any(|ext| name.ends_with(ext))
         || !name.contains('.')

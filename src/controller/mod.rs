@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -149,8 +149,21 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
             t(),
             m.clone(),
         ));
+        // JWKS of `auth.jwt` (the TLS store above only holds kubernetes.io/tls).
+        cluster.opaque_secrets.push(reflect(
+            api::<Secret>(&client, ns),
+            watcher::Config::default().fields("type=Opaque"),
+            t(),
+            m.clone(),
+        ));
+        cluster.config_maps.push(reflect(
+            api::<ConfigMap>(&client, ns),
+            watcher::Config::default(),
+            t(),
+            m.clone(),
+        ));
     }
-    tracing::info!(namespaces = ?opts.namespaces, class = %opts.class, "waiting for the initial list of routes, Services, EndpointSlices and Secrets");
+    tracing::info!(namespaces = ?opts.namespaces, class = %opts.class, "waiting for the initial list of routes, Services, EndpointSlices, Secrets and ConfigMaps");
     for s in &cluster.routes {
         let _ = s.wait_until_ready().await;
     }
@@ -160,7 +173,10 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
     for s in &cluster.slices {
         let _ = s.wait_until_ready().await;
     }
-    for s in &cluster.secrets {
+    for s in cluster.secrets.iter().chain(&cluster.opaque_secrets) {
+        let _ = s.wait_until_ready().await;
+    }
+    for s in &cluster.config_maps {
         let _ = s.wait_until_ready().await;
     }
 

@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 use rustls::sign::CertifiedKey;
 
-use crate::api::{Backend, PortRef, Tls, WebSocketRoute, DEFAULT_CLASS};
+use crate::api::{Backend, JwksRef, PortRef, Tls, WebSocketRoute, DEFAULT_CLASS};
 use crate::compile::{self, FieldError, Resolver};
+use crate::proxy::auth::KeySet;
 use crate::proxy::table::{BackendAddr, Route, RouteTable};
 
 /// The label that ties an EndpointSlice to its Service.
@@ -28,6 +29,10 @@ pub struct Cluster {
     pub slices: Vec<Store<EndpointSlice>>,
     /// TLS Secrets.
     pub secrets: Vec<Store<Secret>>,
+    /// Opaque Secrets (JWKS of `auth.jwt.jwks.secretName`).
+    pub opaque_secrets: Vec<Store<Secret>>,
+    /// ConfigMaps (JWKS of `auth.jwt.jwks.configMapName`).
+    pub config_maps: Vec<Store<ConfigMap>>,
 }
 
 fn find<K>(stores: &[Store<K>], ns: &str, name: &str) -> Option<Arc<K>>
@@ -152,6 +157,45 @@ impl Resolver for Cluster {
         };
         compile::certified_key(&crt.0, &key.0)
             .map_err(|e| FieldError::new(field, format!("Secret {ns}/{name}: {e}")))
+    }
+
+    fn jwks(&self, ns: &str, jwks: &JwksRef) -> Result<Arc<KeySet>, FieldError> {
+        let key = jwks.key.as_deref().unwrap_or_default();
+        let (field, what, json) = match (&jwks.secret_name, &jwks.config_map_name) {
+            (Some(name), _) => {
+                let field = "spec.auth.jwt.jwks.secretName";
+                let secret = find(&self.opaque_secrets, ns, name).ok_or_else(|| {
+                    FieldError::new(field, format!("Secret {ns}/{name} not found (type Opaque)"))
+                })?;
+                let data = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|b| b.0.clone());
+                (field, format!("Secret {ns}/{name}"), data)
+            }
+            (None, Some(name)) => {
+                let field = "spec.auth.jwt.jwks.configMapName";
+                let cm = find(&self.config_maps, ns, name).ok_or_else(|| {
+                    FieldError::new(field, format!("ConfigMap {ns}/{name} not found"))
+                })?;
+                let data = cm
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|t| t.clone().into_bytes());
+                (field, format!("ConfigMap {ns}/{name}"), data)
+            }
+            (None, None) => {
+                return Err(FieldError::new(
+                    "spec.auth.jwt.jwks",
+                    "controller mode takes a JWKS from secretName, configMapName or uri",
+                ))
+            }
+        };
+        let json =
+            json.ok_or_else(|| FieldError::new(field, format!("{what} has no key {key:?}")))?;
+        compile::key_set(&json, &what)
     }
 }
 

@@ -181,6 +181,14 @@ impl RouteMetrics {
             .with_label_values(&[self.namespace.as_str(), &self.route, &code])
             .inc();
     }
+
+    /// Counts a token check (`ok`, `missing`, `invalid`, `expired`, `forbidden`).
+    pub fn auth(&self, result: &str) {
+        self.all
+            .auth_total
+            .with_label_values(&[self.namespace.as_str(), &self.route, result])
+            .inc();
+    }
 }
 
 /// The `code` label of `wsgate_closes_total` (PRODUCT.md, Metrics): a code of the

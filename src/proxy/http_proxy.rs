@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use super::auth;
 use super::balance;
 use super::headers::{set_forwarded, strip_hop_by_hop};
 use super::server::{status, Body};
@@ -57,6 +58,11 @@ pub async fn forward(
         r.headers_mut()
             .insert(UPGRADE, HeaderValue::from_static("websocket"));
         return r;
+    }
+    let mut req = req;
+    if let Err(refusal) = auth::admit(&route, m, &mut req).await {
+        m.http(refusal.status().as_u16());
+        return refusal;
     }
     let (mut parts, body) = req.into_parts();
     let choice = balance::choose(&route, &runtime, &parts, peer.ip());

@@ -3,6 +3,7 @@
 //! routes come from: a source hands it a [`RouteTable`] through [`Proxy::apply`],
 //! which swaps it in atomically without touching open tunnels.
 
+pub mod auth;
 mod balance;
 pub mod frame;
 mod headers;

@@ -129,6 +129,20 @@ pub enum CloseReason {
     Drain,
     /// The process is shutting down.
     Shutdown,
+    /// The token the tunnel was opened with expired (`auth.jwt.closeOnExpiry`).
+    TokenExpired,
+}
+
+impl CloseReason {
+    /// The Close code and reason sent to both sides when the deadline passes.
+    pub fn close_frame(self) -> (u16, &'static str) {
+        match self {
+            CloseReason::Drain => (1001, "route or backend removed"),
+            CloseReason::Shutdown => (1001, "server shutting down"),
+            // RFC 6455 §7.4.1: 1008, the message (here: the credentials) violates policy.
+            CloseReason::TokenExpired => (1008, "token expired"),
+        }
+    }
 }
 
 /// What the registry knows of one open tunnel.
@@ -156,6 +170,9 @@ pub struct TunnelInfo {
     /// atomic so a reload can set it without locking the tunnel.
     close_at: AtomicU64,
     close_reason: AtomicU64,
+    /// When the tunnel's token expires, like `close_at` (`u64::MAX`: never); every
+    /// other deadline is held to it.
+    expires_at: AtomicU64,
     /// Set with `close_at` changes; the relay clears it when it looks.
     pub(crate) signal: std::sync::atomic::AtomicBool,
     /// The relay task, woken when `signal` is set (a waker, not a future: an idle
@@ -174,10 +191,10 @@ impl TunnelInfo {
 
     /// Why the tunnel is scheduled to close.
     pub fn close_reason(&self) -> CloseReason {
-        if self.close_reason.load(Relaxed) == 1 {
-            CloseReason::Shutdown
-        } else {
-            CloseReason::Drain
+        match self.close_reason.load(Relaxed) {
+            1 => CloseReason::Shutdown,
+            2 => CloseReason::TokenExpired,
+            _ => CloseReason::Drain,
         }
     }
 }
@@ -249,6 +266,7 @@ impl Registry {
             backend_rtt_us: AtomicU64::new(u64::MAX),
             close_at: AtomicU64::new(u64::MAX),
             close_reason: AtomicU64::new(0),
+            expires_at: AtomicU64::new(u64::MAX),
             signal: std::sync::atomic::AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
@@ -298,13 +316,40 @@ impl Registry {
         let old = t.close_at.load(Relaxed);
         // A drain never postpones a deadline already set, so repeated reloads cannot
         // keep a tunnel of a removed backend alive forever.
-        if reason == CloseReason::Drain && at.is_some() && old != u64::MAX {
+        let expiring = t.close_reason() == CloseReason::TokenExpired;
+        if reason == CloseReason::Drain && at.is_some() && old != u64::MAX && !expiring {
             return;
         }
-        t.close_reason
-            .store(u64::from(reason == CloseReason::Shutdown), Relaxed);
+        // No deadline outlives the token: a cancelled drain falls back to it.
+        let expires = t.expires_at.load(Relaxed);
+        let (ms, reason) = if expires <= ms {
+            (expires, CloseReason::TokenExpired)
+        } else {
+            (ms, reason)
+        };
+        let code = match reason {
+            CloseReason::Drain => 0,
+            CloseReason::Shutdown => 1,
+            CloseReason::TokenExpired => 2,
+        };
+        t.close_reason.store(code, Relaxed);
         t.close_at.store(ms, Relaxed);
         if old != ms {
+            t.signal.store(true, std::sync::atomic::Ordering::Release);
+            t.waker.wake();
+        }
+    }
+
+    /// Closes the tunnel with 1008 when its token expires at `at` (wall clock).
+    pub fn expire_at(&self, t: &TunnelInfo, at: SystemTime) {
+        let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+        let ms = (Instant::now() + left)
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64;
+        t.expires_at.store(ms, Relaxed);
+        if ms < t.close_at.load(Relaxed) {
+            t.close_reason.store(2, Relaxed);
+            t.close_at.store(ms, Relaxed);
             t.signal.store(true, std::sync::atomic::Ordering::Release);
             t.waker.wake();
         }
@@ -332,7 +377,8 @@ impl Registry {
                 },
                 client_rtt_ms: rtt(t.client_rtt_us.load(Relaxed)),
                 backend_rtt_ms: rtt(t.backend_rtt_us.load(Relaxed)),
-                draining: t.close_at.load(Relaxed) != u64::MAX,
+                draining: t.close_at.load(Relaxed) != u64::MAX
+                    && t.close_reason() != CloseReason::TokenExpired,
             })
             .collect()
     }

@@ -20,7 +20,7 @@ use super::frame::{
     self, FrameError, FrameHeader, FrameReader, FrameSink, OP_CLOSE, OP_PING, OP_PONG,
 };
 use super::protocol::{Extensions, Rules};
-use super::registry::{Admission, CloseReason, RouteRuntime, TunnelInfo};
+use super::registry::{Admission, RouteRuntime, TunnelInfo};
 use super::stream::Stream;
 use super::table::LegPing;
 use crate::metrics::Initiator;
@@ -651,11 +651,8 @@ impl Relay {
         }
         if let Some(at) = self.info.close_deadline(self.epoch) {
             if now >= at {
-                let reason = match self.info.close_reason() {
-                    CloseReason::Drain => "route or backend removed",
-                    CloseReason::Shutdown => "server shutting down",
-                };
-                self.proxy_close(1001, reason, st);
+                let (code, reason) = self.info.close_reason().close_frame();
+                self.proxy_close(code, reason, st);
                 return;
             }
         }

@@ -196,6 +196,8 @@ pub struct Route {
     pub drain_grace: Duration,
     /// Certificate for the route's hostnames.
     pub tls: Option<Arc<CertifiedKey>>,
+    /// Token check of upgrades and plain HTTP requests (`auth.jwt`).
+    pub auth: Option<Arc<super::auth::JwtAuth>>,
 }
 
 impl fmt::Debug for Route {
@@ -207,6 +209,7 @@ impl fmt::Debug for Route {
             .field("backends", &self.backends)
             .field("balance", &self.balance)
             .field("tls", &self.tls.is_some())
+            .field("auth", &self.auth.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -244,6 +247,7 @@ impl Route {
             proxy_http: true,
             drain_grace: Duration::from_secs(1),
             tls: None,
+            auth: None,
         }
     }
 }

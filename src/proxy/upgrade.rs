@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
+use super::auth;
 use super::balance::{self, Choice};
 use super::headers::{set_forwarded, strip_hop_by_hop};
 use super::protocol::Extensions;
@@ -155,6 +156,14 @@ pub async fn websocket(
             return reject(StatusCode::FORBIDDEN, "Origin not allowed");
         }
     }
+    // Before the subprotocol check: a token entry is not a protocol the backend sees.
+    let verified = match auth::admit(&route, m, &mut req).await {
+        Ok(v) => v,
+        Err(refusal) => {
+            m.outcome("rejected");
+            return refusal;
+        }
+    };
     let offered = protocols(req.headers().get(SEC_WEBSOCKET_PROTOCOL));
     if !route.subprotocols.is_empty() && !offered.is_empty() {
         let allowed: Vec<&str> = offered
@@ -299,6 +308,10 @@ pub async fn websocket(
     if let Some(c) = cookie {
         headers.append(SET_COOKIE, c);
     }
+    if let Some(p) = verified.echo_protocol {
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    let expires = verified.expires;
     let on_backend = hyper::upgrade::on(&mut resp);
     m.outcome("upgraded");
 
@@ -316,6 +329,9 @@ pub async fn websocket(
             return;
         };
         let info = proxy.registry.open(route, peer, backend);
+        if let Some(at) = expires {
+            proxy.registry.expire_at(&info, at);
+        }
         if !proxy.ready() {
             proxy.registry.schedule_close(
                 &info,
