@@ -45,6 +45,10 @@ pub struct Metrics {
     /// `wsgate_controller_last_sync_timestamp_seconds`: when the controller last
     /// published a table from a complete view of the API.
     pub controller_last_sync_timestamp_seconds: Gauge,
+    /// `wsgate_rate_limited_total{namespace,route,action}`
+    pub rate_limited_total: IntCounterVec,
+    /// `wsgate_rebalanced_total{namespace,route}`
+    pub rebalanced_total: IntCounterVec,
 }
 
 /// Where a tunnel's close began.
@@ -200,6 +204,18 @@ impl Metrics {
             ),
             controller_watch_restarts_total: watch_restarts,
             controller_last_sync_timestamp_seconds: last_sync,
+            rate_limited_total: counter(
+                &r,
+                "wsgate_rate_limited_total",
+                "Tunnels closed for their rate (close) and pauses of throttled tunnels (throttle).",
+                &["namespace", "route", "action"],
+            ),
+            rebalanced_total: counter(
+                &r,
+                "wsgate_rebalanced_total",
+                "Tunnels closed with 1012 to move them to a less-loaded backend.",
+                route,
+            ),
             registry: r,
         }
     }
@@ -316,6 +332,23 @@ impl RouteMetrics {
         self.all
             .http_requests_total
             .with_label_values(&[&self.namespace, &self.route, &code])
+            .inc();
+    }
+
+    /// Counts a rate-limit action (`close`, `throttle`); rare, so the series is
+    /// looked up when it happens and appears only once it has.
+    pub fn rate_limited(&self, action: &str) {
+        self.all
+            .rate_limited_total
+            .with_label_values(&[&self.namespace, &self.route, action])
+            .inc();
+    }
+
+    /// Counts a tunnel moved by the rebalancer.
+    pub fn rebalanced(&self) {
+        self.all
+            .rebalanced_total
+            .with_label_values(&[&self.namespace, &self.route])
             .inc();
     }
 }

@@ -7,6 +7,8 @@ mod balance;
 pub mod frame;
 mod headers;
 mod http_proxy;
+mod ratelimit;
+mod rebalance;
 mod registry;
 mod relay;
 mod server;
@@ -143,6 +145,7 @@ impl Proxy {
                 }
             }
         }
+        rebalance::on_table_change(&self.registry, &self.live.load().table, &table);
         self.live.store(Arc::new(Live { table, runtimes }));
         self.loaded.store(true, Ordering::Release);
     }

@@ -129,6 +129,8 @@ pub enum CloseReason {
     Drain,
     /// The process is shutting down.
     Shutdown,
+    /// The rebalancer moves it to a less-loaded backend.
+    Rebalance,
 }
 
 /// What the registry knows of one open tunnel.
@@ -174,10 +176,10 @@ impl TunnelInfo {
 
     /// Why the tunnel is scheduled to close.
     pub fn close_reason(&self) -> CloseReason {
-        if self.close_reason.load(Relaxed) == 1 {
-            CloseReason::Shutdown
-        } else {
-            CloseReason::Drain
+        match self.close_reason.load(Relaxed) {
+            1 => CloseReason::Shutdown,
+            2 => CloseReason::Rebalance,
+            _ => CloseReason::Drain,
         }
     }
 }
@@ -197,6 +199,10 @@ pub struct TunnelView {
     client_rtt_ms: Option<f64>,
     backend_rtt_ms: Option<f64>,
     draining: bool,
+    /// Scheduled to be moved by the rebalancer (Close 1012 at `rebalance_at`).
+    rebalancing: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rebalance_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -289,7 +295,7 @@ impl Registry {
 
     /// Schedules (or with `None`, cancels a drain of) a tunnel's close.
     pub fn schedule_close(&self, t: &TunnelInfo, at: Option<Instant>, reason: CloseReason) {
-        if reason == CloseReason::Drain && t.close_reason() == CloseReason::Shutdown {
+        if reason != CloseReason::Shutdown && t.close_reason() == CloseReason::Shutdown {
             return;
         }
         let ms = at.map_or(u64::MAX, |at| {
@@ -297,12 +303,17 @@ impl Registry {
         });
         let old = t.close_at.load(Relaxed);
         // A drain never postpones a deadline already set, so repeated reloads cannot
-        // keep a tunnel of a removed backend alive forever.
-        if reason == CloseReason::Drain && at.is_some() && old != u64::MAX {
+        // keep a tunnel of a removed backend alive forever; a rebalance never
+        // schedules a tunnel that is already closing, so none is closed twice.
+        if reason != CloseReason::Shutdown && at.is_some() && old != u64::MAX {
             return;
         }
-        t.close_reason
-            .store(u64::from(reason == CloseReason::Shutdown), Relaxed);
+        let code = match reason {
+            CloseReason::Drain => 0,
+            CloseReason::Shutdown => 1,
+            CloseReason::Rebalance => 2,
+        };
+        t.close_reason.store(code, Relaxed);
         t.close_at.store(ms, Relaxed);
         if old != ms {
             t.signal.store(true, std::sync::atomic::Ordering::Release);
@@ -332,7 +343,17 @@ impl Registry {
                 },
                 client_rtt_ms: rtt(t.client_rtt_us.load(Relaxed)),
                 backend_rtt_ms: rtt(t.backend_rtt_us.load(Relaxed)),
-                draining: t.close_at.load(Relaxed) != u64::MAX,
+                draining: t.close_at.load(Relaxed) != u64::MAX
+                    && t.close_reason() != CloseReason::Rebalance,
+                rebalancing: t.close_at.load(Relaxed) != u64::MAX
+                    && t.close_reason() == CloseReason::Rebalance,
+                rebalance_at: (t.close_reason() == CloseReason::Rebalance)
+                    .then(|| t.close_deadline(self.epoch))
+                    .flatten()
+                    .map(|at| {
+                        let wall = SystemTime::now() + at.saturating_duration_since(Instant::now());
+                        humantime::format_rfc3339_millis(wall).to_string()
+                    }),
             })
             .collect()
     }

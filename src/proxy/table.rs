@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
 
+pub use super::ratelimit::{Exceed, RateLimit};
+pub use super::rebalance::RebalancePolicy;
+
 /// A route's identity: namespace and name. Tunnels remember it so a reload can tell
 /// which of them lost their route.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -196,6 +199,10 @@ pub struct Route {
     pub drain_grace: Duration,
     /// Certificate for the route's hostnames.
     pub tls: Option<Arc<CertifiedKey>>,
+    /// Per-tunnel rate limits, client to backend.
+    pub rate_limit: Option<RateLimit>,
+    /// Rebalancing after backends are added.
+    pub rebalance: Option<RebalancePolicy>,
 }
 
 impl fmt::Debug for Route {
@@ -244,6 +251,8 @@ impl Route {
             proxy_http: true,
             drain_grace: Duration::from_secs(1),
             tls: None,
+            rate_limit: None,
+            rebalance: None,
         }
     }
 }
