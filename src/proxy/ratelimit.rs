@@ -94,6 +94,8 @@ pub struct Limiter {
     seen_bytes: u64,
     /// Reading the client stopped until then (throttle mode).
     paused_until: Option<Instant>,
+    /// A frame was refused (close mode): the tunnel is closing.
+    refused: bool,
 }
 
 /// Smallest read while throttled: a few frame headers' worth, so a resumed
@@ -115,7 +117,13 @@ impl Limiter {
             seen_messages: 0,
             seen_bytes: 0,
             paused_until: None,
+            refused: false,
         }
+    }
+
+    /// True once a frame was refused: the tunnel is closing for its rate.
+    pub fn refused(&self) -> bool {
+        self.refused
     }
 
     /// Reading the client is paused.
@@ -163,6 +171,7 @@ impl Limiter {
         if self.on_exceed == Exceed::Close {
             let short = |b: &Option<Bucket>, cost: f64| b.as_ref().is_some_and(|b| b.tokens < cost);
             if short(&self.messages, msg_cost) || short(&self.bytes, byte_cost) {
+                self.refused = true;
                 return false;
             }
         }

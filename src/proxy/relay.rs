@@ -195,6 +195,12 @@ impl State {
     }
 
     fn done(&self) -> bool {
+        // A client closed for its rate is still sending: read (and drop) its bytes
+        // until it goes or the linger ends, or closing the socket over unread bytes
+        // would reset it and the client would lose the Close 1008.
+        if !self.finished && !self.c.eof && self.limiter.as_ref().is_some_and(|l| l.refused()) {
+            return false;
+        }
         let flushed = |d: &Dir| d.out.is_empty() && !d.tls_pending;
         let closed = self.c2b.close_sent && self.b2c.close_sent;
         self.finished
