@@ -27,6 +27,8 @@ mod endpoints;
 mod gateway;
 #[path = "k8s/objects.rs"]
 mod objects;
+#[path = "k8s/rebalance.rs"]
+mod rebalance;
 #[path = "k8s/routes.rs"]
 mod routes;
 
@@ -78,6 +80,10 @@ const ALL: &[Scenario] = &[
     (
         "11 metrics-and-quiet-status",
         routes::metrics_and_quiet_status,
+    ),
+    (
+        "12 rebalance-by-endpoints",
+        rebalance::rebalance_by_endpoints,
     ),
 ];
 
