@@ -3,7 +3,7 @@
 # client and same backend, one run. Prints figures; not a test (never fails on
 # a missed target). See bench/README.md.
 #
-#   bench/run.sh [--quick] [--n N] [--proxies wsgate,nginx,haproxy-http,haproxy-tcp]
+#   bench/run.sh [--quick] [--n N] [--proxies wsgate,nginx,haproxy-http,haproxy-tcp,wsgate-limited]
 #                [--no-build] [--keep] [--wait-quiet SECONDS] [--rounds R]
 #                [--routes N] [--ramp DURATION]
 #
@@ -11,6 +11,10 @@
 # memory per route, /metrics size, load and reload time (default 5000, 0 = off).
 # --ramp D: the idle-memory step runs twice, a burst (as fast as the client
 # can) and a ramp spreading the N opens over D (default 30s, 0 = burst only).
+#
+# wsgate-limited is wsgate with per-tunnel rate limits set (Throttle, rates far
+# above what the load reaches): `--proxies wsgate,wsgate-limited` measures what the
+# token buckets cost per message.
 #
 # --rounds R repeats the whole sequence R times (alternating the order) and
 # reports medians: use 3 on a machine shared with other work.
@@ -244,9 +248,12 @@ start_proxy() {
   local name=$1 port=$2 dir=$WORK/$1
   mkdir -p "$dir"
   case "$name" in
-    wsgate)
+    wsgate|wsgate-limited)
       local aport; aport=$(free_port)
       fill "$HERE/configs/wsgate.yaml" "$dir/wsgate.yaml" "" "$dir"
+      if [ "$name" = wsgate-limited ]; then
+        echo '  limits: {messagesPerSecond: 1000000000, bytesPerSecond: 1000000000000, onExceed: Throttle}' >>"$dir/wsgate.yaml"
+      fi
       RUST_LOG=${RUST_LOG:-warn} start_group "$dir/out.log" "$WSGATE" serve --config "$dir/wsgate.yaml" \
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$aport"
       ;;
@@ -272,7 +279,7 @@ start_proxy() {
 
 thread_model() {
   case "$1" in
-    wsgate) echo "tokio multi-thread runtime ($(awk '/^Threads:/{print $2}' /proc/"$2"/status 2>/dev/null) threads at start; $(nproc) cores)" ;;
+    wsgate|wsgate-limited) echo "tokio multi-thread runtime ($(awk '/^Threads:/{print $2}' /proc/"$2"/status 2>/dev/null) threads at start; $(nproc) cores)" ;;
     nginx) echo "master + 1 worker process (worker_processes 1), epoll" ;;
     haproxy-http) echo "1 process, nbthread 1, mode http" ;;
     haproxy-tcp) echo "1 process, nbthread 1, mode tcp, option splice-auto" ;;
@@ -321,7 +328,7 @@ for name in "${order[@]}"; do
   if [ "$ROUNDS" -gt 1 ]; then step "$name (round $round of $ROUNDS)"; else step "$name"; fi
   out=$WORK/round$round/$name
   mkdir -p "$out"
-  if [ "$name" = wsgate ] && [ -z "$WSGATE" ]; then
+  if [[ "$name" == wsgate* ]] && [ -z "$WSGATE" ]; then
     echo "{\"status\":\"skipped\",\"reason\":\"$(printf '%s' "$WSGATE_NOTE" | tr '"\\' "''")\"}" >"$out/status.json"
     say "   skipped: $WSGATE_NOTE"
     continue

@@ -10,10 +10,13 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::api::{Backend, JwksRef, JwtAuth, PathMatchType, Policy, Tls, WebSocketRouteSpec};
+use crate::api::{
+    Backend, JwksRef, JwtAuth, OnExceed, PathMatchType, Policy, Tls, WebSocketRouteSpec,
+};
 use crate::proxy::auth::{self, KeySet, Keys, RemoteJwks, TokenSource};
 use crate::proxy::table::{
-    BackendAddr, Balance, HashKey, HostMatch, LegPing, PathRule, Route, RouteKey,
+    BackendAddr, Balance, Exceed, HashKey, HostMatch, LegPing, PathRule, RateLimit,
+    RebalancePolicy, Route, RouteKey,
 };
 
 /// A problem with one field of a route.
@@ -362,7 +365,50 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
     } else if spec.auth.is_some() {
         err("spec.auth".into(), "set jwt".into());
     }
+    validate_rate_limits(spec, &mut err);
+    validate_rebalance(spec, &mut err);
     errs
+}
+
+/// `limits`: a bucket depth means nothing without its rate.
+fn validate_rate_limits(spec: &WebSocketRouteSpec, err: &mut impl FnMut(String, String)) {
+    let l = &spec.limits;
+    if l.burst > 0 && l.messages_per_second == 0 {
+        err(
+            "spec.limits.burst".into(),
+            "needs messagesPerSecond above 0".into(),
+        );
+    }
+    if l.burst_bytes > 0 && l.bytes_per_second == 0 {
+        err(
+            "spec.limits.burstBytes".into(),
+            "needs bytesPerSecond above 0".into(),
+        );
+    }
+}
+
+/// `rebalance`: a fraction in (0, 1], a window above 0, and a policy that lets a
+/// closed client land elsewhere (Cookie and ConsistentHash would send it back).
+fn validate_rebalance(spec: &WebSocketRouteSpec, err: &mut impl FnMut(String, String)) {
+    let Some(r) = &spec.rebalance else { return };
+    if !matches!(
+        spec.load_balancing.policy,
+        Policy::RoundRobin | Policy::LeastConnections
+    ) {
+        err(
+            "spec.rebalance".into(),
+            "valid only with loadBalancing.policy RoundRobin or LeastConnections".into(),
+        );
+    }
+    if !(r.max_fraction > 0.0 && r.max_fraction <= 1.0) {
+        err(
+            "spec.rebalance.maxFraction".into(),
+            format!("{} must be above 0 and at most 1", r.max_fraction),
+        );
+    }
+    if r.over.is_zero() {
+        err("spec.rebalance.over".into(), "must be above 0".into());
+    }
 }
 
 /// Compiles one route. `namespace`/`name` identify it; the resolver supplies
@@ -466,6 +512,20 @@ pub fn compile(
         drain_grace: spec.drain.grace_period.0,
         tls,
         auth,
+        rate_limit: RateLimit::new(
+            spec.limits.messages_per_second,
+            spec.limits.burst,
+            spec.limits.bytes_per_second,
+            spec.limits.burst_bytes,
+            match spec.limits.on_exceed {
+                OnExceed::Close => Exceed::Close,
+                OnExceed::Throttle => Exceed::Throttle,
+            },
+        ),
+        rebalance: spec.rebalance.as_ref().map(|r| RebalancePolicy {
+            max_fraction: r.max_fraction,
+            over: r.over.0,
+        }),
     })
 }
 
@@ -559,6 +619,29 @@ mod tests {
         let s = spec("backends: [{address: '127.0.0.1:9000'}]\nkeepalive: {interval: 1s, timeout: 1s, backend: {interval: 1s, timeout: 0s}}");
         let fields: Vec<_> = validate(&s).into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["spec.keepalive.backend.timeout"]);
+    }
+
+    #[test]
+    fn rate_limits_and_rebalance_are_checked() {
+        let s = spec(
+            "backends: [{address: '127.0.0.1:9000'}]\nlimits: {burst: 5, burstBytes: 9}\nloadBalancing: {policy: Cookie}\nrebalance: {maxFraction: 1.5, over: 0s}",
+        );
+        let fields: Vec<_> = validate(&s).into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.limits.burst",
+                "spec.limits.burstBytes",
+                "spec.rebalance",
+                "spec.rebalance.maxFraction",
+                "spec.rebalance.over"
+            ]
+        );
+        let ok = spec(
+            "backends: [{address: '127.0.0.1:9000'}]\nlimits: {messagesPerSecond: 10, onExceed: Throttle}\nloadBalancing: {policy: LeastConnections}\nrebalance: {}",
+        );
+        assert!(validate(&ok).is_empty());
+        assert_eq!(ok.rebalance.unwrap().over.to_string(), "5m");
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub struct Metrics {
     pub controller_last_sync_timestamp_seconds: Gauge,
     /// `wsgate_auth_total{namespace,route,result}`
     pub auth_total: IntCounterVec,
+    /// `wsgate_rate_limited_total{namespace,route,action}`
+    pub rate_limited_total: IntCounterVec,
+    /// `wsgate_rebalanced_total{namespace,route}`
+    pub rebalanced_total: IntCounterVec,
 }
 
 /// Where a tunnel's close began.
@@ -264,6 +268,18 @@ impl Metrics {
                 "Token checks of upgrades and plain HTTP requests by result.",
                 &["namespace", "route", "result"],
             ),
+            rate_limited_total: counter(
+                &r,
+                "wsgate_rate_limited_total",
+                "Tunnels closed for their rate (close) and pauses of throttled tunnels (throttle).",
+                &["namespace", "route", "action"],
+            ),
+            rebalanced_total: counter(
+                &r,
+                "wsgate_rebalanced_total",
+                "Tunnels closed with 1012 to move them to a less-loaded backend.",
+                route,
+            ),
             registry: r,
         }
     }
@@ -294,6 +310,8 @@ impl Metrics {
         forget(&self.closes_total, gone);
         forget(&self.http_requests_total, gone);
         forget(&self.auth_total, gone);
+        forget(&self.rate_limited_total, gone);
+        forget(&self.rebalanced_total, gone);
     }
 }
 

@@ -29,6 +29,8 @@ mod endpoints;
 mod gateway;
 #[path = "k8s/objects.rs"]
 mod objects;
+#[path = "k8s/rebalance.rs"]
+mod rebalance;
 #[path = "k8s/routes.rs"]
 mod routes;
 
@@ -82,6 +84,10 @@ const ALL: &[Scenario] = &[
         routes::metrics_and_quiet_status,
     ),
     ("12 auth-jwks-secret", auth::jwks_secret_refs),
+    (
+        "13 rebalance-by-endpoints",
+        rebalance::rebalance_by_endpoints,
+    ),
 ];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.

@@ -50,6 +50,50 @@ fn cap_strings(v: &mut Value) {
     }
 }
 
+/// `limits` rates and `rebalance`: the rules `compile::validate` enforces.
+fn rate_limit_and_rebalance_rules(crd: &mut Value, spec: &str) {
+    let xv = "x-kubernetes-validations";
+    add(
+        crd,
+        spec,
+        xv,
+        json!([rule(
+            "!has(self.rebalance) || !has(self.loadBalancing) || !has(self.loadBalancing.policy) || self.loadBalancing.policy in ['RoundRobin', 'LeastConnections']",
+            "rebalance is valid only with loadBalancing.policy RoundRobin or LeastConnections"
+        )]),
+    );
+    add(
+        crd,
+        &format!("{spec}/properties/limits"),
+        xv,
+        json!([
+            rule(
+                "!has(self.burst) || self.burst == 0 || (has(self.messagesPerSecond) && self.messagesPerSecond > 0)",
+                "limits.burst needs messagesPerSecond above 0"
+            ),
+            rule(
+                "!has(self.burstBytes) || self.burstBytes == 0 || (has(self.bytesPerSecond) && self.bytesPerSecond > 0)",
+                "limits.burstBytes needs bytesPerSecond above 0"
+            )
+        ]),
+    );
+    add(
+        crd,
+        &format!("{spec}/properties/rebalance"),
+        xv,
+        json!([
+            rule(
+                "!has(self.maxFraction) || (self.maxFraction > 0.0 && self.maxFraction <= 1.0)",
+                "rebalance.maxFraction must be above 0 and at most 1"
+            ),
+            rule(
+                "!has(self.over) || duration(self.over) > duration('0s')",
+                "rebalance.over must be a duration above 0"
+            )
+        ]),
+    );
+}
+
 /// The CRD with its validation rules.
 pub fn crd() -> CustomResourceDefinition {
     let mut crd = serde_json::to_value(WebSocketRoute::crd()).expect("CRD serializes");
@@ -253,6 +297,7 @@ pub fn crd() -> CustomResourceDefinition {
         "maximum",
         json!(1_000_000_000),
     );
+    rate_limit_and_rebalance_rules(&mut crd, spec);
     serde_json::from_value(crd).expect("patched CRD is still a CRD")
 }
 

@@ -87,6 +87,10 @@ pub struct WebSocketRouteSpec {
     /// Authenticates upgrades and plain HTTP requests before any backend is contacted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
+    /// Spreads tunnels again after backends are added (RoundRobin and
+    /// LeastConnections only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<Rebalance>,
 }
 
 fn default_true() -> bool {
@@ -360,6 +364,71 @@ pub struct Limits {
     /// Largest message (all fragments) either way; larger closes the tunnel with 1009.
     #[serde(default)]
     pub max_message_bytes: u64,
+    /// Data messages per second per tunnel, client to backend.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub messages_per_second: u64,
+    /// Data-frame payload bytes per second per tunnel, client to backend.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_per_second: u64,
+    /// Depth of the message bucket; 0 = one second's worth.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub burst: u64,
+    /// Depth of the byte bucket; 0 = one second's worth.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub burst_bytes: u64,
+    /// What a tunnel above its rate gets.
+    #[serde(default, skip_serializing_if = "OnExceed::is_close")]
+    pub on_exceed: OnExceed,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What happens to a tunnel whose client sends above its rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum OnExceed {
+    /// Close 1008 (Policy Violation) to both sides.
+    #[default]
+    Close,
+    /// Stop reading the client until tokens refill (TCP backpressure).
+    Throttle,
+}
+
+impl OnExceed {
+    fn is_close(&self) -> bool {
+        *self == OnExceed::Close
+    }
+}
+
+/// Moving tunnels off over-loaded backends after backends are added.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rebalance {
+    /// At most this share (above 0, at most 1) of an over-loaded backend's tunnels
+    /// is moved.
+    #[serde(default = "default_max_fraction")]
+    pub max_fraction: f64,
+    /// The window the moved tunnels' Close 1012 is spread over.
+    #[serde(default = "default_rebalance_over")]
+    pub over: Duration,
+}
+
+fn default_max_fraction() -> f64 {
+    0.2
+}
+
+fn default_rebalance_over() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for Rebalance {
+    fn default() -> Self {
+        Rebalance {
+            max_fraction: default_max_fraction(),
+            over: default_rebalance_over(),
+        }
+    }
 }
 
 /// Drain of tunnels whose route or backend is gone.

@@ -189,6 +189,23 @@ impl RouteMetrics {
             .with_label_values(&[self.namespace.as_str(), &self.route, result])
             .inc();
     }
+
+    /// Counts a rate-limit action (`close`, `throttle`); rare, so the series is
+    /// looked up when it happens and appears only once it has.
+    pub fn rate_limited(&self, action: &str) {
+        self.all
+            .rate_limited_total
+            .with_label_values(&[self.namespace.as_str(), &self.route, action])
+            .inc();
+    }
+
+    /// Counts a tunnel moved by the rebalancer.
+    pub fn rebalanced(&self) {
+        self.all
+            .rebalanced_total
+            .with_label_values(&[self.namespace.as_str(), &self.route])
+            .inc();
+    }
 }
 
 /// The `code` label of `wsgate_closes_total` (PRODUCT.md, Metrics): a code of the

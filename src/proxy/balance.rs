@@ -63,14 +63,11 @@ pub fn choose(route: &Route, runtime: &RouteRuntime, parts: &Parts, client: IpAd
     };
     let mut set_cookie = false;
     let first = match &route.balance {
+        // A rebalancing route sends new tunnels where load is lowest, or the
+        // clients it moves could land back where they came from.
+        Balance::RoundRobin if route.rebalance.is_some() => least_loaded(route, runtime, &eligible),
         Balance::RoundRobin => round_robin(route, runtime, &eligible),
-        Balance::LeastConnections => eligible.iter().copied().min_by(|&a, &b| {
-            let load = |i: usize| {
-                runtime.backend_load(&route.backends[i].address) as f64
-                    / f64::from(route.backends[i].weight.max(1))
-            };
-            load(a).total_cmp(&load(b))
-        }),
+        Balance::LeastConnections => least_loaded(route, runtime, &eligible),
         Balance::ConsistentHash(key) => match hash_key(parts, client, key) {
             Some(k) => rendezvous(route, &eligible, &k),
             None => round_robin(route, runtime, &eligible),
@@ -94,6 +91,17 @@ pub fn choose(route: &Route, runtime: &RouteRuntime, parts: &Parts, client: IpAd
         }
     }
     Choice { order, set_cookie }
+}
+
+/// The backend with the fewest open tunnels per unit of weight.
+fn least_loaded(route: &Route, runtime: &RouteRuntime, eligible: &[usize]) -> Option<usize> {
+    eligible.iter().copied().min_by(|&a, &b| {
+        let load = |i: usize| {
+            runtime.backend_load(&route.backends[i].address) as f64
+                / f64::from(route.backends[i].weight.max(1))
+        };
+        load(a).total_cmp(&load(b))
+    })
 }
 
 /// Weighted round robin over a shared counter.

@@ -9,6 +9,8 @@ pub mod frame;
 mod headers;
 mod http_proxy;
 pub mod protocol;
+mod ratelimit;
+mod rebalance;
 mod registry;
 mod relay;
 mod server;
@@ -142,6 +144,7 @@ impl Proxy {
                 }
             }
         }
+        rebalance::on_table_change(&self.registry, &self.live.load().table, &table);
         self.live.store(Arc::new(Live { table, runtimes }));
         self.loaded.store(true, Ordering::Release);
         // Runtimes of removed routes live on in their tunnels (and in requests still

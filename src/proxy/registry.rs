@@ -131,16 +131,20 @@ pub enum CloseReason {
     Shutdown,
     /// The token the tunnel was opened with expired (`auth.jwt.closeOnExpiry`).
     TokenExpired,
+    /// The rebalancer moves it to a less-loaded backend.
+    Rebalance,
 }
 
 impl CloseReason {
-    /// The Close code and reason sent to both sides when the deadline passes.
+    /// The Close code and reason sent to both sides when the deadline passes
+    /// (a rebalance sends 1012 to the client and 1001 to the backend instead).
     pub fn close_frame(self) -> (u16, &'static str) {
         match self {
             CloseReason::Drain => (1001, "route or backend removed"),
             CloseReason::Shutdown => (1001, "server shutting down"),
             // RFC 6455 §7.4.1: 1008, the message (here: the credentials) violates policy.
             CloseReason::TokenExpired => (1008, "token expired"),
+            CloseReason::Rebalance => (1012, "moving to a less-loaded backend"),
         }
     }
 }
@@ -194,6 +198,7 @@ impl TunnelInfo {
         match self.close_reason.load(Relaxed) {
             1 => CloseReason::Shutdown,
             2 => CloseReason::TokenExpired,
+            3 => CloseReason::Rebalance,
             _ => CloseReason::Drain,
         }
     }
@@ -214,6 +219,10 @@ pub struct TunnelView {
     client_rtt_ms: Option<f64>,
     backend_rtt_ms: Option<f64>,
     draining: bool,
+    /// Scheduled to be moved by the rebalancer (Close 1012 at `rebalance_at`).
+    rebalancing: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rebalance_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -307,7 +316,7 @@ impl Registry {
 
     /// Schedules (or with `None`, cancels a drain of) a tunnel's close.
     pub fn schedule_close(&self, t: &TunnelInfo, at: Option<Instant>, reason: CloseReason) {
-        if reason == CloseReason::Drain && t.close_reason() == CloseReason::Shutdown {
+        if reason != CloseReason::Shutdown && t.close_reason() == CloseReason::Shutdown {
             return;
         }
         let ms = at.map_or(u64::MAX, |at| {
@@ -315,9 +324,11 @@ impl Registry {
         });
         let old = t.close_at.load(Relaxed);
         // A drain never postpones a deadline already set, so repeated reloads cannot
-        // keep a tunnel of a removed backend alive forever.
+        // keep a tunnel of a removed backend alive forever; a rebalance never
+        // schedules a tunnel that is already closing, so none is closed twice. The
+        // token's expiry is not such a deadline: an earlier one may replace it.
         let expiring = t.close_reason() == CloseReason::TokenExpired;
-        if reason == CloseReason::Drain && at.is_some() && old != u64::MAX && !expiring {
+        if reason != CloseReason::Shutdown && at.is_some() && old != u64::MAX && !expiring {
             return;
         }
         // No deadline outlives the token: a cancelled drain falls back to it.
@@ -331,6 +342,7 @@ impl Registry {
             CloseReason::Drain => 0,
             CloseReason::Shutdown => 1,
             CloseReason::TokenExpired => 2,
+            CloseReason::Rebalance => 3,
         };
         t.close_reason.store(code, Relaxed);
         t.close_at.store(ms, Relaxed);
@@ -378,7 +390,16 @@ impl Registry {
                 client_rtt_ms: rtt(t.client_rtt_us.load(Relaxed)),
                 backend_rtt_ms: rtt(t.backend_rtt_us.load(Relaxed)),
                 draining: t.close_at.load(Relaxed) != u64::MAX
-                    && t.close_reason() != CloseReason::TokenExpired,
+                    && matches!(t.close_reason(), CloseReason::Drain | CloseReason::Shutdown),
+                rebalancing: t.close_at.load(Relaxed) != u64::MAX
+                    && t.close_reason() == CloseReason::Rebalance,
+                rebalance_at: (t.close_reason() == CloseReason::Rebalance)
+                    .then(|| t.close_deadline(self.epoch))
+                    .flatten()
+                    .map(|at| {
+                        let wall = SystemTime::now() + at.saturating_duration_since(Instant::now());
+                        humantime::format_rfc3339_millis(wall).to_string()
+                    }),
             })
             .collect()
     }

@@ -20,7 +20,8 @@ use super::frame::{
     self, FrameError, FrameHeader, FrameReader, FrameSink, OP_CLOSE, OP_PING, OP_PONG,
 };
 use super::protocol::{Extensions, Rules};
-use super::registry::{Admission, RouteRuntime, TunnelInfo};
+use super::ratelimit::{Exceed, Limiter};
+use super::registry::{Admission, CloseReason, RouteRuntime, TunnelInfo};
 use super::stream::Stream;
 use super::table::LegPing;
 use crate::metrics::Initiator;
@@ -112,10 +113,22 @@ struct Pass<'a> {
     bytes: u64,
     close: Option<u16>,
     pong: Option<u64>,
+    /// The client's rate limits (client-to-backend only).
+    limit: Option<&'a mut Limiter>,
+    /// A frame was refused for its rate: it and all after it are dropped.
+    limited: bool,
 }
 
 impl FrameSink for Pass<'_> {
     fn data_frame(&mut self, h: &FrameHeader, done: bool) {
+        if let Some(l) = self.limit.as_deref_mut().filter(|_| !self.discard) {
+            if !l.admit(h) {
+                // Refused before its header is forwarded: the backend's stream stays
+                // at a frame boundary for the Close 1008.
+                self.limited = true;
+                self.discard = true;
+            }
+        }
         if !self.discard {
             self.bytes += h.payload_len;
             self.messages += u64::from(done);
@@ -178,6 +191,8 @@ struct State {
     closing: Option<Instant>,
     first_close: Option<(u16, Initiator)>,
     finished: bool,
+    /// The route's rate limits on the client (boxed: most tunnels have none).
+    limiter: Option<Box<Limiter>>,
 }
 
 impl Leg {
@@ -210,10 +225,17 @@ impl State {
             Side::Client => (&self.c, &self.c2b),
             Side::Backend => (&self.b, &self.b2c),
         };
-        !self.finished && !leg.eof && dir.out.is_empty() && !dir.tls_pending
+        let throttled = side == Side::Client && self.limiter.as_ref().is_some_and(|l| l.paused());
+        !self.finished && !leg.eof && dir.out.is_empty() && !dir.tls_pending && !throttled
     }
 
     fn done(&self) -> bool {
+        // A client closed for its rate is still sending: read (and drop) its bytes
+        // until it goes or the linger ends, or closing the socket over unread bytes
+        // would reset it and the client would lose the Close 1008.
+        if !self.finished && !self.c.eof && self.limiter.as_ref().is_some_and(|l| l.refused()) {
+            return false;
+        }
         let flushed = |d: &Dir| d.out.is_empty() && !d.tls_pending;
         let closed = self.c2b.close_sent && self.b2c.close_sent;
         self.finished
@@ -292,6 +314,10 @@ impl Relay {
             closing: None,
             first_close: None,
             finished: false,
+            limiter: route
+                .rate_limit
+                .as_ref()
+                .map(|l| Box::new(Limiter::new(l, now))),
         };
         if !client_early.is_empty() {
             self.ingest(Side::Client, &client_early, &mut st);
@@ -399,6 +425,9 @@ impl Relay {
         if let Some(c) = self.info.close_deadline(self.epoch) {
             at(c);
         }
+        if let Some(p) = st.limiter.as_ref().and_then(|l| l.paused_until()) {
+            at(p);
+        }
         if st.closing.is_none() {
             if let Some(l) = route.max_lifetime {
                 at(self.info.opened + l);
@@ -430,11 +459,17 @@ impl Relay {
                 if !st.can_read(side) {
                     break;
                 }
+                // A throttled client is read in small batches, so it overshoots its
+                // tokens by a bounded amount before the pause.
+                let cap = match (side, &st.limiter) {
+                    (Side::Client, Some(l)) => l.read_cap(read.len()),
+                    _ => read.len(),
+                };
                 let src = match side {
                     Side::Client => &mut self.client,
                     Side::Backend => &mut self.backend,
                 };
-                match src.try_read(read) {
+                match src.try_read(&mut read[..cap]) {
                     Ok(0) => {
                         exhausted = false;
                         self.gone(side, st);
@@ -444,7 +479,7 @@ impl Relay {
                         self.process(side, &read[..n], out, st);
                         // A short read drained the socket (tokio has noted it): wait
                         // for readiness rather than read again into EAGAIN.
-                        if n < read.len() && matches!(side_stream(self, side), Stream::Tcp(_)) {
+                        if n < cap && matches!(side_stream(self, side), Stream::Tcp(_)) {
                             exhausted = false;
                             break;
                         }
@@ -475,7 +510,13 @@ impl Relay {
         st.leg(side).last_rx = now;
         let max = self.info.route.max_message_bytes;
         out.clear();
-        let dir = st.from(side);
+        let (dir, mut limit) = match side {
+            Side::Client => (&mut st.c2b, st.limiter.as_deref_mut()),
+            Side::Backend => (&mut st.b2c, None),
+        };
+        if let Some(l) = &mut limit {
+            l.refill(now);
+        }
         let mut pass = Pass {
             out,
             discard: dir.close_sent,
@@ -483,6 +524,8 @@ impl Relay {
             bytes: 0,
             close: None,
             pong: None,
+            limit,
+            limited: false,
         };
         let result = dir.reader.feed(input, max, &mut pass);
         let Pass {
@@ -492,6 +535,8 @@ impl Relay {
             bytes,
             close,
             pong,
+            limited,
+            ..
         } = pass;
         let (dst, dir) = match side {
             Side::Client => (&mut self.backend, &mut st.c2b),
@@ -554,6 +599,9 @@ impl Relay {
                 Side::Backend => Side::Client,
             };
             self.gone(other, st);
+        }
+        if side == Side::Client {
+            self.after_limits(limited, now, st);
         }
         // Bytes after this direction's Close are dropped unread: their errors do
         // not matter.
@@ -640,8 +688,51 @@ impl Relay {
         st.closing = Some(st.closing.map_or(linger, |c| c.min(linger)));
     }
 
+    /// Acts on the client's rate limits after a batch: Close 1008 for a refused
+    /// frame, or a pause of reading until the buckets' debt is paid.
+    fn after_limits(&mut self, limited: bool, now: Instant, st: &mut State) {
+        let Some(l) = st.limiter.as_deref_mut() else {
+            return;
+        };
+        if limited {
+            self.runtime.metrics.rate_limited("close");
+            tracing::info!(tunnel = self.info.id, route = %self.info.route.key, "client above its rate limit; closing tunnel");
+            // The refused frame's header was never forwarded, so a Close may start
+            // on the backend's stream although the reader is inside that frame.
+            if !st.c2b.close_sent && !st.b.eof {
+                st.c2b.close_sent = true;
+                let payload = frame::close_payload(1008, "rate limit exceeded");
+                let bytes = frame::control_frame(OP_CLOSE, &payload, Some(rand::random()));
+                if !send(&mut self.backend, &mut st.c2b, &bytes) {
+                    self.gone(Side::Backend, st);
+                }
+            }
+            self.proxy_close(1008, "rate limit exceeded", st);
+        } else if l.on_exceed() == Exceed::Throttle && !l.paused() {
+            if let Some(wait) = l.pause() {
+                l.pause_until(now + wait);
+                self.runtime.metrics.rate_limited("throttle");
+            }
+        }
+    }
+
+    /// Moves the tunnel for the rebalancer: Close 1012 (Service Restart) tells the
+    /// client to reconnect, and it lands on a less-loaded backend; the backend gets
+    /// 1001 (Going Away).
+    fn rebalance_close(&mut self, st: &mut State) {
+        self.runtime.metrics.rebalanced();
+        st.first_close.get_or_insert((1012, Initiator::Proxy));
+        self.send_close(Side::Backend, 1001, "rebalancing", st);
+        self.send_close(Side::Client, 1012, "rebalancing: please reconnect", st);
+        let linger = Instant::now() + PROXY_CLOSE_LINGER;
+        st.closing = Some(st.closing.map_or(linger, |c| c.min(linger)));
+    }
+
     fn on_timer(&mut self, st: &mut State) {
         let now = Instant::now();
+        if let Some(l) = st.limiter.as_deref_mut() {
+            l.resume_if_due(now);
+        }
         if st.closing.is_some_and(|c| now >= c) {
             st.finished = true;
             return;
@@ -651,8 +742,12 @@ impl Relay {
         }
         if let Some(at) = self.info.close_deadline(self.epoch) {
             if now >= at {
-                let (code, reason) = self.info.close_reason().close_frame();
-                self.proxy_close(code, reason, st);
+                let reason = self.info.close_reason();
+                if reason == CloseReason::Rebalance {
+                    return self.rebalance_close(st);
+                }
+                let (code, text) = reason.close_frame();
+                self.proxy_close(code, text, st);
                 return;
             }
         }

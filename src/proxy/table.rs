@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
 
+pub use super::ratelimit::{Exceed, RateLimit};
+pub use super::rebalance::RebalancePolicy;
+
 /// A route's identity: namespace and name. Tunnels remember it so a reload can tell
 /// which of them lost their route.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -198,6 +201,10 @@ pub struct Route {
     pub tls: Option<Arc<CertifiedKey>>,
     /// Token check of upgrades and plain HTTP requests (`auth.jwt`).
     pub auth: Option<Arc<super::auth::JwtAuth>>,
+    /// Per-tunnel rate limits, client to backend.
+    pub rate_limit: Option<RateLimit>,
+    /// Rebalancing after backends are added.
+    pub rebalance: Option<RebalancePolicy>,
 }
 
 impl fmt::Debug for Route {
@@ -248,6 +255,8 @@ impl Route {
             drain_grace: Duration::from_secs(1),
             tls: None,
             auth: None,
+            rate_limit: None,
+            rebalance: None,
         }
     }
 }
