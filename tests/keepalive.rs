@@ -263,3 +263,142 @@ async fn max_lifetime_closes_a_busy_tunnel_with_1001() {
     let bclose = backend.expect("close", 3.0).await;
     assert_eq!(bclose["code"], 1001);
 }
+
+/// Interval 1s, timeout 3s: the proxy pings a silent client every second until the
+/// timeout runs out (counted from the first ping), then closes it.
+#[tokio::test]
+async fn pings_repeat_every_interval_until_a_timeout_longer_than_the_interval() {
+    let backend = RawBackend::bind().await;
+    let route = Route::new("ka").backend(backend.addr).set(
+        "keepalive",
+        "{interval: 1s, timeout: 3s, backend: {interval: 0s, timeout: 0s}}",
+    );
+    let gate = Wsgate::start(&route.yaml()).await;
+
+    let (up, server) = tokio::join!(raw_upgrade(gate.listen, "/slow", &[]), async {
+        backend.accept(10.0).await.accept().await
+    });
+    assert_eq!(up.response.status, 101);
+    let (mut client, mut server) = (up.ws, server);
+    let opened = Instant::now();
+
+    // This client never answers: it records when each ping came and how it ended.
+    let (pings, close, closed_at) = within(8.0, "the tunnel to close", async {
+        let mut pings = vec![];
+        loop {
+            match client.try_recv(8.0).await {
+                Ok(f) if f.opcode == OP_PING => pings.push(opened.elapsed().as_secs_f64()),
+                Ok(f) if f.opcode == OP_CLOSE => {
+                    let at = opened.elapsed().as_secs_f64();
+                    let rest = client.until_eof(3.0).await;
+                    assert!(rest.is_empty(), "frames after the Close: {rest:?}");
+                    return (pings, f, at);
+                }
+                Ok(f) => panic!("unexpected frame {f:?}"),
+                Err(e) => panic!("the stream ended without a Close: {e}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        pings.len(),
+        3,
+        "pings at {pings:?}s (interval 1s, timeout 3s from the first)"
+    );
+    for pair in pings.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!((0.7..=1.5).contains(&gap), "pings at {pings:?}s, 1s apart");
+    }
+    let dead_after = closed_at - pings[0];
+    assert!(
+        (2.7..=4.0).contains(&dead_after),
+        "closed {dead_after:.2}s after the first unanswered ping (timeout 3s)"
+    );
+    assert_eq!(close.close_code(), Some(1001), "{close:?}");
+    // The live side (the backend) gets Close 1001 as well.
+    let frames = server.until_eof(3.0).await;
+    assert_eq!(
+        frames.iter().map(Frame::close_code).collect::<Vec<_>>(),
+        [Some(1001)],
+        "{frames:?}"
+    );
+    let m = gate
+        .wait_metric(
+            3.0,
+            "wsgate_pong_timeouts_total",
+            &labels(&[("peer", "client")]),
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(m, 1.0);
+    assert_eq!(
+        gate.metrics()
+            .await
+            .get("wsgate_pings_sent_total", &labels(&[("peer", "client")])),
+        3.0
+    );
+}
+
+/// A client that answers only the second ping (the first is lost, say) keeps its
+/// tunnel past the point where the first ping's timeout would have run out.
+#[tokio::test]
+async fn answering_a_repeated_ping_keeps_the_tunnel() {
+    let backend = RawBackend::bind().await;
+    let route = Route::new("ka").backend(backend.addr).set(
+        "keepalive",
+        "{interval: 1s, timeout: 3s, backend: {interval: 0s, timeout: 0s}}",
+    );
+    let gate = Wsgate::start(&route.yaml()).await;
+
+    let (up, server) = tokio::join!(raw_upgrade(gate.listen, "/late", &[]), async {
+        backend.accept(10.0).await.accept().await
+    });
+    assert_eq!(up.response.status, 101);
+    let (mut client, mut server) = (up.ws, server);
+    let opened = Instant::now();
+
+    let first = client.recv(3.0).await;
+    assert_eq!(first.opcode, OP_PING, "{first:?}");
+    let second = client.recv(3.0).await;
+    assert_eq!(second.opcode, OP_PING, "{second:?}");
+    client
+        .send(&Frame::pong(second.payload.clone()).masked([5, 6, 7, 8]))
+        .await;
+
+    // Past the first ping's timeout (about 4s after opening) the tunnel still
+    // carries messages; the proxy's pong never reached the backend.
+    let wait = 5.5 - opened.elapsed().as_secs_f64();
+    let mut seen = vec![];
+    let _ = tokio::time::timeout(Duration::from_secs_f64(wait.max(0.0)), async {
+        loop {
+            seen.push(client.recv(10.0).await);
+        }
+    })
+    .await;
+    assert!(
+        seen.iter().all(|f| f.opcode == OP_PING),
+        "the answered tunnel got {seen:?}"
+    );
+    let msg = Frame::text("still here").masked([1, 2, 3, 4]).encode();
+    client.send_bytes(&msg).await;
+    assert_eq!(
+        server.read_bytes(msg.len(), 5.0).await,
+        msg,
+        "the backend gets the message, and before it nothing (no pong leaked)"
+    );
+    let m = gate.metrics().await;
+    assert_eq!(
+        m.get("wsgate_pong_timeouts_total", &labels(&[("peer", "client")])),
+        0.0,
+        "{}",
+        m.text
+    );
+    assert!(
+        m.get(
+            "wsgate_ping_rtt_seconds_count",
+            &labels(&[("peer", "client")])
+        ) >= 1.0,
+        "the answered ping's round trip is recorded: {}",
+        m.text
+    );
+}

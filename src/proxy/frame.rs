@@ -4,7 +4,9 @@
 //! The relay forwards payload bytes exactly as they arrive (client frames keep their
 //! mask), so a message of any size passes in bounded memory. Only headers split
 //! across reads and control frames (at most 125 payload bytes, §5.5) are held, so
-//! the proxy can consume its own pongs and read close codes.
+//! the proxy can consume its own pongs and read close codes. Each header and Close
+//! payload is checked against its direction's [`Rules`](super::protocol::Rules) before
+//! any byte of that frame goes to the sink.
 
 use thiserror::Error;
 

@@ -66,12 +66,33 @@ enum Side {
 /// The proxy's pings to a leg that has not answered yet.
 #[derive(Clone, Copy)]
 struct Probe {
-    /// When the first of them went out: the leg is dead at `since + timeout`.
-    since: Instant,
     /// When the latest went out: the next follows `interval` later.
     last: Instant,
     /// The latest one's token (its pong gives the round trip).
     token: u64,
+    /// How long before `last` the first went out, in ms (the leg is dead at
+    /// `since + timeout`). Not a second `Instant`: every idle tunnel holds two probes.
+    since_ms: u32,
+}
+
+impl Probe {
+    fn new(since: Instant, last: Instant, token: u64) -> Probe {
+        // Rounded up, so `since()` is never after the first ping really went out.
+        let ms = last
+            .saturating_duration_since(since)
+            .as_micros()
+            .div_ceil(1000);
+        Probe {
+            last,
+            token,
+            since_ms: u32::try_from(ms).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// When the first ping went out.
+    fn since(&self) -> Instant {
+        self.last - Duration::from_millis(self.since_ms.into())
+    }
 }
 
 /// One peer's liveness.
@@ -200,7 +221,7 @@ impl Leg {
     /// the first of its pings. (An answered probe is kept until the next ping, so a
     /// late pong still gives its round trip.)
     fn unanswered(&self) -> Option<Probe> {
-        self.probe.filter(|p| self.last_rx <= p.since)
+        self.probe.filter(|p| self.last_rx <= p.since())
     }
 }
 
@@ -439,7 +460,7 @@ impl Relay {
                 let Some(p) = leg.ping else { continue };
                 match leg.unanswered() {
                     Some(probe) => {
-                        at(probe.since + p.timeout);
+                        at(probe.since() + p.timeout);
                         at(probe.last + p.interval);
                     }
                     None => at(leg.last_rx + p.interval),
@@ -767,7 +788,7 @@ impl Relay {
             let leg = st.leg(side);
             let Some(p) = leg.ping else { continue };
             match leg.unanswered() {
-                Some(probe) if now >= probe.since + p.timeout => {
+                Some(probe) if now >= probe.since() + p.timeout => {
                     let m = &self.runtime.metrics;
                     match side {
                         Side::Client => m.pong_timeouts_client().inc(),
@@ -797,9 +818,9 @@ impl Relay {
             let leg = st.leg(to);
             let retry = Instant::now() - leg.ping.map_or(Duration::ZERO, |p| p.interval)
                 + Duration::from_millis(20);
-            match (leg.unanswered(), &mut leg.probe) {
-                (Some(_), Some(probe)) => probe.last = retry,
-                _ => {
+            match leg.unanswered() {
+                Some(probe) => leg.probe = Some(Probe::new(probe.since(), retry, probe.token)),
+                None => {
                     leg.probe = None;
                     leg.last_rx = retry;
                 }
@@ -813,12 +834,8 @@ impl Relay {
         let ok = send(dst, dir, &bytes);
         let now = Instant::now();
         let leg = st.leg(to);
-        let since = leg.unanswered().map_or(now, |p| p.since);
-        leg.probe = Some(Probe {
-            since,
-            last: now,
-            token,
-        });
+        let since = leg.unanswered().map_or(now, |p| p.since());
+        leg.probe = Some(Probe::new(since, now, token));
         let m = &self.runtime.metrics;
         match to {
             Side::Client => m.pings_client().inc(),

@@ -229,6 +229,15 @@ impl RawWs {
         .expect("read raw bytes");
         buf
     }
+    /// Expects a Close with `code` as the next frame and then the end of the TCP
+    /// stream (nothing else: the proxy sends nothing after its Close).
+    pub async fn expect_close_then_eof(&mut self, code: u16, secs: f64) -> Frame {
+        let frames = self.until_eof(secs).await;
+        match frames.as_slice() {
+            [close] if close.close_code() == Some(code) => close.clone(),
+            _ => panic!("expected Close {code} and then the end of the stream, got {frames:?}"),
+        }
+    }
     /// Reads until the peer closes the TCP connection; returns the frames read on
     /// the way.
     pub async fn until_eof(&mut self, secs: f64) -> Vec<Frame> {
