@@ -360,6 +360,11 @@ for name in "${order[@]}"; do
   # 1b. the same N tunnels arriving in a slow ramp, then the memory left once
   # they all closed (a burst of handshakes can leave the allocator holding pages)
   if [ "$RAMP" != 0 ] && [ "$RAMP" != 0s ]; then
+    # A fresh process: the burst's leftovers would otherwise be reused and hide
+    # the ramp's own cost.
+    stop_group "$PROXY_PID"; sleep 1
+    PORT=$(free_port); URL="ws://127.0.0.1:$PORT/"
+    if ! start_proxy "$name" "$PORT"; then say "   $name did not restart"; continue; fi
     if timeout 600 "$LOADGEN" idle --target "$URL" --n "$N" --sources "$SOURCES" --proxy-pid "$PROXY_PID" \
          --settle "$SETTLE" --ramp "$RAMP" --measure-close >"$out/idle-ramp.json" 2>"$out/idle-ramp.log"; then
       summ idle "$out/idle-ramp.json" >&2

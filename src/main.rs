@@ -11,11 +11,6 @@ use tokio::net::TcpListener;
 
 use wsgate::api::Duration;
 use wsgate::metrics::Metrics;
-
-/// mimalloc returns freed pages to the kernel: after a reconnect storm's
-/// handshake buffers are freed, glibc malloc kept them (README, Benchmark).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use wsgate::proxy::{self, Listener, Proxy};
 use wsgate::{admin, config, controller};
 
