@@ -190,9 +190,9 @@ impl RemoteJwks {
             return Some(k);
         }
         let mut rx = self.keys.subscribe();
-        let first = tokio::time::timeout(FIRST_FETCH_WAIT, rx.wait_for(Option::is_some)).await;
-        let keys = first.ok()?.ok()?.clone();
-        keys
+        // Timed out or the sender is gone: the borrow below still says `None`.
+        let _ = tokio::time::timeout(FIRST_FETCH_WAIT, rx.wait_for(Option::is_some)).await;
+        self.keys.borrow().clone()
     }
 }
 
