@@ -44,7 +44,8 @@ impl RateLimit {
         on_exceed: Exceed,
     ) -> Option<RateLimit> {
         let bucket = |rate: u64, depth: u64| {
-            (rate > 0).then(|| (rate as f64, if depth == 0 { rate } else { depth } as f64))
+            let depth = if depth == 0 { rate } else { depth };
+            (rate > 0).then_some((rate as f64, depth as f64))
         };
         let limit = RateLimit {
             messages: bucket(messages_per_second, burst),
