@@ -41,6 +41,14 @@ command -v ip >/dev/null || apt_install iproute2
 command -v unshare >/dev/null && command -v flock >/dev/null || apt_install util-linux
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml || apt_install python3-yaml
 
+# The real node of tests/e2e-node (hack/k8s/node.sh): containerd, runc and the CNI
+# plugins from Debian; the pause image is built with gcc -static (libc6-dev) and
+# images are checked with readelf (binutils).
+command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] ||
+  apt_install containerd runc containernetworking-plugins
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || apt_install libc6-dev
+command -v readelf >/dev/null && command -v objcopy >/dev/null || apt_install binutils
+
 # Node peers: `npm ci` into the cache when the lock file changed.
 node_dir=$cache/peers-node
 if ! cmp -s "$here/peers/package-lock.json" "$node_dir/package-lock.json" ||
