@@ -146,7 +146,7 @@ if [[ ${#to_build[@]} -gt 0 ]]; then
   done
 
   for bin in "${to_build[@]}"; do
-    log "building ${bin} ${K8S_VERSION} (staging ${STAGING_VERSION}); kube-apiserver takes minutes on a cold cache"
+    log "building ${bin} ${K8S_VERSION} (staging ${STAGING_VERSION}); minutes on a cold Go cache"
     (cd "${SRC}/apiserver" && go build -ldflags "${ldflags}" -o "${OUT}/${bin}.tmp" "k8s.io/kubernetes/cmd/${bin}") \
       || die "${bin} build failed"
     mv -f "${OUT}/${bin}.tmp" "${OUT}/${bin}"

@@ -36,7 +36,7 @@ pid_alive() { # NAME: running, and its command line names this state dir
   local f="${N}/$1.pid" pid
   [[ -f "${f}" ]] || return 1
   pid="$(<"${f}")"
-  tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -qF -- "${STATE}/"
+  tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline" | grep -qF -- "${STATE}/"
 }
 
 stop_process() { # NAME [GRACE_TENTHS]
@@ -152,7 +152,7 @@ EOF
 cmd_start() {
   [[ ${EUID} -eq 0 ]] || die "a node needs root"
   [[ "/proc/self/ns/mnt" -ef /proc/1/ns/mnt ]] && die "run inside a private mount namespace (WSGATE_NETNS_MOUNT=1 hack/k8s/in-netns.sh)"
-  ip -o addr show dev lo | grep -qF " ${NODE_IP}/" || die "${NODE_IP} is not on lo (run inside hack/k8s/in-netns.sh)"
+  [[ "$(ip -o addr show dev lo)" == *" ${NODE_IP}/"* ]] || die "${NODE_IP} is not on lo (run inside hack/k8s/in-netns.sh)"
   local c
   for c in containerd runc; do command -v "${c}" >/dev/null || die "${c} is missing (apt-get install containerd runc containernetworking-plugins)"; done
   [[ -x "${CNI_BIN}/bridge" && -x "${CNI_BIN}/host-local" && -x "${CNI_BIN}/loopback" ]] || die "CNI plugins missing in ${CNI_BIN}"
@@ -181,7 +181,7 @@ cmd_start() {
   for img in "${IMAGES[@]}"; do
     ctr -a "${SOCK}" -n k8s.io images import "${img}" >/dev/null || die "import of ${img} failed"
   done
-  ctr -a "${SOCK}" -n k8s.io images ls -q | grep -qxF "${SANDBOX_IMAGE}" || die "no ${SANDBOX_IMAGE} imported (hack/image/build.sh makes pause.oci.tar)"
+  [[ "$(ctr -a "${SOCK}" -n k8s.io images ls -q)" == *"${SANDBOX_IMAGE}"* ]] || die "no ${SANDBOX_IMAGE} imported (hack/image/build.sh makes pause.oci.tar)"
 
   write_kubelet_config
   local kc="${STATE}/admin.kubeconfig" pki="${STATE}/pki"
@@ -223,7 +223,7 @@ cmd_stop() {
   done < <(find /sys/fs/cgroup/*/kubepods -name cgroup.procs 2>/dev/null)
   # The shims of this containerd (their command line names its socket).
   for f in /proc/[0-9]*/cmdline; do
-    tr '\0' ' ' <"${f}" 2>/dev/null | grep -qF -- "-address ${SOCK} " || continue
+    tr '\0' ' ' 2>/dev/null <"${f}" | grep -qF -- "-address ${SOCK} " || continue
     pid="${f#/proc/}"; kill -KILL "${pid%/cmdline}" 2>/dev/null || true
   done
   stop_process containerd
