@@ -36,7 +36,7 @@ pid_alive() { # NAME: running, and its command line names this state dir
   local f="${N}/$1.pid" pid
   [[ -f "${f}" ]] || return 1
   pid="$(<"${f}")"
-  tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline" | grep -qF -- "${STATE}/"
+  tr '\0' ' ' 2>/dev/null <"/proc/${pid}/cmdline" | grep -cF -- "${STATE}/" >/dev/null
 }
 
 stop_process() { # NAME [GRACE_TENTHS]
@@ -223,7 +223,7 @@ cmd_stop() {
   done < <(find /sys/fs/cgroup/*/kubepods -name cgroup.procs 2>/dev/null)
   # The shims of this containerd (their command line names its socket).
   for f in /proc/[0-9]*/cmdline; do
-    tr '\0' ' ' 2>/dev/null <"${f}" | grep -qF -- "-address ${SOCK} " || continue
+    tr '\0' ' ' 2>/dev/null <"${f}" | grep -cF -- "-address ${SOCK} " >/dev/null || continue
     pid="${f#/proc/}"; kill -KILL "${pid%/cmdline}" 2>/dev/null || true
   done
   stop_process containerd

@@ -57,9 +57,8 @@ scenario_prometheus() {
     jq -e '[.data.groups[].rules[]] | length > 0 and all(.health == "ok")' >/dev/null ||
     no "rules not healthy: $(curl -fsS "http://${PROM_ADDR}/api/v1/rules" | jq -c '[.data.groups[].rules[] | {name, health, lastError}]')"
   log "$(curl -fsS "http://${PROM_ADDR}/api/v1/rules" | jq -r '[.data.groups[].rules[]] | "\(length) alert rules loaded, all health ok"')"
-  kill "${hp}" "${hp2}" "${prom_pid}" 2>/dev/null
-  wait "${prom_pid}" 2>/dev/null
-  return 0
+  kill "${hp}" "${hp2}" "${prom_pid}" 2>/dev/null || true
+  wait "${prom_pid}" 2>/dev/null || true
 }
 
 scenario_alerts() {

@@ -27,7 +27,7 @@ if [[ "${WSGATE_E2E_NODE_INSIDE:-}" != 1 ]]; then
   done
   HELM="${HELM:-$("${ROOT}/hack/k8s/helm.sh" | tail -n1)}" || { echo "e2e-node: hack/k8s/helm.sh failed" >&2; exit 2; }
   WSGATE_K8S_NODE=1 "${ROOT}/hack/k8s/assets.sh" >/dev/null || { echo "e2e-node: hack/k8s/assets.sh failed" >&2; exit 2; }
-  PROM_DIR="$("${ROOT}/hack/k8s/prometheus.sh" | tail -n1)" || { echo "e2e-node: hack/k8s/prometheus.sh failed" >&2; exit 2; }
+  PROM_DIR="${PROM_DIR:-$("${ROOT}/hack/k8s/prometheus.sh" | tail -n1)}" || { echo "e2e-node: hack/k8s/prometheus.sh failed" >&2; exit 2; }
   IMAGES="$("${ROOT}/hack/image/build.sh" | tail -n1)" || { echo "e2e-node: hack/image/build.sh failed" >&2; exit 2; }
   echo "e2e-node: tools and images ready in $((SECONDS - t0))s"
   export HELM PROM_DIR IMAGES
@@ -70,22 +70,29 @@ K=("${KUBECTL}" --kubeconfig "${KUBECONFIG}")
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "${ROOT}/Cargo.toml" | head -n1)"
 
 # ---- scenario bookkeeping -------------------------------------------------
-# run NAME DESCRIPTION: runs scenario_NAME; it returns non-zero with WHY set.
+# run NAME DESCRIPTION: runs scenario_NAME in a subshell (set -eu there), which
+# ends at the first `no REASON`; background clients it started are stopped.
 run() {
-  local name="$1" desc="$2" s=${SECONDS}
+  local name="$1" desc="$2" s=${SECONDS} why
   if [[ -n "${E2E_ONLY:-}" && " ${E2E_ONLY} " != *" ${name} "* && "${name}" != install ]]; then return; fi
-  WHY=""
-  if "scenario_${name//-/_}" >"${STATE}/${name}.out" 2>&1; then
+  rm -f "${STATE}/why"
+  if (
+    set -eu
+    bg_pids=()
+    trap 'for p in "${bg_pids[@]}"; do kill "${p}" 2>/dev/null || true; done' EXIT
+    "scenario_${name//-/_}"
+  ) >"${STATE}/${name}.out" 2>&1; then
     echo "ok   - ${name}: ${desc} ($((SECONDS - s))s)"
     passed=$((passed + 1))
   else
-    echo "FAIL - ${name}: ${desc} ($((SECONDS - s))s): ${WHY:-see below}"
+    why="$(cat "${STATE}/why" 2>/dev/null)"
+    echo "FAIL - ${name}: ${desc} ($((SECONDS - s))s): ${why:-see below}"
     sed 's/^/    /' "${STATE}/${name}.out" | tail -n 25
     failed=$((failed + 1))
     failures+=("${name}")
   fi
 }
-no() { WHY="$*"; echo "reason: $*"; return 1; }
+no() { echo "$*" >"${STATE}/why"; echo "reason: $*"; exit 1; }
 
 # Pod IPs / names of the wsgate Deployment's ready pods.
 wsgate_pods() { "${K[@]}" -n "${NS}" get pods -l app.kubernetes.io/name=wsgate,app.kubernetes.io/instance=wsgate \
@@ -100,9 +107,9 @@ container_pid() { # NAMESPACE POD CONTAINER
   ctr -a "${STATE}/node/containerd/containerd.sock" -n k8s.io task ls | awk -v id="${id}" '$1 == id {print $2}'
 }
 
-wait_until() { # SECONDS CMD...
-  local t=$(( $1 * 5 )) i; shift
-  for ((i = 0; i < t; i++)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+wait_until() { # SECONDS CMD...: retries CMD until it succeeds or SECONDS have passed
+  local end=$((SECONDS + $1)); shift
+  while ((SECONDS < end)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
   return 1
 }
 

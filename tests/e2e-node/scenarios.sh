@@ -23,10 +23,10 @@ scenario_image() {
   local p
   for p in ${ports}; do jq -e --arg p "${p}/tcp" '.config.ExposedPorts | has($p)' "${cfg}" >/dev/null || no "port ${p} not exposed"; done
   [[ -e "${x}/rootfs/bin/sh" || -e "${x}/rootfs/usr/bin/sh" || -e "${x}/rootfs/bin/bash" ]] && no "the image has a shell"
-  readelf -S "${x}/rootfs/wsgate" | grep -q '\.debug_info' && no "the image's binary carries debug info"
-  readelf -S "${x}/rootfs/wsgate" | grep -q '\.symtab' && no "the image's binary carries a symbol table"
-  readelf -S "${IMAGES}/wsgate.debug" | grep -q '\.debug_info' || no "wsgate.debug holds no .debug_info"
-  readelf --string-dump=.gnu_debuglink "${x}/rootfs/wsgate" | grep -q 'wsgate\.debug' || no "no .gnu_debuglink to wsgate.debug"
+  readelf -S "${x}/rootfs/wsgate" | grep -c '\.debug_info' >/dev/null && no "the image's binary carries debug info"
+  readelf -S "${x}/rootfs/wsgate" | grep -c '\.symtab' >/dev/null && no "the image's binary carries a symbol table"
+  readelf -S "${IMAGES}/wsgate.debug" | grep -c '\.debug_info' >/dev/null || no "wsgate.debug holds no .debug_info"
+  readelf --string-dump=.gnu_debuglink "${x}/rootfs/wsgate" | grep -c 'wsgate\.debug' >/dev/null || no "no .gnu_debuglink to wsgate.debug"
   log "$(jq -c '.config | {User, Entrypoint, Cmd, ExposedPorts}' "${cfg}")"
   log "sizes: $(tr '\n' ' ' <"${IMAGES}/SIZES")"
 }
@@ -73,7 +73,7 @@ scenario_install() {
     grep -Eq '^NoNewPrivs:\s+1$' "${st}" || no "${name}: allowPrivilegeEscalation not in force"
     grep -Eq '^Seccomp:\s+2$' "${st}" || no "${name}: no seccomp filter ($(grep ^Seccomp "${st}"))"
     # mountinfo field 5 is the mount point, field 6 its options.
-    awk '$5 == "/" {print $6}' "/proc/${pid}/mountinfo" | grep -Eq '(^|,)ro(,|$)' || no "${name}: root filesystem is writable"
+    awk '$5 == "/" {print $6}' "/proc/${pid}/mountinfo" | grep -Ec '(^|,)ro(,|$)' >/dev/null || no "${name}: root filesystem is writable"
     [[ "$(tr '\0' ' ' <"/proc/${pid}/cmdline")" == "/wsgate run "* ]] || no "${name}: runs $(tr '\0' ' ' <"/proc/${pid}/cmdline")"
     curl -fsS --max-time 3 "http://${ip}:9090/readyz" >/dev/null || no "${name}: /readyz on ${ip}:9090 not 200"
     log "${name} ${ip}: pid ${pid}, uid/gid 65532, no capabilities, NoNewPrivs, seccomp filter, read-only /"
@@ -117,7 +117,7 @@ metadata: {name: echo}
 spec:
   path: {type: PathPrefix, value: /echo}
   backends: [{service: {name: echo, port: ws}}]
-  keepalive: {interval: 2s, timeout: 2s}
+  keepalive: {interval: 2s, timeout: 1s}
   drain: {gracePeriod: ${GRACE}s}
   proxyHttp: true
 EOF
@@ -174,7 +174,8 @@ hold_start() {
   HOLD_PID=$!
   wait_until 20 grep -q '"ready"' "$1"
 }
-closes() { grep -c '"close"' "$1"; }
+closes() { grep -c '"close"' "$1" || true; }
+closed_at_least() { (( $(closes "$1") >= $2 )); }
 
 scenario_backend_gone() {
   local name ip f="${STATE}/backend-gone.jsonl" conns victim victim_ip other_ip n_victim n_other t0 hp
@@ -191,7 +192,7 @@ scenario_backend_gone() {
   t0="$(date +%s.%N)"
   "${K[@]}" -n "${APP}" delete pod "${victim}" --wait=false >/dev/null || no "delete failed"
   log "deleted ${victim} (${victim_ip}, ${n_victim} tunnels); ${other_ip} holds ${n_other}"
-  wait_until $((GRACE + 20)) test "$(closes "${f}")" -ge "${n_victim}"
+  wait_until $((GRACE + 20)) closed_at_least "${f}" "${n_victim}" || true
   sleep 3 # anything else that would close, closes now
   [[ "$(closes "${f}")" -eq "${n_victim}" ]] || no "$(closes "${f}") tunnels closed, expected ${n_victim}: $(grep close "${f}" | head -n 20)"
   jq -se --argjson t0 "${t0}" --argjson g "${GRACE}" \
@@ -201,7 +202,7 @@ scenario_backend_gone() {
   local still
   still="$(curl -fsS "http://${ip}:9090/connections" | jq --arg b "${other_ip}" '[.[] | select(.backend | startswith($b + ":"))] | length')"
   [[ "${still}" -eq "${n_other}" ]] || no "${still} tunnels left on ${other_ip}, expected ${n_other}"
-  kill "${hp}" 2>/dev/null
+  kill "${hp}" 2>/dev/null || true
   "${K[@]}" -n "${APP}" rollout status deploy/echo --timeout=60s >/dev/null || no "echo did not recover"
 }
 
@@ -233,8 +234,9 @@ EOF
     jq -r '.items[] | select(.metadata.deletionTimestamp == null) | "\(.metadata.name) \(.status.podIP)"' | head -n1)
   wait_until 10 websocat_echo "ws://${ip}:8080/" || no "websocat echo through the sidecar failed"
   "${PROBE[@]}" echo "ws://${ip}:8080/" || no "Python echo through the sidecar failed"
-  [[ "$(curl -fsS "http://${ip}:9090/metrics" | grep -c '^wsgate_connections_total{namespace="default",route="chat"')" -gt 0 ]] ||
-    no "the sidecar's metrics show no tunnel on route chat"
+  curl -fsS "http://${ip}:9090/metrics" >"${STATE}/sidecar-metrics.txt" || no "no /metrics on ${ip}:9090"
+  grep -E '^wsgate_connections_total\{' "${STATE}/sidecar-metrics.txt" | grep 'namespace="default"' | grep -c 'route="chat"' >/dev/null ||
+    no "the sidecar's metrics show no tunnel on route chat: $(grep wsgate_connections_total "${STATE}/sidecar-metrics.txt" | head -n 3)"
   log "${name} ${ip}: app + wsgate containers; echo through wsgate on :8080"
 }
 
@@ -278,7 +280,7 @@ scenario_rollout() {
     jq -e --argjson p "${PRESTOP}" '.first >= $p - 1' <<<"${summary}" >/dev/null || no "${name}: first close before the preStop sleep ended"
     jq -e --argjson d "${DRAIN}" '.spread >= $d * 0.5 and .spread <= $d + 1' <<<"${summary}" >/dev/null || no "${name}: closes not spread over the ${DRAIN}s drain window"
     jq -e '.last < .gone' <<<"${summary}" >/dev/null || no "${name}: the pod went away before its last client got a close"
-    kill "${holds[${name}]}" 2>/dev/null
+    kill "${holds[${name}]}" 2>/dev/null || true
   done
   while read -r name ip; do
     "${PROBE[@]}" echo "ws://${ip}:8080/echo" || no "new pod ${name} does not serve"
@@ -293,10 +295,12 @@ evict() { # POD
 EOF
 }
 
+pdb_allows_one() { [[ "$("${K[@]}" -n "${NS}" get pdb wsgate -o jsonpath='{.status.disruptionsAllowed}')" == 1 ]]; }
+
 scenario_pdb() {
   local pods a b out
   "${K[@]}" -n "${NS}" rollout status deploy/wsgate --timeout=90s >/dev/null || no "deployment not available"
-  wait_until 30 test "$("${K[@]}" -n "${NS}" get pdb wsgate -o jsonpath='{.status.disruptionsAllowed}')" = 1 ||
+  wait_until 30 pdb_allows_one ||
     no "PDB never allowed a disruption: $("${K[@]}" -n "${NS}" get pdb wsgate -o jsonpath='{.status}')"
   mapfile -t pods < <(wsgate_pods | awk '{print $1}')
   a="${pods[0]}" b="${pods[1]}"
