@@ -213,13 +213,16 @@ cmd_start() {
 cmd_stop() {
   local f pid
   [[ -d "${N}" ]] || return 0
+  # Best effort to the end: one failed step must not leave the host's sysctls changed.
+  set +e
   stop_process kube-controller-manager
   stop_process kube-scheduler
   stop_process kubelet
   # Pod processes live in their own network namespaces (in-netns.sh's scan
   # misses them) but always in the kubepods cgroups.
+  # (A cgroup may vanish between find and read: each step may fail.)
   while read -r f; do
-    while read -r pid; do kill -KILL "${pid}" 2>/dev/null || true; done <"${f}"
+    { while read -r pid; do kill -KILL "${pid}" 2>/dev/null || true; done <"${f}"; } 2>/dev/null || true
   done < <(find /sys/fs/cgroup/*/kubepods -name cgroup.procs 2>/dev/null)
   # The shims of this containerd (their command line names its socket).
   for f in /proc/[0-9]*/cmdline; do
@@ -236,8 +239,15 @@ cmd_stop() {
   done
   if [[ -f "${N}/host-sysctls" ]]; then
     while read -r kv; do sysctl -qw "${kv}" >/dev/null || log "could not restore ${kv}"; done <"${N}/host-sysctls"
+    log "restored $(tr '\n' ' ' <"${N}/host-sysctls")"
     rm -f "${N}/host-sysctls"
   fi
+  compgen -G '/sys/fs/cgroup/*/kubepods' >/dev/null && log "warning: kubepods cgroups left: $(find /sys/fs/cgroup/*/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null | tr '\n' ' ')"
+  # Pod mounts (shm, netns pins, projected volumes) under the state dir, deepest
+  # first, so the dir can be removed while this mount namespace still lives.
+  local m
+  while read -r m; do umount -l "${m}" 2>/dev/null || true; done < <(
+    awk -v n="${N}/" 'index($5, n) == 1 {print $5}' /proc/self/mountinfo | sort -r)
   umount -l /var/lib/kubelet/device-plugins 2>/dev/null || true
   umount -l /run/containerd 2>/dev/null || true
   log "node stopped"

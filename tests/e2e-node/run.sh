@@ -50,7 +50,7 @@ log() { echo "    $*"; }
 cleanup() {
   local p
   for p in "${bg_pids[@]}"; do kill "${p}" 2>/dev/null; done
-  "${NODE}" stop "${STATE}" >/dev/null 2>&1 || true
+  "${NODE}" stop "${STATE}" 2>&1 | sed 's/^/  /' || true
   "${CP}" stop "${STATE}" >/dev/null 2>&1 || true
   if [[ ${failed} -eq 0 && "${KEEP_STATE:-}" != 1 ]]; then rm -rf "${STATE}"; else echo "state kept in ${STATE}"; fi
 }
