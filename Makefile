@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR ?= /var/cache/wsgate/target
 export WSGATE_CACHE ?= /var/cache/wsgate
 WSGATE := $(CARGO_TARGET_DIR)/release/wsgate
 
-.PHONY: demo test unit e2e-k8s lint bench crd
+.PHONY: demo test unit e2e-k8s e2e-node image lint bench crd
 
 ## demo: build wsgate, start an echo backend on :9001 and wsgate on :8080 with
 ## examples/quickstart.yaml, and print how to try it (Ctrl-C stops both).
@@ -17,6 +17,16 @@ demo:
 ## tests, then the end-to-end tests against a real kube-apiserver.
 test:
 	bash scripts/test.sh
+
+## image: the container images as OCI archives (hack/image/build.sh): wsgate
+## (stripped, symbols in wsgate.debug), the echo backend and the pause image.
+image:
+	bash hack/image/build.sh
+
+## e2e-node: the image on a real node (containerd + kubelet) in the test control
+## plane: helm install, real pods and clients, rollouts, Prometheus (needs root).
+e2e-node:
+	bash tests/e2e-node/run.sh
 
 ## bench: memory per idle tunnel, CPU per relayed message, latency and handshake
 ## rate for wsgate, NGINX and HAProxy, measured side by side (not a test).

@@ -12,9 +12,10 @@ step() { printf '\n== %s (%(%H:%M:%S)T)\n' "$*" -1; }
 step "installing test peers and tools"
 bash tests/setup.sh
 
-step "kube-apiserver, etcd and helm (built from the Go module proxy once, then cached)"
-hack/k8s/assets.sh >/dev/null
+step "kube-apiserver, etcd, the node's binaries, helm and Prometheus (built from the Go module proxy once, then cached)"
+WSGATE_K8S_NODE=1 hack/k8s/assets.sh >/dev/null
 hack/k8s/helm.sh >/dev/null
+hack/k8s/prometheus.sh >/dev/null
 
 step "format and lint"
 cargo fmt --all -- --check
@@ -33,3 +34,6 @@ bash tests/chart/metrics-used.sh
 
 step "Helm chart: install, upgrade, uninstall into a real kube-apiserver"
 bash tests/chart/install.sh
+
+step "end to end on a real node: the image, helm install, real pods and clients, Prometheus"
+bash tests/e2e-node/run.sh

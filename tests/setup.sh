@@ -44,6 +44,13 @@ python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml ||
 # Auth tests (tests/auth.rs): headless Chromium opens WebSockets with a token in the
 # subprotocol list and in a cookie, as a browser page would.
 command -v chromium >/dev/null || apt_install chromium
+# The real node of tests/e2e-node (hack/k8s/node.sh): containerd, runc and the CNI
+# plugins from Debian; the pause image is built with gcc -static (libc6-dev) and
+# images are checked with readelf (binutils).
+command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] ||
+  apt_install containerd runc containernetworking-plugins
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || apt_install libc6-dev
+command -v readelf >/dev/null && command -v objcopy >/dev/null || apt_install binutils
 
 # Node peers: `npm ci` into the cache when the lock file changed.
 node_dir=$cache/peers-node

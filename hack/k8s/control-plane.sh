@@ -15,8 +15,9 @@
 # kube-apiserver.log, kube-apiserver.args, ports.
 #
 # Env: ETCD_PORT, ETCD_PEER_PORT, APISERVER_PORT (default: free ports picked at
-# random), READY_TIMEOUT (seconds, default 120), KUBEBUILDER_ASSETS and the
-# variables of assets.sh.
+# random), READY_TIMEOUT (seconds, default 120), APISERVER_BIND_ADDRESS
+# (default 127.0.0.1; 0.0.0.0 lets Pods of hack/k8s/node.sh reach it on
+# 192.0.2.1), KUBEBUILDER_ASSETS and the variables of assets.sh.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -108,12 +109,13 @@ gen_pki() {
       -addext "basicConstraints=critical,CA:TRUE" \
       -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
     # 10.96.0.1 and the kubernetes.default names are what an in-cluster
-    # client would dial; 127.0.0.1/localhost are what tests dial.
+    # client would dial; 127.0.0.1/localhost are what tests dial; 192.0.2.1 is
+    # what Pods on the test node (hack/k8s/node.sh) dial.
     cat >serving.ext <<'EOF'
 basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:192.0.2.1,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 EOF
     cat >client.ext <<'EOF'
 basicConstraints=CA:FALSE
@@ -236,7 +238,7 @@ write_apiserver_args() {
   # One flag a line, so start-apiserver replays exactly the same command.
   cat >"${STATE}/kube-apiserver.args" <<EOF
 --etcd-servers=${ETCD_URL}
---bind-address=127.0.0.1
+--bind-address=${APISERVER_BIND_ADDRESS:-127.0.0.1}
 --advertise-address=127.0.0.1
 --secure-port=${APISERVER_PORT}
 --tls-cert-file=${pki}/apiserver.crt
@@ -250,6 +252,7 @@ write_apiserver_args() {
 --endpoint-reconciler-type=none
 --enable-priority-and-fairness=false
 --allow-privileged=true
+--kubelet-preferred-address-types=InternalIP
 --profiling=false
 --v=1
 EOF

@@ -12,6 +12,9 @@
 # 10 s, so the namespace disappears with the test. Exit status is CMD's.
 #
 # Env: WSGATE_NETNS_ADDRS  how many 192.0.2.x addresses to add (default 20)
+#      WSGATE_NETNS_MOUNT=1  (root only) also a private mount namespace, so the
+#                            tmpfs and overlay mounts of a node (hack/k8s/node.sh)
+#                            vanish with CMD instead of staying on the host
 set -euo pipefail
 
 if [[ $# -eq 0 ]]; then
@@ -25,6 +28,9 @@ if [[ "${WSGATE_IN_NETNS:-}" != "$$" ]]; then
   # Re-enter this script inside the new namespace; exec keeps $$, so the
   # marker tells the second pass apart from a nested call.
   export WSGATE_IN_NETNS="$$"
+  if [[ ${EUID} -eq 0 && "${WSGATE_NETNS_MOUNT:-}" == 1 ]]; then
+    exec unshare --net --mount --propagation private -- "${BASH_SOURCE[0]}" "$@"
+  fi
   if [[ ${EUID} -eq 0 ]]; then
     exec unshare --net -- "${BASH_SOURCE[0]}" "$@"
   fi
