@@ -45,6 +45,13 @@ pub struct Metrics {
     /// `wsgate_controller_last_sync_timestamp_seconds`: when the controller last
     /// published a table from a complete view of the API.
     pub controller_last_sync_timestamp_seconds: Gauge,
+    /// `wsgate_listener_rejections_total{reason}`: connections the listener cut
+    /// before a route was chosen (`header_timeout`, `header_too_large`,
+    /// `malformed`, `tls_handshake`).
+    pub listener_rejections_total: IntCounterVec,
+    /// `wsgate_backend_ejections_total{namespace,route}`: backends passive health
+    /// took out of rotation for `failTimeout`.
+    pub backend_ejections_total: IntCounterVec,
 }
 
 /// Where a tunnel's close began.
@@ -200,6 +207,18 @@ impl Metrics {
             ),
             controller_watch_restarts_total: watch_restarts,
             controller_last_sync_timestamp_seconds: last_sync,
+            listener_rejections_total: counter(
+                &r,
+                "wsgate_listener_rejections_total",
+                "Client connections cut before a route was chosen, by reason.",
+                &["reason"],
+            ),
+            backend_ejections_total: counter(
+                &r,
+                "wsgate_backend_ejections_total",
+                "Backends skipped for failTimeout after maxFails failed connects in a row.",
+                &["namespace", "route"],
+            ),
             registry: r,
         }
     }
@@ -316,6 +335,14 @@ impl RouteMetrics {
         self.all
             .http_requests_total
             .with_label_values(&[&self.namespace, &self.route, &code])
+            .inc();
+    }
+
+    /// Counts a backend ejected by passive health.
+    pub fn ejected(&self) {
+        self.all
+            .backend_ejections_total
+            .with_label_values(&[&self.namespace, &self.route])
             .inc();
     }
 }

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::balance;
+use super::health;
 use super::headers::{set_forwarded, strip_hop_by_hop};
 use super::server::{status, Body};
 use super::upgrade::affinity_cookie;
@@ -82,6 +83,7 @@ pub async fn forward(
         let result = proxy.http_client.request(Request::from_parts(p, b)).await;
         match result {
             Ok(resp) => {
+                health::record(&runtime, &route, &backend.address, true);
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 if choice.set_cookie {
@@ -93,6 +95,9 @@ pub async fn forward(
                 return Response::from_parts(rparts, rbody.boxed());
             }
             Err(e) => {
+                if e.is_connect() {
+                    health::record(&runtime, &route, &backend.address, false);
+                }
                 tracing::warn!(route = %route.key, backend = %backend.address, error = %e, "backend request failed");
                 if !(bodyless && e.is_connect()) || attempt + 1 == choice.order.len() {
                     break;

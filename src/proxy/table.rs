@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
 
+pub use super::health::PassiveHealth;
+
 /// A route's identity: namespace and name. Tunnels remember it so a reload can tell
 /// which of them lost their route.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -196,6 +198,8 @@ pub struct Route {
     pub drain_grace: Duration,
     /// Certificate for the route's hostnames.
     pub tls: Option<Arc<CertifiedKey>>,
+    /// When failed connects take a backend out of rotation.
+    pub passive_health: PassiveHealth,
 }
 
 impl fmt::Debug for Route {
@@ -244,6 +248,7 @@ impl Route {
             proxy_http: true,
             drain_grace: Duration::from_secs(1),
             tls: None,
+            passive_health: PassiveHealth::default(),
         }
     }
 }
