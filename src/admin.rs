@@ -42,8 +42,8 @@ fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             reply(StatusCode::OK, "application/json", json)
         }
         "/backends" => {
-            let json =
-                serde_json::to_vec_pretty(&crate::proxy::backends_view(proxy)).expect("serializable");
+            let json = serde_json::to_vec_pretty(&crate::proxy::backends_view(proxy))
+                .expect("serializable");
             reply(StatusCode::OK, "application/json", json)
         }
         _ => reply(

@@ -341,7 +341,8 @@ mod tests {
         let s = spec("backends: [{address: 'a:1'}]\npassiveHealth: {maxFails: 2, failTimeout: 0s}");
         let fields: Vec<_> = validate(&s).into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["spec.passiveHealth.failTimeout"]);
-        let off = spec("backends: [{address: 'a:1'}]\npassiveHealth: {maxFails: 0, failTimeout: 0s}");
+        let off =
+            spec("backends: [{address: 'a:1'}]\npassiveHealth: {maxFails: 0, failTimeout: 0s}");
         assert!(validate(&off).is_empty());
     }
 

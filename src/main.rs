@@ -1,7 +1,7 @@
 //! The `wsgate` command: wiring only.
 
-use std::net::SocketAddr;
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -349,10 +349,9 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
         let _ = l.await;
     }
     let access_log = proxy.access_log.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        access_log.flush(std::time::Duration::from_secs(2))
-    })
-    .await;
+    let _ =
+        tokio::task::spawn_blocking(move || access_log.flush(std::time::Duration::from_secs(2)))
+            .await;
     Ok(())
 }
 

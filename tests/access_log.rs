@@ -77,7 +77,9 @@ trait SendClose {
 impl SendClose for WsClient {
     async fn send_close(&mut self, frame: CloseFrame) {
         use futures_util::SinkExt;
-        self.send(Message::Close(Some(frame))).await.expect("send Close");
+        self.send(Message::Close(Some(frame)))
+            .await
+            .expect("send Close");
     }
 }
 
@@ -134,7 +136,10 @@ async fn refused_upgrades_and_http_requests_are_logged_without_secrets() {
     assert_eq!(l["path"], "/web/page?client_secret=REDACTED&x=1");
 
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!text.contains("SECRET"), "a secret reached the log:\n{text}");
+    assert!(
+        !text.contains("SECRET"),
+        "a secret reached the log:\n{text}"
+    );
 }
 
 #[tokio::test]
@@ -166,9 +171,5 @@ async fn stdout_is_the_default_and_off_writes_nothing() {
     assert_eq!(r.status, 404);
     // The request is answered; give a writer a moment it would not need.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !off.log_text().contains("\"kind\""),
-        "{}",
-        off.log_text()
-    );
+    assert!(!off.log_text().contains("\"kind\""), "{}", off.log_text());
 }

@@ -42,7 +42,10 @@ fn rerun_in_netns(test: &str) -> bool {
         .env(IN_NETNS, "1")
         .status()
         .expect("run unshare (util-linux); the test needs a network namespace");
-    assert!(status.success(), "{test} failed inside its network namespace");
+    assert!(
+        status.success(),
+        "{test} failed inside its network namespace"
+    );
     true
 }
 
@@ -65,7 +68,9 @@ fn black_hole() {
 }
 
 async fn backends(gate: &Wsgate) -> Value {
-    let r = http_get(gate.admin, "/backends").await.expect("GET /backends");
+    let r = http_get(gate.admin, "/backends")
+        .await
+        .expect("GET /backends");
     assert_eq!(r.status, 200);
     serde_json::from_slice(&r.body).expect("/backends is JSON")
 }
@@ -109,8 +114,14 @@ fn a_black_holed_backend_is_skipped_after_one_connect_timeout() {
         // Round robin sends one of the first two upgrades to the dead backend:
         // it waits the connect timeout, then fails over to the live one.
         let first: Vec<Duration> = vec![timed_upgrade(&gate).await, timed_upgrade(&gate).await];
-        let slow = first.iter().filter(|d| **d >= Duration::from_millis(900)).count();
-        assert_eq!(slow, 1, "one upgrade waits the 1s connect timeout: {first:?}");
+        let slow = first
+            .iter()
+            .filter(|d| **d >= Duration::from_millis(900))
+            .count();
+        assert_eq!(
+            slow, 1,
+            "one upgrade waits the 1s connect timeout: {first:?}"
+        );
         gate.wait_metric(
             5.0,
             "wsgate_backend_ejections_total",
@@ -129,12 +140,19 @@ fn a_black_holed_backend_is_skipped_after_one_connect_timeout() {
         let start = Instant::now();
         for _ in 0..6 {
             let took = timed_upgrade(&gate).await;
-            assert!(took < Duration::from_millis(500), "an upgrade waited {took:?}");
+            assert!(
+                took < Duration::from_millis(500),
+                "an upgrade waited {took:?}"
+            );
         }
         // Plain HTTP skips it too (the HTTP client's own connect timeout is 5 s).
         let t = Instant::now();
         let _ = within(3.0, "a plain HTTP request", http_get(gate.listen, "/")).await;
-        assert!(t.elapsed() < Duration::from_secs(1), "HTTP waited {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "HTTP waited {:?}",
+            t.elapsed()
+        );
         assert_eq!(
             gate.metrics()
                 .await

@@ -23,9 +23,13 @@ fn args(a: &[&str]) -> Options {
 /// Everything the server sends until it closes, within `secs`.
 async fn read_all(s: &mut TcpStream, secs: f64) -> String {
     let mut out = Vec::new();
-    within(secs, "the server to answer and close", s.read_to_end(&mut out))
-        .await
-        .expect("read");
+    within(
+        secs,
+        "the server to answer and close",
+        s.read_to_end(&mut out),
+    )
+    .await
+    .expect("read");
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -72,12 +76,9 @@ async fn slowloris_sockets_get_408_and_are_counted_and_logged_once() {
         elapsed < Duration::from_secs(4),
         "the 1s header timeout cut the sockets only after {elapsed:?}"
     );
-    gate.wait_metric(
-        5.0,
-        REJECTIONS,
-        &[("reason", "header_timeout")],
-        |v| v == SOCKETS as f64,
-    )
+    gate.wait_metric(5.0, REJECTIONS, &[("reason", "header_timeout")], |v| {
+        v == SOCKETS as f64
+    })
     .await;
     let log = gate.log_text();
     let warnings = log

@@ -297,7 +297,9 @@ pub fn loggable_path(uri: &http::Uri, secret_params: &[&str]) -> String {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let decoded = percent_decoded(name).to_ascii_lowercase();
             let secret = SECRET_WORDS.iter().any(|w| decoded.contains(w))
-                || secret_params.iter().any(|p| p.eq_ignore_ascii_case(&decoded));
+                || secret_params
+                    .iter()
+                    .any(|p| p.eq_ignore_ascii_case(&decoded));
             if secret && !value.is_empty() {
                 format!("{name}=REDACTED")
             } else {

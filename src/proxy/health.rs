@@ -209,13 +209,19 @@ mod tests {
         assert_eq!(h.live(&route, vec![0, 1]), [0, 1]);
         assert!(h.failed(&route, "a:1"));
         assert_eq!(h.live(&route, vec![0, 1]), [1]);
-        assert!(!h.failed(&route, "a:1"), "already ejected: not counted twice");
+        assert!(
+            !h.failed(&route, "a:1"),
+            "already ejected: not counted twice"
+        );
         assert!(h.failed(&route, "b:1") || h.failed(&route, "b:1"));
         assert_eq!(h.live(&route, vec![0, 1]), [0, 1], "all out: try them all");
         std::thread::sleep(Duration::from_millis(60));
         h.connected("b:1");
         assert_eq!(h.live(&route, vec![0, 1]), [0, 1]);
-        assert!(h.failed(&route, "a:1"), "after failTimeout one failure ejects again");
+        assert!(
+            h.failed(&route, "a:1"),
+            "after failTimeout one failure ejects again"
+        );
     }
 
     #[test]

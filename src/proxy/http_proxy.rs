@@ -14,8 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::balance;
-use super::health;
 use super::headers::{set_forwarded, strip_hop_by_hop};
+use super::health;
 use super::server::{status, Body};
 use super::upgrade::affinity_cookie;
 use super::Proxy;

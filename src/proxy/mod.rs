@@ -6,8 +6,8 @@
 pub mod access_log;
 mod balance;
 pub mod frame;
-mod health;
 mod headers;
+mod health;
 mod http_proxy;
 pub mod listener_limits;
 mod registry;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::task::AtomicWaker;
 use serde::Serialize;
 
-use super::health::BackendHealth;
 use super::access_log::{self, AccessLog, Kind, Record};
+use super::health::BackendHealth;
 use super::table::Route;
 use crate::metrics::{Initiator, RouteMetrics};
 

@@ -117,7 +117,12 @@ async fn connection(
             {
                 Ok(Ok(s)) => Stream::Tls(Box::new(s)),
                 Ok(Err(e)) => {
-                    reject(&proxy.metrics, Rejection::TlsHandshake, peer, &e.to_string());
+                    reject(
+                        &proxy.metrics,
+                        Rejection::TlsHandshake,
+                        peer,
+                        &e.to_string(),
+                    );
                     return;
                 }
                 Err(_) => {
