@@ -99,7 +99,7 @@ struct Common {
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
-    let d: Duration = s.parse().map_err(|e| format!("{e}"))?;
+    let d: Duration = s.parse()?;
     if d.is_zero() {
         return Err("must be above 0".into());
     }
