@@ -1,4 +1,4 @@
-//! The admin server: `/metrics`, `/healthz`, `/readyz`, `/connections`.
+//! The admin server: `/metrics`, `/healthz`, `/readyz`, `/connections`, `/backends`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,10 +41,15 @@ fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let json = serde_json::to_vec_pretty(&proxy.registry.views()).expect("serializable");
             reply(StatusCode::OK, "application/json", json)
         }
+        "/backends" => {
+            let json = serde_json::to_vec_pretty(&crate::proxy::backends_view(proxy))
+                .expect("serializable");
+            reply(StatusCode::OK, "application/json", json)
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz, /readyz, /connections\n",
+            "not found: try /metrics, /healthz, /readyz, /connections, /backends\n",
         ),
     }
 }

@@ -340,6 +340,14 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
     if spec.timeouts.handshake.is_zero() {
         err("spec.timeouts.handshake".into(), "must be above 0".into());
     }
+    let ph = &spec.passive_health;
+    if ph.max_fails > 0 && ph.fail_timeout.is_zero() {
+        err(
+            "spec.passiveHealth.failTimeout".into(),
+            "must be above 0 when maxFails is above 0 (maxFails: 0 turns passive health off)"
+                .into(),
+        );
+    }
     for (i, p) in spec.subprotocols.iter().enumerate() {
         if p.is_empty()
             || !p
@@ -526,6 +534,10 @@ pub fn compile(
             max_fraction: r.max_fraction,
             over: r.over.0,
         }),
+        passive_health: crate::proxy::table::PassiveHealth {
+            max_fails: spec.passive_health.max_fails,
+            fail_timeout: spec.passive_health.fail_timeout.0,
+        },
     })
 }
 
@@ -583,6 +595,18 @@ mod tests {
         assert_eq!(s.keepalive.interval.to_string(), "30s");
         assert_eq!(s.drain.grace_period.to_string(), "30s");
         assert!(s.proxy_http);
+        assert_eq!(s.passive_health.max_fails, 1);
+        assert_eq!(s.passive_health.fail_timeout.to_string(), "10s");
+    }
+
+    #[test]
+    fn passive_health_needs_a_fail_timeout() {
+        let s = spec("backends: [{address: 'a:1'}]\npassiveHealth: {maxFails: 2, failTimeout: 0s}");
+        let fields: Vec<_> = validate(&s).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["spec.passiveHealth.failTimeout"]);
+        let off =
+            spec("backends: [{address: 'a:1'}]\npassiveHealth: {maxFails: 0, failTimeout: 0s}");
+        assert!(validate(&off).is_empty());
     }
 
     #[test]

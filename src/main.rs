@@ -1,5 +1,6 @@
 //! The `wsgate` command: wiring only.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,8 @@ use tokio::net::TcpListener;
 
 use wsgate::api::Duration;
 use wsgate::metrics::Metrics;
-use wsgate::proxy::{self, Listener, Proxy};
+use wsgate::proxy::listener_limits::MIN_HEADER_BYTES;
+use wsgate::proxy::{self, access_log, AccessLog, HeadLimits, Listener, Proxy};
 use wsgate::{admin, config, controller};
 
 /// A WebSocket ingress: upgrade-aware proxy with keepalive pings, per-route metrics
@@ -19,6 +21,9 @@ use wsgate::{admin, config, controller};
 #[derive(Parser)]
 #[command(name = "wsgate", version)]
 struct Cli {
+    /// Log line format on stderr: `text` (for people) or `json` (for log pipelines).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,16 +85,69 @@ struct Common {
     /// On SIGTERM/SIGINT, tunnels are closed spread over this window.
     #[arg(long, default_value = "30s")]
     drain_timeout: Duration,
+    /// One JSON line per finished tunnel, refused upgrade and plain HTTP request:
+    /// `stdout`, `off` or a file path (appended to).
+    #[arg(long, default_value = "stdout", value_name = "stdout|off|PATH")]
+    access_log: access_log::Target,
+    /// A request's head (request line and headers) must arrive within this, or
+    /// the client gets 408 and the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    header_read_timeout: Duration,
+    /// Largest request head in bytes (at least 8192); larger gets 431.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = max_header_bytes)]
+    max_header_bytes: usize,
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d: Duration = s.parse()?;
+    if d.is_zero() {
+        return Err("must be above 0".into());
+    }
+    Ok(d)
+}
+
+fn max_header_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if n < MIN_HEADER_BYTES {
+        return Err(format!("must be at least {MIN_HEADER_BYTES}"));
+    }
+    Ok(n)
+}
+
+/// How log lines on stderr look.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    /// For people: colour only when stderr is a terminal.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => {
+            // `kubectl logs` and files are no terminal: escape codes there are noise.
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).init()
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Crd => {
@@ -132,10 +190,27 @@ fn block_on(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCod
     match rt.block_on(f) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wsgate: {e:#}");
+            eprintln!("wsgate: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: kube's and std's errors
+/// often repeat their source in their own message, and `{:#}` would print it again.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 async fn run(
@@ -146,17 +221,17 @@ async fn run(
     let config = match &kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+                .with_context(|| format!("--kubeconfig {}: cannot read", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
                 .with_context(|| format!("invalid kubeconfig {}", path.display()))?
         }
-        None => kube::Config::infer()
-            .await
-            .context("no in-cluster configuration or kubeconfig found")?,
+        None => kube::Config::infer().await.context(
+            "no Kubernetes configuration: run in a cluster, or pass --kubeconfig PATH or set KUBECONFIG",
+        )?,
     };
     let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
-    let proxy = Proxy::new(Metrics::new());
+    let proxy = Proxy::with_access_log(Metrics::new(), open_access_log(&common)?);
     tokio::spawn(controller::run(client, opts, proxy.clone()));
     run_proxy(proxy, common).await
 }
@@ -186,8 +261,23 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
+fn open_access_log(common: &Common) -> anyhow::Result<AccessLog> {
+    AccessLog::open(&common.access_log).with_context(|| match &common.access_log {
+        access_log::Target::File(path) => format!(
+            "--access-log {}: cannot open for appending (give a writable path, stdout or off)",
+            path.display()
+        ),
+        _ => "--access-log: cannot start the access log writer".into(),
+    })
+}
+
 async fn serve(config_path: PathBuf, common: Common) -> anyhow::Result<()> {
-    let proxy = Proxy::new(Metrics::new());
+    // Say plainly when the path itself is the problem; the loader's messages are
+    // about what is inside the files.
+    if let Err(e) = std::fs::metadata(&config_path) {
+        anyhow::bail!("{}: cannot read route config: {e}", config_path.display());
+    }
+    let proxy = Proxy::with_access_log(Metrics::new(), open_access_log(&common)?);
     let loaded = config::load(&config_path).map_err(|errors| match errors.as_slice() {
         [one] => anyhow::anyhow!("{one}"),
         many => {
@@ -230,11 +320,16 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
         None => None,
     };
     tokio::spawn(admin::serve(proxy.clone(), admin_socket));
+    let limits = HeadLimits {
+        read_timeout: common.header_read_timeout.0,
+        max_bytes: common.max_header_bytes,
+    };
     let mut listeners = vec![tokio::spawn(proxy::serve_listener(
         proxy.clone(),
         Listener {
             socket: plain,
             tls: None,
+            limits,
         },
     ))];
     if let Some(socket) = tls {
@@ -244,6 +339,7 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
             Listener {
                 socket,
                 tls: Some(cfg),
+                limits,
             },
         )));
     }
@@ -253,6 +349,10 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
     for l in listeners {
         let _ = l.await;
     }
+    let access_log = proxy.access_log.clone();
+    let _ =
+        tokio::task::spawn_blocking(move || access_log.flush(std::time::Duration::from_secs(2)))
+            .await;
     Ok(())
 }
 

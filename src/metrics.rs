@@ -107,6 +107,13 @@ pub struct Metrics {
     pub rate_limited_total: IntCounterVec,
     /// `wsgate_rebalanced_total{namespace,route}`
     pub rebalanced_total: IntCounterVec,
+    /// `wsgate_listener_rejections_total{reason}`: connections the listener cut
+    /// before a route was chosen (`header_timeout`, `header_too_large`,
+    /// `malformed`, `tls_handshake`).
+    pub listener_rejections_total: IntCounterVec,
+    /// `wsgate_backend_ejections_total{namespace,route}`: backends passive health
+    /// took out of rotation for `failTimeout`.
+    pub backend_ejections_total: IntCounterVec,
 }
 
 /// Where a tunnel's close began.
@@ -280,6 +287,18 @@ impl Metrics {
                 "Tunnels closed with 1012 to move them to a less-loaded backend.",
                 route,
             ),
+            listener_rejections_total: counter(
+                &r,
+                "wsgate_listener_rejections_total",
+                "Client connections cut before a route was chosen, by reason.",
+                &["reason"],
+            ),
+            backend_ejections_total: counter(
+                &r,
+                "wsgate_backend_ejections_total",
+                "Backends skipped for failTimeout after maxFails failed connects in a row.",
+                &["namespace", "route"],
+            ),
             registry: r,
         }
     }
@@ -312,6 +331,7 @@ impl Metrics {
         forget(&self.auth_total, gone);
         forget(&self.rate_limited_total, gone);
         forget(&self.rebalanced_total, gone);
+        forget(&self.backend_ejections_total, gone);
     }
 }
 

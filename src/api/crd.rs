@@ -203,6 +203,15 @@ pub fn crd() -> CustomResourceDefinition {
     }
     add(
         &mut crd,
+        &format!("{spec}/properties/passiveHealth"),
+        &xv,
+        json!([rule(
+            "!has(self.maxFails) || self.maxFails == 0 || !has(self.failTimeout) || duration(self.failTimeout) > duration('0s')",
+            "passiveHealth.failTimeout must be above 0 when maxFails is above 0"
+        )]),
+    );
+    add(
+        &mut crd,
         &format!("{spec}/properties/tls"),
         &xv,
         json!([rule(
@@ -275,6 +284,7 @@ pub fn crd() -> CustomResourceDefinition {
             &["connect", "handshake", "idle", "maxLifetime"][..],
         ),
         ("drain", &["gracePeriod"][..]),
+        ("passiveHealth", &["failTimeout"][..]),
         ("loadBalancing/properties/cookie", &["ttl"][..]),
         ("auth/properties/jwt", &["clockSkew"][..]),
         ("auth/properties/jwt/properties/jwks", &["refresh"][..]),

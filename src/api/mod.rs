@@ -91,6 +91,10 @@ pub struct WebSocketRouteSpec {
     /// LeastConnections only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance: Option<Rebalance>,
+    /// Skip a backend for a while after failed connects (NGINX's `max_fails`
+    /// and `fail_timeout`); on by default.
+    #[serde(default)]
+    pub passive_health: PassiveHealth,
 }
 
 fn default_true() -> bool {
@@ -448,6 +452,37 @@ impl Default for Drain {
     fn default() -> Self {
         Drain {
             grace_period: default_grace(),
+        }
+    }
+}
+
+/// Passive backend health: a backend whose connects failed `maxFails` times in a
+/// row (refused or timed out) is skipped for `failTimeout`. When every backend
+/// is skipped they are all tried anyway.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PassiveHealth {
+    /// Failed connects in a row that take a backend out; `0` turns this off.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// How long such a backend is skipped.
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: Duration,
+}
+
+fn default_max_fails() -> u32 {
+    1
+}
+
+fn default_fail_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            max_fails: default_max_fails(),
+            fail_timeout: default_fail_timeout(),
         }
     }
 }

@@ -199,6 +199,14 @@ impl RouteMetrics {
             .inc();
     }
 
+    /// Counts a backend ejected by passive health.
+    pub fn ejected(&self) {
+        self.all
+            .backend_ejections_total
+            .with_label_values(&[self.namespace.as_str(), &self.route])
+            .inc();
+    }
+
     /// Counts a tunnel moved by the rebalancer.
     pub fn rebalanced(&self) {
         self.all

@@ -61,6 +61,7 @@ pub fn choose(route: &Route, runtime: &RouteRuntime, parts: &Parts, client: IpAd
     } else {
         eligible
     };
+    let eligible = runtime.health.live(route, eligible);
     let mut set_cookie = false;
     let first = match &route.balance {
         // A rebalancing route sends new tunnels where load is lowest, or the
@@ -73,8 +74,11 @@ pub fn choose(route: &Route, runtime: &RouteRuntime, parts: &Parts, client: IpAd
             None => round_robin(route, runtime, &eligible),
         },
         Balance::Cookie { name, .. } => {
+            // A pinned backend that passive health took out is replaced (and the
+            // cookie set anew) like a pinned backend that left the route.
             let pinned = cookie(parts, name)
-                .and_then(|v| route.backends.iter().position(|b| b.affinity_id() == v));
+                .and_then(|v| route.backends.iter().position(|b| b.affinity_id() == v))
+                .filter(|i| eligible.contains(i));
             set_cookie = pinned.is_none();
             pinned.or_else(|| round_robin(route, runtime, &eligible))
         }

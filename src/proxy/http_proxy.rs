@@ -16,6 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use super::auth;
 use super::balance;
 use super::headers::{set_forwarded, strip_hop_by_hop};
+use super::health;
 use super::server::{status, Body};
 use super::upgrade::affinity_cookie;
 use super::Proxy;
@@ -88,6 +89,7 @@ pub async fn forward(
         let result = proxy.http_client.request(Request::from_parts(p, b)).await;
         match result {
             Ok(resp) => {
+                health::record(&runtime, &route, &backend.address, true);
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 if choice.set_cookie {
@@ -99,6 +101,9 @@ pub async fn forward(
                 return Response::from_parts(rparts, rbody.boxed());
             }
             Err(e) => {
+                if e.is_connect() {
+                    health::record(&runtime, &route, &backend.address, false);
+                }
                 tracing::warn!(route = %route.key, backend = %backend.address, error = %e, "backend request failed");
                 if !(bodyless && e.is_connect()) || attempt + 1 == choice.order.len() {
                     break;

@@ -3,11 +3,14 @@
 //! routes come from: a source hands it a [`RouteTable`] through [`Proxy::apply`],
 //! which swaps it in atomically without touching open tunnels.
 
+pub mod access_log;
 pub mod auth;
 mod balance;
 pub mod frame;
 mod headers;
+mod health;
 mod http_proxy;
+pub mod listener_limits;
 pub mod protocol;
 mod ratelimit;
 mod rebalance;
@@ -26,6 +29,9 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+pub use access_log::AccessLog;
+pub use health::{backends_view, RouteBackends};
+pub use listener_limits::HeadLimits;
 pub use registry::{CloseReason, Registry, RouteRuntime, TunnelInfo};
 pub use server::{serve_listener, Listener};
 pub use table::{Route, RouteKey, RouteTable};
@@ -51,23 +57,34 @@ pub struct Proxy {
     stopping: AtomicBool,
     shutdown: tokio::sync::watch::Sender<bool>,
     pub(crate) http_client: http_proxy::Client,
+    /// Where refused upgrades and plain HTTP requests are logged (tunnels log
+    /// through the registry).
+    pub access_log: AccessLog,
 }
 
 impl Proxy {
-    /// A proxy with an empty table (not ready until the first [`Proxy::apply`]).
+    /// A proxy with an empty table (not ready until the first [`Proxy::apply`])
+    /// and no access log.
     pub fn new(metrics: Metrics) -> Arc<Self> {
+        Proxy::with_access_log(metrics, AccessLog::off())
+    }
+
+    /// A proxy that writes an access-log line per tunnel, refused upgrade and
+    /// plain HTTP request.
+    pub fn with_access_log(metrics: Metrics, access_log: AccessLog) -> Arc<Self> {
         Arc::new(Proxy {
             live: ArcSwap::from_pointee(Live {
                 table: RouteTable::default(),
                 runtimes: HashMap::new(),
             }),
             runtimes: Mutex::default(),
-            registry: Registry::default(),
+            registry: Registry::new(access_log.clone()),
             metrics,
             loaded: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             shutdown: tokio::sync::watch::channel(false).0,
             http_client: http_proxy::client(),
+            access_log,
         })
     }
 

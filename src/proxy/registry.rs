@@ -11,8 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::task::AtomicWaker;
 use serde::Serialize;
 
+use super::access_log::{self, AccessLog, Kind, Record};
+use super::health::BackendHealth;
 use super::table::Route;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{Initiator, RouteMetrics};
 
 /// A route's state that outlives reloads: open-tunnel counts for limits and
 /// balancing, and its metric handles.
@@ -25,6 +27,8 @@ pub struct RouteRuntime {
     pub rr: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, u64>>,
     per_backend: Mutex<HashMap<String, u64>>,
+    /// Passive health of the route's backends.
+    pub health: BackendHealth,
 }
 
 impl RouteRuntime {
@@ -36,6 +40,7 @@ impl RouteRuntime {
             rr: AtomicU64::new(0),
             per_ip: Mutex::default(),
             per_backend: Mutex::default(),
+            health: BackendHealth::default(),
         }
     }
 
@@ -236,16 +241,34 @@ pub struct Registry {
     epoch: Instant,
     next_id: AtomicU64,
     tunnels: Mutex<HashMap<u64, Arc<TunnelInfo>>>,
+    /// Where a tunnel's line goes when it leaves.
+    access_log: AccessLog,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry {
-            epoch: Instant::now(),
-            next_id: AtomicU64::new(1),
-            tunnels: Mutex::default(),
-        }
+        Registry::new(AccessLog::off())
     }
+}
+
+fn tunnel_record(t: &TunnelInfo, code: u16, initiator: Initiator) -> Record {
+    let mut r = Record::new(Kind::Tunnel, t.client.to_string(), 101, "upgraded");
+    r.namespace = Some(t.route.key.namespace.clone());
+    r.route = Some(t.route.key.name.clone());
+    r.backend = Some(t.backend.clone());
+    r.method = Some("GET".into());
+    r.duration_s = (t.opened.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    r.client_to_backend = Some(access_log::Traffic {
+        messages: t.c2b_messages.load(Relaxed),
+        bytes: t.c2b_bytes.load(Relaxed),
+    });
+    r.backend_to_client = Some(access_log::Traffic {
+        messages: t.b2c_messages.load(Relaxed),
+        bytes: t.b2c_bytes.load(Relaxed),
+    });
+    r.close_code = Some(code);
+    r.close_initiator = Some(initiator.as_str());
+    r
 }
 
 fn rtt(us: u64) -> Option<f64> {
@@ -253,6 +276,16 @@ fn rtt(us: u64) -> Option<f64> {
 }
 
 impl Registry {
+    /// An empty registry that writes each closed tunnel's line to `access_log`.
+    pub fn new(access_log: AccessLog) -> Self {
+        Registry {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(1),
+            tunnels: Mutex::default(),
+            access_log,
+        }
+    }
+
     /// The instant close deadlines are measured from.
     pub fn epoch(&self) -> Instant {
         self.epoch
@@ -286,9 +319,13 @@ impl Registry {
         info
     }
 
-    /// Forgets a closed tunnel.
-    pub fn close(&self, id: u64) {
-        self.tunnels.lock().expect("lock").remove(&id);
+    /// Forgets a closed tunnel and writes its access-log line: `code` is the first
+    /// Close code (1006 when none was sent) and `initiator` who sent it.
+    pub fn close(&self, id: u64, code: u16, initiator: Initiator) {
+        let gone = self.tunnels.lock().expect("lock").remove(&id);
+        if let Some(t) = gone.filter(|_| self.access_log.enabled()) {
+            self.access_log.write(tunnel_record(&t, code, initiator));
+        }
     }
 
     /// Open tunnels.

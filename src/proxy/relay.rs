@@ -886,7 +886,7 @@ impl Relay {
             "tunnel closed"
         );
         drop(self.admission);
-        self.proxy.registry.close(self.info.id);
+        self.proxy.registry.close(self.info.id, code, initiator);
     }
 }
 

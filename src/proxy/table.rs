@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
 
+pub use super::health::PassiveHealth;
 pub use super::ratelimit::{Exceed, RateLimit};
 pub use super::rebalance::RebalancePolicy;
 
@@ -205,6 +206,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Rebalancing after backends are added.
     pub rebalance: Option<RebalancePolicy>,
+    /// When failed connects take a backend out of rotation.
+    pub passive_health: PassiveHealth,
 }
 
 impl fmt::Debug for Route {
@@ -257,6 +260,7 @@ impl Route {
             auth: None,
             rate_limit: None,
             rebalance: None,
+            passive_health: PassiveHealth::default(),
         }
     }
 }

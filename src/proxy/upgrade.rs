@@ -20,10 +20,11 @@ use tokio::net::TcpStream;
 use super::auth;
 use super::balance::{self, Choice};
 use super::headers::{set_forwarded, strip_hop_by_hop};
+use super::health;
 use super::protocol::Extensions;
-use super::registry::CloseReason;
+use super::registry::{CloseReason, RouteRuntime};
 use super::relay::Relay;
-use super::server::{status, Body};
+use super::server::{status, Body, ClientIo};
 use super::stream::Stream;
 use super::table::{Balance, Route};
 use super::Proxy;
@@ -63,10 +64,17 @@ pub fn affinity_cookie(route: &Route, backend: usize) -> Option<HeaderValue> {
 }
 
 /// Dials the backends in order; the first that accepts within the connect timeout wins.
-pub async fn connect(route: &Route, choice: &Choice) -> Option<(usize, TcpStream)> {
+pub async fn connect(
+    route: &Route,
+    runtime: &RouteRuntime,
+    choice: &Choice,
+) -> Option<(usize, TcpStream)> {
     for &i in &choice.order {
         let addr = &route.backends[i].address;
-        match tokio::time::timeout(route.connect_timeout, TcpStream::connect(addr.as_str())).await {
+        let result =
+            tokio::time::timeout(route.connect_timeout, TcpStream::connect(addr.as_str())).await;
+        health::record(runtime, route, addr, matches!(result, Ok(Ok(_))));
+        match result {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 return Some((i, s));
@@ -197,7 +205,7 @@ pub async fn websocket(
     let (parts, ()) = req.into_parts();
 
     let exchange = async {
-        let Some((index, tcp)) = connect(&route, &choice).await else {
+        let Some((index, tcp)) = connect(&route, &runtime, &choice).await else {
             return Err((
                 StatusCode::BAD_GATEWAY,
                 "backend_unavailable",
@@ -322,7 +330,7 @@ pub async fn websocket(
             _ => return,
         };
         let (Ok(c), Ok(b)) = (
-            client.downcast::<TokioIo<Stream>>(),
+            client.downcast::<ClientIo>(),
             backend_io.downcast::<TokioIo<TcpStream>>(),
         ) else {
             tracing::error!("upgraded connection of an unexpected type");
@@ -340,7 +348,7 @@ pub async fn websocket(
             );
         }
         let relay = Relay {
-            client: c.io.into_inner(),
+            client: c.io.into_inner().into_inner(),
             backend: Stream::Tcp(b.io.into_inner()),
             info,
             runtime,

@@ -145,7 +145,8 @@ def cmd_render(values_file, rendered, chart):
     pre = v["lifecycle"]["preStopSleepSeconds"]
     check(args[0] == "run", "container runs `wsgate run`")
     for a in ["--listen=0.0.0.0:8080", "--admin-listen=0.0.0.0:9090", f"--drain-timeout={drain}s",
-              f"--class={v['className']}"]:
+              f"--class={v['className']}", f"--log-format={v['logFormat']}",
+              f"--access-log={v['accessLog']}"]:
         check(a in args, f"arg {a}")
     check(("--tls-listen=0.0.0.0:8443" in args) == v["tls"]["enabled"], "--tls-listen iff tls.enabled")
     ns_args = [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")]

@@ -212,6 +212,8 @@ pub struct Options {
     pub drain_timeout: Option<String>,
     /// Pass the directory holding `routes.yaml` as `--config` instead of the file.
     pub config_dir: bool,
+    /// More command-line arguments, e.g. `["--header-read-timeout", "1s"]`.
+    pub args: Vec<String>,
 }
 
 /// A running `wsgate serve`, killed when dropped (its log is printed when the
@@ -268,6 +270,7 @@ impl Wsgate {
             if let Some(d) = &opts.drain_timeout {
                 cmd.arg("--drain-timeout").arg(d);
             }
+            cmd.args(&opts.args);
             cmd.env(
                 "RUST_LOG",
                 std::env::var("WSGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),

@@ -104,6 +104,8 @@ spec:
     - --listen=0.0.0.0:{{ .Values.sidecar.listenPort }}
     - --admin-listen=0.0.0.0:{{ .Values.sidecar.adminPort }}
     - --drain-timeout={{ .Values.drainTimeoutSeconds }}s
+    - --log-format={{ .Values.logFormat }}
+    - --access-log={{ .Values.accessLog }}
   env:
     - name: RUST_LOG
       value: {{ .Values.logLevel | quote }}

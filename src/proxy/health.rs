@@ -1,0 +1,237 @@
+//! Passive backend health (`spec.passiveHealth`), NGINX's `max_fails` and
+//! `fail_timeout`: a backend whose connects failed `maxFails` times in a row
+//! (refused, timed out) is skipped for `failTimeout`, for upgrades and plain HTTP
+//! alike. A black-holed backend (a pod whose node died before its endpoint was
+//! removed) then costs one connect timeout, not one per request balanced to it.
+//!
+//! When every backend is ejected they are all tried anyway, as NGINX does: a
+//! route never refuses a client on stale evidence alone. After `failTimeout` a
+//! backend is tried again; one more failure ejects it again at once, a success
+//! clears its record.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::registry::RouteRuntime;
+use super::table::Route;
+use super::Proxy;
+
+/// A route's passive-health settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Failed connects in a row that eject a backend; 0 turns ejection off.
+    pub max_fails: u32,
+    /// How long an ejected backend is skipped.
+    pub fail_timeout: Duration,
+}
+
+impl Default for PassiveHealth {
+    /// NGINX's defaults: `max_fails=1 fail_timeout=10s`.
+    fn default() -> Self {
+        PassiveHealth {
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Record {
+    fails: u32,
+    ejected_until: Option<Instant>,
+}
+
+/// The failure records of one route's backends, by address. Only backends with
+/// a failure have a record, so a healthy route costs one atomic load per choice.
+#[derive(Default)]
+pub struct BackendHealth {
+    records: Mutex<HashMap<String, Record>>,
+    /// `records.len()`, readable without the lock.
+    failing: AtomicUsize,
+}
+
+impl BackendHealth {
+    /// Drops the ejected backends from `candidates` (indexes into
+    /// `route.backends`), unless that would leave none.
+    pub fn live(&self, route: &Route, candidates: Vec<usize>) -> Vec<usize> {
+        if self.failing.load(Relaxed) == 0 || route.passive_health.max_fails == 0 {
+            return candidates;
+        }
+        let now = Instant::now();
+        let records = self.records.lock().expect("lock");
+        let ejected = |i: &usize| {
+            records
+                .get(&route.backends[*i].address)
+                .and_then(|r| r.ejected_until)
+                .is_some_and(|until| until > now)
+        };
+        if candidates.iter().all(ejected) {
+            return candidates;
+        }
+        candidates.into_iter().filter(|i| !ejected(i)).collect()
+    }
+
+    /// A connect to `address` succeeded: its record is cleared.
+    pub fn connected(&self, address: &str) {
+        if self.failing.load(Relaxed) == 0 {
+            return;
+        }
+        let mut records = self.records.lock().expect("lock");
+        records.remove(address);
+        self.failing.store(records.len(), Relaxed);
+    }
+
+    /// A connect to `address` failed; true when this failure ejected it.
+    pub fn failed(&self, route: &Route, address: &str) -> bool {
+        let policy = route.passive_health;
+        let now = Instant::now();
+        let mut records = self.records.lock().expect("lock");
+        // Records of backends that left the route would otherwise pile up as
+        // pods come and go.
+        if records.len() > 2 * route.backends.len() + 8 {
+            records.retain(|a, _| route.backends.iter().any(|b| &b.address == a));
+        }
+        let r = records.entry(address.to_owned()).or_insert(Record {
+            fails: 0,
+            ejected_until: None,
+        });
+        r.fails = r.fails.saturating_add(1);
+        let already = r.ejected_until.is_some_and(|until| until > now);
+        let eject = policy.max_fails > 0 && r.fails >= policy.max_fails && !already;
+        if eject {
+            r.ejected_until = Some(now + policy.fail_timeout);
+        }
+        self.failing.store(records.len(), Relaxed);
+        eject
+    }
+
+    fn get(&self, address: &str) -> Option<Record> {
+        if self.failing.load(Relaxed) == 0 {
+            return None;
+        }
+        self.records.lock().expect("lock").get(address).copied()
+    }
+}
+
+/// Records a connect's result for `route`'s backend at `address`, counting an
+/// ejection in `wsgate_backend_ejections_total`.
+pub fn record(runtime: &RouteRuntime, route: &Route, address: &str, ok: bool) {
+    if ok {
+        runtime.health.connected(address);
+    } else if runtime.health.failed(route, address) {
+        runtime.metrics.ejected();
+        tracing::warn!(
+            route = %route.key,
+            backend = address,
+            fail_timeout = ?route.passive_health.fail_timeout,
+            "backend ejected after failed connects; it is skipped until failTimeout passes"
+        );
+    }
+}
+
+/// One route on `/backends`.
+#[derive(Serialize)]
+pub struct RouteBackends {
+    namespace: String,
+    route: String,
+    max_fails: u32,
+    fail_timeout_seconds: f64,
+    backends: Vec<BackendView>,
+}
+
+#[derive(Serialize)]
+struct BackendView {
+    address: String,
+    weight: u32,
+    active_tunnels: u64,
+    consecutive_failures: u32,
+    ejected: bool,
+    ejected_until: Option<String>,
+}
+
+/// The `/backends` view: every route's backends with their open tunnels and
+/// passive-health state.
+pub fn backends_view(proxy: &Proxy) -> Vec<RouteBackends> {
+    let live = proxy.live();
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    live.table
+        .routes()
+        .iter()
+        .map(|route| {
+            let runtime = live.runtimes.get(&route.key);
+            let backends = route
+                .backends
+                .iter()
+                .map(|b| {
+                    let rec = runtime.and_then(|rt| rt.health.get(&b.address));
+                    let until = rec.and_then(|r| r.ejected_until).filter(|u| *u > now);
+                    BackendView {
+                        address: b.address.clone(),
+                        weight: b.weight,
+                        active_tunnels: runtime.map_or(0, |rt| rt.backend_load(&b.address)),
+                        consecutive_failures: rec.map_or(0, |r| r.fails),
+                        ejected: until.is_some(),
+                        ejected_until: until.map(|u| {
+                            humantime::format_rfc3339_millis(wall + (u - now)).to_string()
+                        }),
+                    }
+                })
+                .collect();
+            RouteBackends {
+                namespace: route.key.namespace.clone(),
+                route: route.key.name.clone(),
+                max_fails: route.passive_health.max_fails,
+                fail_timeout_seconds: route.passive_health.fail_timeout.as_secs_f64(),
+                backends,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::table::Balance;
+
+    #[test]
+    fn ejects_after_max_fails_and_keeps_one_when_all_are_out() {
+        let mut route = Route::for_test("r", Balance::RoundRobin, &[("a:1", 1), ("b:1", 1)]);
+        route.passive_health = PassiveHealth {
+            max_fails: 2,
+            fail_timeout: Duration::from_millis(50),
+        };
+        let h = BackendHealth::default();
+        assert!(!h.failed(&route, "a:1"));
+        assert_eq!(h.live(&route, vec![0, 1]), [0, 1]);
+        assert!(h.failed(&route, "a:1"));
+        assert_eq!(h.live(&route, vec![0, 1]), [1]);
+        assert!(
+            !h.failed(&route, "a:1"),
+            "already ejected: not counted twice"
+        );
+        assert!(h.failed(&route, "b:1") || h.failed(&route, "b:1"));
+        assert_eq!(h.live(&route, vec![0, 1]), [0, 1], "all out: try them all");
+        std::thread::sleep(Duration::from_millis(60));
+        h.connected("b:1");
+        assert_eq!(h.live(&route, vec![0, 1]), [0, 1]);
+        assert!(
+            h.failed(&route, "a:1"),
+            "after failTimeout one failure ejects again"
+        );
+    }
+
+    #[test]
+    fn max_fails_zero_never_ejects() {
+        let mut route = Route::for_test("r", Balance::RoundRobin, &[("a:1", 1), ("b:1", 1)]);
+        route.passive_health.max_fails = 0;
+        let h = BackendHealth::default();
+        for _ in 0..5 {
+            assert!(!h.failed(&route, "a:1"));
+        }
+        assert_eq!(h.live(&route, vec![0, 1]), [0, 1]);
+    }
+}
