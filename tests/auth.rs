@@ -71,7 +71,16 @@ fn rsa(kid: &str, dir: &Path) -> Signer {
     };
     let p = pem.to_str().unwrap();
     run(&["genrsa", "-traditional", "-out", p, "2048"]);
-    run(&["rsa", "-in", p, "-traditional", "-outform", "DER", "-out", der.to_str().unwrap()]);
+    run(&[
+        "rsa",
+        "-in",
+        p,
+        "-traditional",
+        "-outform",
+        "DER",
+        "-out",
+        der.to_str().unwrap(),
+    ]);
     let modulus = run(&["rsa", "-in", p, "-noout", "-modulus"]);
     let n: Vec<u8> = (0..modulus.trim().len() - 8)
         .step_by(2)
@@ -170,7 +179,12 @@ async fn auth_count(gate: &Wsgate, result: &str) -> f64 {
 #[tokio::test]
 async fn wscat_with_a_bearer_header_and_every_refusal() {
     let dir = tempfile::tempdir().unwrap();
-    let (rs, ec, ed, stranger) = (rsa("rs", dir.path()), p256("ec"), ed25519("ed"), ed25519("ed"));
+    let (rs, ec, ed, stranger) = (
+        rsa("rs", dir.path()),
+        p256("ec"),
+        ed25519("ed"),
+        ed25519("ed"),
+    );
     let mut s = setup(&[&rs, &ec, &ed]).await;
     let gate = &s.gate;
 
@@ -179,15 +193,32 @@ async fn wscat_with_a_bearer_header_and_every_refusal() {
     let token = rs.token(300);
     let bearer = format!("Authorization: Bearer {token}");
     let out = run_wscat(
-        &["-c", &gate.url("/chat"), "-H", &bearer, "-H", "X-User-Id: mallory", "-x", "hello", "-w", "1"],
+        &[
+            "-c",
+            &gate.url("/chat"),
+            "-H",
+            &bearer,
+            "-H",
+            "X-User-Id: mallory",
+            "-x",
+            "hello",
+            "-w",
+            "1",
+        ],
         15.0,
     )
     .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("hello"), "wscat should get its echo: {out:?}");
+    assert!(
+        stdout.contains("hello"),
+        "wscat should get its echo: {out:?}"
+    );
     let conn = s.backend.expect("connection", 5.0).await;
     let headers = &conn["headers"];
-    assert!(headers.get("authorization").is_none(), "the backend saw the token: {conn}");
+    assert!(
+        headers.get("authorization").is_none(),
+        "the backend saw the token: {conn}"
+    );
     assert_eq!(headers["x-user-id"], "alice", "{conn}");
 
     // ES256 and EdDSA tokens open tunnels too.
@@ -197,7 +228,8 @@ async fn wscat_with_a_bearer_header_and_every_refusal() {
     }
 
     let claims = |f: &dyn Fn(&mut Value)| {
-        let mut c = json!({"iss": ISSUER, "aud": "chat", "sub": "alice", "iat": now(), "exp": now() + 300});
+        let mut c =
+            json!({"iss": ISSUER, "aud": "chat", "sub": "alice", "iat": now(), "exp": now() + 300});
         f(&mut c);
         c
     };
@@ -205,17 +237,39 @@ async fn wscat_with_a_bearer_header_and_every_refusal() {
     let refused: Vec<(&str, Option<String>, u16)> = vec![
         ("no token", None, 401),
         ("a Basic header", Some("Basic dXNlcjpwYXNz".into()), 401),
-        ("a wrong issuer", bearer(ed.sign(claims(&|c| c["iss"] = json!("https://evil.example.com")))), 401),
+        (
+            "a wrong issuer",
+            bearer(ed.sign(claims(&|c| c["iss"] = json!("https://evil.example.com")))),
+            401,
+        ),
         ("a foreign signature", bearer(stranger.token(300)), 401),
-        ("an expired token", bearer(ed.sign(claims(&|c| c["exp"] = json!(now() - 1)))), 401),
-        ("a token not yet valid", bearer(ed.sign(claims(&|c| c["nbf"] = json!(now() + 120)))), 401),
+        (
+            "an expired token",
+            bearer(ed.sign(claims(&|c| c["exp"] = json!(now() - 1)))),
+            401,
+        ),
+        (
+            "a token not yet valid",
+            bearer(ed.sign(claims(&|c| c["nbf"] = json!(now() + 120)))),
+            401,
+        ),
         ("a garbled token", bearer("a.b.c".into()), 401),
-        ("another audience", bearer(ed.sign(claims(&|c| c["aud"] = json!("billing")))), 403),
+        (
+            "another audience",
+            bearer(ed.sign(claims(&|c| c["aud"] = json!("billing")))),
+            403,
+        ),
     ];
     for (what, value, want) in &refused {
-        let extra: Vec<(&str, &str)> = value.iter().map(|v| ("Authorization", v.as_str())).collect();
+        let extra: Vec<(&str, &str)> = value
+            .iter()
+            .map(|v| ("Authorization", v.as_str()))
+            .collect();
         let r = upgrade_status(gate, "/chat", &extra).await;
-        assert_eq!(r.status, *want, "an upgrade with {what} must get {want}: {r:?}");
+        assert_eq!(
+            r.status, *want,
+            "an upgrade with {what} must get {want}: {r:?}"
+        );
         if *want == 401 {
             let challenge = r.header("www-authenticate").unwrap_or_default();
             assert!(challenge.starts_with("Bearer"), "{what}: {r:?}");
@@ -230,7 +284,13 @@ async fn wscat_with_a_bearer_header_and_every_refusal() {
     let m = gate.metrics().await;
     let count = |r: &str| m.get("wsgate_auth_total", &[ROUTE[0], ROUTE[1], ("result", r)]);
     assert_eq!(
-        [count("ok"), count("missing"), count("invalid"), count("expired"), count("forbidden")],
+        [
+            count("ok"),
+            count("missing"),
+            count("invalid"),
+            count("expired"),
+            count("forbidden")
+        ],
         [3.0, 2.0, 4.0, 1.0, 1.0]
     );
 
@@ -238,9 +298,13 @@ async fn wscat_with_a_bearer_header_and_every_refusal() {
     let r = http_get(gate.listen, "/chat/poll").await.unwrap();
     assert_eq!(r.status, 401, "{r:?}");
     let cookie = format!("theme=dark; token={token}; lang=en");
-    let r = http_get_with(gate.listen, "/chat/poll?x=1", &[("Cookie", cookie.as_str())])
-        .await
-        .unwrap();
+    let r = http_get_with(
+        gate.listen,
+        "/chat/poll?x=1",
+        &[("Cookie", cookie.as_str())],
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
     let seen: Value = serde_json::from_str(&r.text()).unwrap();
     assert_eq!(seen["headers"]["cookie"], "theme=dark; lang=en", "{seen}");
@@ -255,7 +319,9 @@ async fn python_query_token_is_stripped_and_the_tunnel_closes_at_exp() {
     // A whole second boundary plus 2 s, so `exp` (whole seconds) is at least 2 s away.
     let exp = now() + 3;
     let token = ed.sign(json!({"iss": ISSUER, "aud": ["other", "chat"], "sub": "bob", "exp": exp}));
-    let url = s.gate.url(&format!("/chat/room?room=1&access_token={token}&lang=en"));
+    let url = s
+        .gate
+        .url(&format!("/chat/room?room=1&access_token={token}&lang=en"));
     let mut client = python_client(&url, &["--no-compression"]);
     client.expect("open", 10.0).await;
     let conn = s.backend.expect("connection", 5.0).await;
@@ -266,18 +332,35 @@ async fn python_query_token_is_stripped_and_the_tunnel_closes_at_exp() {
     assert_eq!(echo["data"], "before expiry");
 
     let closed = client.expect("close", 6.0).await;
-    let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    assert_eq!(closed["code"], 1008, "the client gets Close 1008 at exp: {closed}");
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(
+        closed["code"], 1008,
+        "the client gets Close 1008 at exp: {closed}"
+    );
     assert!(
         at >= exp as f64 && at < exp as f64 + 1.0,
         "closed at {at}, exp is {exp}: must be within a second of exp"
     );
     let bclose = s.backend.expect("close", 3.0).await;
-    assert_eq!(bclose["code"], 1008, "the backend gets Close 1008 too: {bclose}");
+    assert_eq!(
+        bclose["code"], 1008,
+        "the backend gets Close 1008 too: {bclose}"
+    );
     s.gate
-        .wait_metric(5.0, "wsgate_closes_total", &[ROUTE[0], ROUTE[1], ("code", "1008")], |v| v == 1.0)
+        .wait_metric(
+            5.0,
+            "wsgate_closes_total",
+            &[ROUTE[0], ROUTE[1], ("code", "1008")],
+            |v| v == 1.0,
+        )
         .await;
-    assert!(!s.gate.log_text().contains(&token), "wsgate logged the token");
+    assert!(
+        !s.gate.log_text().contains(&token),
+        "wsgate logged the token"
+    );
 }
 
 #[tokio::test]
@@ -285,7 +368,12 @@ async fn rotating_the_jwks_file_takes_effect_without_a_restart() {
     let (old, new) = (ed25519("old"), p256("new"));
     let s = setup(&[&old]).await;
     let bearer = |t: &str| format!("Bearer {t}");
-    let r = upgrade_status(&s.gate, "/chat", &[("Authorization", &bearer(&new.token(300)))]).await;
+    let r = upgrade_status(
+        &s.gate,
+        "/chat",
+        &[("Authorization", &bearer(&new.token(300)))],
+    )
+    .await;
     assert_eq!(r.status, 401, "a key not yet in the JWKS: {r:?}");
     // A tunnel opened with the old key.
     let mut early = ws_connect_with_token(&s.gate, &old.token(300)).await;
@@ -297,8 +385,16 @@ async fn rotating_the_jwks_file_takes_effect_without_a_restart() {
         (r.status == 101).then_some(())
     })
     .await;
-    let r = upgrade_status(&s.gate, "/chat", &[("Authorization", &bearer(&old.token(300)))]).await;
-    assert_eq!(r.status, 401, "the removed key no longer opens tunnels: {r:?}");
+    let r = upgrade_status(
+        &s.gate,
+        "/chat",
+        &[("Authorization", &bearer(&old.token(300)))],
+    )
+    .await;
+    assert_eq!(
+        r.status, 401,
+        "the removed key no longer opens tunnels: {r:?}"
+    );
     assert_eq!(
         ws_roundtrip(&mut early, "still here", 5.0).await,
         "still here",
@@ -335,7 +431,12 @@ async fn in_browser(page: &str, script: &str) -> Value {
         .last()
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("browser.js printed nothing useful: {out:?}"));
-    assert_eq!(last["event"], "result", "{last} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        last["event"],
+        "result",
+        "{last} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     last["value"].clone()
 }
 
@@ -368,17 +469,28 @@ async fn chromium_sends_the_token_as_a_subprotocol_or_a_cookie() {
     let page = format!("http://{}/page", s.gate.listen);
 
     // ['access_token.<jwt>', 'chat']: the backend is offered `chat` alone and picks it.
-    let got = in_browser(&page, &open_script(&url, &format!("['access_token.{token}', 'chat']"))).await;
+    let got = in_browser(
+        &page,
+        &open_script(&url, &format!("['access_token.{token}', 'chat']")),
+    )
+    .await;
     assert_eq!(got, json!({"protocol": "chat", "echo": "from the browser"}));
     let conn = s.backend.expect("connection", 5.0).await;
     assert_eq!(conn["headers"]["sec-websocket-protocol"], "chat", "{conn}");
 
     // The token entry alone: the 101 echoes it (or Chromium would fail the handshake)
     // and the backend is offered no subprotocol.
-    let got = in_browser(&page, &open_script(&url, &format!("['access_token.{token}']"))).await;
+    let got = in_browser(
+        &page,
+        &open_script(&url, &format!("['access_token.{token}']")),
+    )
+    .await;
     assert_eq!(got["echo"], "from the browser", "{got}");
     let conn = s.backend.expect("connection", 5.0).await;
-    assert!(conn["headers"].get("sec-websocket-protocol").is_none(), "{conn}");
+    assert!(
+        conn["headers"].get("sec-websocket-protocol").is_none(),
+        "{conn}"
+    );
 
     // A cookie set by the page rides on the handshake; only it is removed.
     let script = format!(
@@ -394,7 +506,10 @@ async fn chromium_sends_the_token_as_a_subprotocol_or_a_cookie() {
     let got = in_browser(&page, &open_script(&url, "['chat']")).await;
     assert_eq!(got, json!({"closed": 1006}));
     assert_eq!(auth_count(&s.gate, "missing").await, 1.0);
-    assert!(!s.gate.log_text().contains(&token), "wsgate logged the token");
+    assert!(
+        !s.gate.log_text().contains(&token),
+        "wsgate logged the token"
+    );
 }
 
 #[tokio::test]
@@ -410,7 +525,9 @@ async fn check_names_file_line_and_field_of_bad_auth() {
     assert_eq!(code, 1, "{out}");
     let f = file.display();
     assert!(
-        out.contains(&format!("{f}:9: spec.auth.jwt.jwks: set exactly one of secretName, configMapName, file, uri")),
+        out.contains(&format!(
+            "{f}:9: spec.auth.jwt.jwks: set exactly one of secretName, configMapName, file, uri"
+        )),
         "{out}"
     );
     assert!(
@@ -424,7 +541,10 @@ async fn check_names_file_line_and_field_of_bad_auth() {
     std::fs::write(&file, route.yaml()).unwrap();
     let (code, out) = wsgate_cmd(&["check", "--config", file.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("spec.auth.jwt.jwks.file: cannot read"), "{out}");
+    assert!(
+        out.contains("spec.auth.jwt.jwks.file: cannot read"),
+        "{out}"
+    );
 }
 
 /// A JWKS endpoint: serves `body` (or 500 while it is empty), one request per connection.
@@ -439,7 +559,11 @@ async fn jwks_server(
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf).await;
             let b = body.lock().unwrap().clone();
-            let head = if b.is_empty() { "500 Internal Server Error" } else { "200 OK" };
+            let head = if b.is_empty() {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
             let resp = format!(
                 "HTTP/1.1 {head}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
                 b.len()
@@ -464,7 +588,10 @@ async fn a_jwks_uri_is_refreshed_and_its_last_good_set_kept() {
     let gate = Wsgate::start(&route.yaml()).await;
     let bearer = |t: String| format!("Bearer {t}");
     let r = upgrade_status(&gate, "/", &[("Authorization", &bearer(a.token(300)))]).await;
-    assert_eq!(r.status, 101, "the first fetch serves the first upgrade: {r:?}");
+    assert_eq!(
+        r.status, 101,
+        "the first fetch serves the first upgrade: {r:?}"
+    );
 
     *body.lock().unwrap() = set(&b);
     let tb = b.token(300);
@@ -480,5 +607,8 @@ async fn a_jwks_uri_is_refreshed_and_its_last_good_set_kept() {
     assert_eq!(r.status, 101, "{r:?}");
     let r = upgrade_status(&gate, "/", &[("Authorization", &bearer(a.token(300)))]).await;
     assert_eq!(r.status, 401, "{r:?}");
-    assert!(gate.log_text().contains("JWKS fetch failed"), "a failed fetch is logged");
+    assert!(
+        gate.log_text().contains("JWKS fetch failed"),
+        "a failed fetch is logged"
+    );
 }

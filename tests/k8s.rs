@@ -17,6 +17,8 @@
 mod availability;
 #[path = "k8s/backend.rs"]
 mod backend;
+#[path = "k8s/backend_tls.rs"]
+mod backend_tls;
 #[path = "k8s/client.rs"]
 mod client;
 #[path = "k8s/cluster.rs"]
@@ -79,6 +81,7 @@ const ALL: &[Scenario] = &[
         "11 metrics-and-quiet-status",
         routes::metrics_and_quiet_status,
     ),
+    ("12 backend-tls-refs", backend_tls::missing_backend_tls_refs),
 ];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.

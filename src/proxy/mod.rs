@@ -4,6 +4,7 @@
 //! which swaps it in atomically without touching open tunnels.
 
 pub mod auth;
+pub mod backend_tls;
 mod balance;
 pub mod frame;
 mod headers;

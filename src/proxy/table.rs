@@ -198,6 +198,8 @@ pub struct Route {
     pub tls: Option<Arc<CertifiedKey>>,
     /// Token check of upgrades and plain HTTP requests (`auth.jwt`).
     pub auth: Option<Arc<super::auth::JwtAuth>>,
+    /// TLS toward the backends (`backendTLS`); plain TCP when absent.
+    pub backend_tls: Option<Arc<super::backend_tls::BackendTls>>,
 }
 
 impl fmt::Debug for Route {
@@ -210,6 +212,7 @@ impl fmt::Debug for Route {
             .field("balance", &self.balance)
             .field("tls", &self.tls.is_some())
             .field("auth", &self.auth.is_some())
+            .field("backend_tls", &self.backend_tls)
             .finish_non_exhaustive()
     }
 }
@@ -248,6 +251,7 @@ impl Route {
             drain_grace: Duration::from_secs(1),
             tls: None,
             auth: None,
+            backend_tls: None,
         }
     }
 }

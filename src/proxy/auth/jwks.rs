@@ -61,7 +61,9 @@ impl KeySet {
             serde_json::from_slice(json).map_err(|e| format!("not a JWKS document: {e}"))?;
         let keys: Vec<Key> = doc.keys.into_iter().filter_map(usable).collect();
         if keys.is_empty() {
-            return Err("the JWKS holds no usable signing key (RSA, EC P-256/P-384 or Ed25519)".into());
+            return Err(
+                "the JWKS holds no usable signing key (RSA, EC P-256/P-384 or Ed25519)".into(),
+            );
         }
         Ok(KeySet { keys })
     }
@@ -84,7 +86,11 @@ impl KeySet {
 /// A key of the set, or `None` when it cannot verify signatures here.
 fn usable(raw: Value) -> Option<Key> {
     let declared = raw.get("alg").and_then(Value::as_str).map(str::to_owned);
-    if raw.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
+    if raw
+        .get("use")
+        .and_then(Value::as_str)
+        .is_some_and(|u| u != "sig")
+    {
         return None;
     }
     let jwk: Jwk = serde_json::from_value(raw).ok()?;
@@ -192,7 +198,9 @@ impl RemoteJwks {
 
 async fn refresh_loop(me: Weak<RemoteJwks>) {
     let ring = || Arc::new(rustls::crypto::ring::default_provider());
-    let https = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_native_roots(ring()) {
+    let https = match hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(ring())
+    {
         Ok(b) => b,
         Err(e) => {
             // http:// URIs still work; an https:// one fails verification and says so.

@@ -10,9 +10,7 @@ pub mod jwks;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::header::{
-    HeaderName, HeaderValue, COOKIE, SEC_WEBSOCKET_PROTOCOL, WWW_AUTHENTICATE,
-};
+use http::header::{HeaderName, HeaderValue, COOKIE, SEC_WEBSOCKET_PROTOCOL, WWW_AUTHENTICATE};
 use http::{HeaderMap, StatusCode, Uri};
 use jsonwebtoken::Validation;
 use serde_json::{Map, Value};
@@ -133,7 +131,11 @@ impl Denial {
                 "token expired",
                 r#"Bearer error="invalid_token", error_description="expired""#,
             ),
-            Denial::Forbidden => (StatusCode::FORBIDDEN, "token not valid for this audience", ""),
+            Denial::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "token not valid for this audience",
+                "",
+            ),
             Denial::KeysUnavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "token keys not available yet",
@@ -209,7 +211,9 @@ impl JwtAuth {
                 echo_protocol: None,
             };
             match s {
-                TokenSource::Header { name, prefix } => take_header(headers, name, prefix).map(found),
+                TokenSource::Header { name, prefix } => {
+                    take_header(headers, name, prefix).map(found)
+                }
                 TokenSource::Query(name) => take_query(uri, name).map(found),
                 TokenSource::Cookie(name) => take_cookie(headers, name).map(found),
                 TokenSource::Subprotocol(prefix) => take_subprotocol(headers, prefix),

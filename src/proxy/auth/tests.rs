@@ -64,7 +64,9 @@ fn auth(signers: &[&Signer], sources: Vec<TokenSource>) -> JwtAuth {
     JwtAuth {
         issuer: "https://id.example.com".into(),
         audiences: vec!["chat".into()],
-        keys: Keys::Fixed(Arc::new(KeySet::parse(jwks.to_string().as_bytes()).unwrap())),
+        keys: Keys::Fixed(Arc::new(
+            KeySet::parse(jwks.to_string().as_bytes()).unwrap(),
+        )),
         sources,
         claims_to_headers: vec![("sub".into(), HeaderName::from_static("x-user-id"))],
         close_on_expiry: true,
@@ -90,7 +92,10 @@ fn claims_and_time_rules() {
     let a = auth(&[&ed, &ec], vec![]);
     assert_eq!(check(&a, &ed.sign(claims(60.0))), Ok(()));
     assert_eq!(check(&a, &ec.sign(claims(60.0))), Ok(()));
-    assert!(matches!(check(&a, &other.sign(claims(60.0))), Err(Denial::Invalid(_))));
+    assert!(matches!(
+        check(&a, &other.sign(claims(60.0))),
+        Err(Denial::Invalid(_))
+    ));
     assert!(matches!(check(&a, "not.a.jwt"), Err(Denial::Invalid(_))));
     let mut c = claims(60.0);
     c["iss"] = json!("https://evil.example.com");
@@ -145,7 +150,9 @@ async fn each_source_is_removed_alone() {
 
     // A Basic header is not this source: the query parameter is used, and only it goes.
     let mut h = request(&[("authorization", "Basic dTpw"), ("x-user-id", "mallory")]);
-    let mut uri: Uri = format!("/chat?room=1&access_token={token}&x=2").parse().unwrap();
+    let mut uri: Uri = format!("/chat?room=1&access_token={token}&x=2")
+        .parse()
+        .unwrap();
     let v = a.authenticate(&mut h, &mut uri).await.unwrap();
     assert_eq!(uri.to_string(), "/chat?room=1&x=2");
     assert_eq!(h["authorization"], "Basic dTpw");
@@ -157,7 +164,10 @@ async fn each_source_is_removed_alone() {
     a.authenticate(&mut h, &mut uri).await.unwrap();
     assert_eq!(h["cookie"], "a=1; b=2");
 
-    let mut h = request(&[("sec-websocket-protocol", &format!("access_token.{token}, chat"))]);
+    let mut h = request(&[(
+        "sec-websocket-protocol",
+        &format!("access_token.{token}, chat"),
+    )]);
     let v = a.authenticate(&mut h, &mut uri).await.unwrap();
     assert_eq!(h["sec-websocket-protocol"], "chat");
     assert!(v.echo_protocol.is_none());
@@ -165,15 +175,24 @@ async fn each_source_is_removed_alone() {
     let mut h = request(&[("sec-websocket-protocol", &format!("access_token.{token}"))]);
     let v = a.authenticate(&mut h, &mut uri).await.unwrap();
     assert!(!h.contains_key("sec-websocket-protocol"));
-    assert_eq!(v.echo_protocol.unwrap(), format!("access_token.{token}").as_str());
+    assert_eq!(
+        v.echo_protocol.unwrap(),
+        format!("access_token.{token}").as_str()
+    );
 
     let mut h = request(&[("authorization", &format!("bearer {token}"))]);
     a.authenticate(&mut h, &mut uri).await.unwrap();
     assert!(!h.contains_key("authorization"));
 
     let mut h = request(&[("x-user-id", "mallory")]);
-    assert_eq!(a.authenticate(&mut h, &mut uri).await.unwrap_err(), Denial::Missing);
-    assert!(!h.contains_key("x-user-id"), "client copies of claim headers go");
+    assert_eq!(
+        a.authenticate(&mut h, &mut uri).await.unwrap_err(),
+        Denial::Missing
+    );
+    assert!(
+        !h.contains_key("x-user-id"),
+        "client copies of claim headers go"
+    );
 }
 
 #[test]
