@@ -224,6 +224,30 @@ impl BackendTls {
             }
             cur = e.source();
         }
+        // OpenSSL-based servers (Python's `ssl`) may close at once after their
+        // alert, so the reset can overtake it: a backend that hangs up on the first
+        // request right after a handshake in which wsgate had no certificate to
+        // offer is, in practice, one that requires it.
+        let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+        while let Some(e) = cur {
+            let hung_up = e
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_incomplete_message())
+                || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::UnexpectedEof
+                    )
+                });
+            if hung_up && !self.client_certificate {
+                return Some(BackendTlsError::NoClientCertificate(
+                    "the backend hung up on the first request after the handshake; wsgate had no certificate to present",
+                ));
+            }
+            cur = e.source();
+        }
         None
     }
 }

@@ -258,11 +258,14 @@ pub async fn websocket(
                         "backend TLS failed",
                     )
                 }
-                None => (
-                    StatusCode::BAD_GATEWAY,
-                    "backend_unavailable",
-                    "backend closed the connection",
-                ),
+                None => {
+                    tracing::warn!(route = %route.key, backend = %addr, error = %e, "backend closed the connection before answering the upgrade");
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        "backend_unavailable",
+                        "backend closed the connection",
+                    )
+                }
             }
         })?;
         Ok((index, resp))

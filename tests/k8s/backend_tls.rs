@@ -1,7 +1,7 @@
 //! Scenario about `backendTLS` references: a CA ConfigMap and a client certificate
 //! Secret that appear after the route.
 
-use anyhow::{ensure, Result};
+use anyhow::ensure;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::json;
 
