@@ -11,9 +11,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::api::{
-    Backend, JwksRef, JwtAuth, OnExceed, PathMatchType, Policy, Tls, WebSocketRouteSpec,
+    Backend, BackendTls, JwksRef, JwtAuth, OnExceed, PathMatchType, Policy, Tls, WebSocketRouteSpec,
 };
 use crate::proxy::auth::{self, KeySet, Keys, RemoteJwks, TokenSource};
+use crate::proxy::backend_tls::{self, Material};
 use crate::proxy::table::{
     BackendAddr, Balance, Exceed, HashKey, HostMatch, LegPing, PathRule, RateLimit,
     RebalancePolicy, Route, RouteKey,
@@ -59,6 +60,9 @@ pub trait Resolver {
     /// The key set named by `spec.auth.jwt.jwks` when it is not a `uri`: a file in
     /// standalone mode, a Secret or ConfigMap key in controller mode.
     fn jwks(&self, namespace: &str, jwks: &JwksRef) -> Result<Arc<KeySet>, FieldError>;
+    /// The CA and client certificate PEM named by `spec.backendTLS`: files in
+    /// standalone mode, ConfigMap/Secret keys in controller mode.
+    fn backend_tls(&self, namespace: &str, tls: &BackendTls) -> Result<Material, FieldError>;
 }
 
 /// Parses JWKS JSON read from a file, Secret or ConfigMap.
@@ -204,6 +208,68 @@ fn compile_jwt(
         close_on_expiry: jwt.close_on_expiry,
         clock_skew: jwt.clock_skew.0,
     })
+}
+
+const BACKEND_TLS: &str = "spec.backendTLS";
+
+/// The `backendTLS` rules (the CRD states the same ones in CEL).
+fn validate_backend_tls(t: &BackendTls, err: &mut impl FnMut(String, String)) {
+    if let Some(h) = &t.hostname {
+        if let Err(e) = backend_tls::server_name(h) {
+            err(format!("{BACKEND_TLS}.hostname"), e);
+        }
+    }
+    match (&t.cert_file, &t.key_file) {
+        (Some(_), None) => err(
+            format!("{BACKEND_TLS}.keyFile"),
+            "required with certFile".into(),
+        ),
+        (None, Some(_)) => err(
+            format!("{BACKEND_TLS}.certFile"),
+            "required with keyFile".into(),
+        ),
+        _ => {}
+    }
+    if t.ca_file.is_some() && !t.ca_certificate_refs.is_empty() {
+        err(
+            format!("{BACKEND_TLS}.caFile"),
+            "set caCertificateRefs (controller mode) or caFile (standalone mode), not both".into(),
+        );
+    }
+    if t.client_certificate_ref.is_some() && (t.cert_file.is_some() || t.key_file.is_some()) {
+        err(
+            format!("{BACKEND_TLS}.certFile"),
+            "set clientCertificateRef (controller mode) or certFile/keyFile (standalone mode), not both".into(),
+        );
+    }
+    for (i, r) in t.ca_certificate_refs.iter().enumerate() {
+        let f = format!("{BACKEND_TLS}.caCertificateRefs[{i}]");
+        if r.name.is_empty() {
+            err(format!("{f}.name"), "must not be empty".into());
+        }
+        if r.key.is_empty() {
+            err(format!("{f}.key"), "must not be empty".into());
+        }
+    }
+    if t.client_certificate_ref
+        .as_ref()
+        .is_some_and(|r| r.name.is_empty())
+    {
+        err(
+            format!("{BACKEND_TLS}.clientCertificateRef.name"),
+            "must not be empty".into(),
+        );
+    }
+}
+
+/// The default name a backend's certificate must carry: `<service>.<namespace>.svc`
+/// for a Service, the host of an address.
+fn default_server_name(namespace: &str, b: &Backend) -> Option<String> {
+    match (&b.service, &b.address) {
+        (Some(s), _) => Some(format!("{}.{namespace}.svc", s.name)),
+        (None, Some(a)) => a.rsplit_once(':').map(|(h, _)| h.to_owned()),
+        (None, None) => None,
+    }
 }
 
 /// How often a JWKS `uri` is fetched again unless `refresh` says otherwise.
@@ -375,6 +441,9 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
     }
     validate_rate_limits(spec, &mut err);
     validate_rebalance(spec, &mut err);
+    if let Some(t) = &spec.backend_tls {
+        validate_backend_tls(t, &mut err);
+    }
     errs
 }
 
@@ -429,12 +498,45 @@ pub fn compile(
 ) -> Result<Route, Vec<FieldError>> {
     let mut errs = validate(spec);
     let mut backends = Vec::new();
+    let mut tls_names = std::collections::HashMap::new();
     for (i, b) in spec.backends.iter().enumerate() {
         match resolver.backends(namespace, i, b) {
-            Ok(addrs) => backends.extend(addrs),
+            Ok(addrs) => {
+                let name = default_server_name(namespace, b)
+                    .and_then(|n| backend_tls::server_name(&n).ok());
+                for a in &addrs {
+                    if let Some(n) = &name {
+                        tls_names
+                            .entry(a.address.clone())
+                            .or_insert_with(|| n.clone());
+                    }
+                }
+                backends.extend(addrs);
+            }
             Err(e) => errs.push(e),
         }
     }
+    let tls_invalid = errs.iter().any(|e| e.field.starts_with(BACKEND_TLS));
+    let backend_tls = match spec.backend_tls.as_ref().filter(|_| !tls_invalid) {
+        None => None,
+        Some(t) => {
+            let hostname = t
+                .hostname
+                .as_deref()
+                .and_then(|h| backend_tls::server_name(h).ok());
+            let built = resolver.backend_tls(namespace, t).and_then(|m| {
+                backend_tls::BackendTls::new(&m, hostname, tls_names)
+                    .map_err(|e| FieldError::new(BACKEND_TLS, e))
+            });
+            match built {
+                Ok(b) => Some(Arc::new(b)),
+                Err(e) => {
+                    errs.push(e);
+                    None
+                }
+            }
+        }
+    };
     let tls = match &spec.tls {
         Some(t) => match resolver.certificate(namespace, t) {
             Ok(c) => Some(c),
@@ -538,6 +640,7 @@ pub fn compile(
             max_fails: spec.passive_health.max_fails,
             fail_timeout: spec.passive_health.fail_timeout.0,
         },
+        backend_tls,
     })
 }
 

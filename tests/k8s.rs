@@ -19,6 +19,8 @@ mod auth;
 mod availability;
 #[path = "k8s/backend.rs"]
 mod backend;
+#[path = "k8s/backend_tls.rs"]
+mod backend_tls;
 #[path = "k8s/client.rs"]
 mod client;
 #[path = "k8s/cluster.rs"]
@@ -88,6 +90,7 @@ const ALL: &[Scenario] = &[
         "13 rebalance-by-endpoints",
         rebalance::rebalance_by_endpoints,
     ),
+    ("14 backend-tls-refs", backend_tls::missing_backend_tls_refs),
 ];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.

@@ -219,6 +219,31 @@ pub fn crd() -> CustomResourceDefinition {
             "tls needs secretName (or certFile and keyFile in standalone mode)"
         )]),
     );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/backendTLS"),
+        &xv,
+        json!([
+            rule(
+                "has(self.certFile) == has(self.keyFile)",
+                "certFile and keyFile go together"
+            ),
+            rule(
+                "!(has(self.caFile) && has(self.caCertificateRefs))",
+                "set caCertificateRefs (controller mode) or caFile (standalone mode), not both"
+            ),
+            rule(
+                "!(has(self.clientCertificateRef) && has(self.certFile))",
+                "set clientCertificateRef (controller mode) or certFile/keyFile (standalone mode), not both"
+            ),
+        ]),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/backendTLS/properties/caCertificateRefs"),
+        "maxItems",
+        json!(8),
+    );
     let jwt = format!("{spec}/properties/auth/properties/jwt");
     add(
         &mut crd,

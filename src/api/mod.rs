@@ -5,10 +5,12 @@
 //! validation and resolution into a live table — lives in [`crate::compile`].
 
 mod auth;
+mod backend_tls;
 mod crd;
 mod duration;
 
 pub use auth::{Auth, ClaimToHeader, JwksRef, JwtAuth, TokenSource};
+pub use backend_tls::{BackendTls, CaCertificateRef, CaKind, SecretRef};
 pub use crd::crd;
 pub use duration::{Duration, DURATION_PATTERN};
 
@@ -95,6 +97,13 @@ pub struct WebSocketRouteSpec {
     /// and `fail_timeout`); on by default.
     #[serde(default)]
     pub passive_health: PassiveHealth,
+    /// TLS (and optionally mTLS) toward the backends; plain TCP when absent.
+    #[serde(
+        default,
+        rename = "backendTLS",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_tls: Option<BackendTls>,
 }
 
 fn default_true() -> bool {

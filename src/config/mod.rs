@@ -13,9 +13,10 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
-use crate::api::{Backend, JwksRef, Tls, WebSocketRouteSpec, API_VERSION};
+use crate::api::{Backend, BackendTls, JwksRef, Tls, WebSocketRouteSpec, API_VERSION};
 use crate::compile::{self, FieldError, Resolver};
 use crate::proxy::auth::KeySet;
+use crate::proxy::backend_tls::Material;
 use crate::proxy::table::{BackendAddr, Route, RouteKey, RouteTable};
 
 pub use watch::watch;
@@ -140,6 +141,37 @@ impl Resolver for std::cell::RefCell<FileResolver<'_>> {
             )
         })?;
         compile::key_set(&json, &path.display().to_string())
+    }
+
+    fn backend_tls(&self, _: &str, tls: &BackendTls) -> Result<Material, FieldError> {
+        if !tls.ca_certificate_refs.is_empty() || tls.client_certificate_ref.is_some() {
+            return Err(FieldError::new(
+                "spec.backendTLS",
+                "standalone mode takes caFile, certFile and keyFile (caCertificateRefs and clientCertificateRef are for controller mode)",
+            ));
+        }
+        let mut me = self.borrow_mut();
+        let dir = me.dir.to_path_buf();
+        let mut read = |file: &str, field: &str| {
+            let path = dir.join(file);
+            // Watched like the route files, so a rotated CA or client certificate
+            // is in the table before the next connection.
+            me.tls_files.push(path.clone());
+            let pem = std::fs::read(&path).map_err(|e| {
+                FieldError::new(field, format!("cannot read {}: {e}", path.display()))
+            })?;
+            Ok::<_, FieldError>((path.display().to_string(), pem))
+        };
+        let mut material = Material::default();
+        if let Some(ca) = &tls.ca_file {
+            material.cas.push(read(ca, "spec.backendTLS.caFile")?);
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+            let (what, cert) = read(cert, "spec.backendTLS.certFile")?;
+            let (_, key) = read(key, "spec.backendTLS.keyFile")?;
+            material.client = Some((what, cert, key));
+        }
+        Ok(material)
     }
 }
 

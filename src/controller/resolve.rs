@@ -10,9 +10,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 use rustls::sign::CertifiedKey;
 
-use crate::api::{Backend, JwksRef, PortRef, Tls, WebSocketRoute, DEFAULT_CLASS};
+use crate::api::{
+    Backend, BackendTls, CaKind, JwksRef, PortRef, Tls, WebSocketRoute, DEFAULT_CLASS,
+};
 use crate::compile::{self, FieldError, Resolver};
 use crate::proxy::auth::KeySet;
+use crate::proxy::backend_tls::Material;
 use crate::proxy::table::{BackendAddr, Route, RouteTable};
 
 /// The label that ties an EndpointSlice to its Service.
@@ -196,6 +199,68 @@ impl Resolver for Cluster {
         let json =
             json.ok_or_else(|| FieldError::new(field, format!("{what} has no key {key:?}")))?;
         compile::key_set(&json, &what)
+    }
+
+    fn backend_tls(&self, ns: &str, tls: &BackendTls) -> Result<Material, FieldError> {
+        if tls.ca_file.is_some() || tls.cert_file.is_some() || tls.key_file.is_some() {
+            return Err(FieldError::new(
+                "spec.backendTLS",
+                "controller mode takes caCertificateRefs and clientCertificateRef (caFile, certFile and keyFile are for standalone mode)",
+            ));
+        }
+        let mut material = Material::default();
+        for (i, r) in tls.ca_certificate_refs.iter().enumerate() {
+            let field = format!("spec.backendTLS.caCertificateRefs[{i}]");
+            let (what, pem) = match r.kind {
+                CaKind::ConfigMap => {
+                    let what = format!("ConfigMap {ns}/{}", r.name);
+                    let cm = find(&self.config_maps, ns, &r.name)
+                        .ok_or_else(|| FieldError::new(&field, format!("{what} not found")))?;
+                    let pem = cm
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(&r.key))
+                        .map(|t| t.clone().into_bytes());
+                    (what, pem)
+                }
+                CaKind::Secret => {
+                    // cert-manager keeps `ca.crt` in kubernetes.io/tls Secrets; others are Opaque.
+                    let what = format!("Secret {ns}/{}", r.name);
+                    let secret = find(&self.opaque_secrets, ns, &r.name)
+                        .or_else(|| find(&self.secrets, ns, &r.name))
+                        .ok_or_else(|| FieldError::new(&field, format!("{what} not found")))?;
+                    let pem = secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(&r.key))
+                        .map(|b| b.0.clone());
+                    (what, pem)
+                }
+            };
+            let pem = pem.ok_or_else(|| {
+                FieldError::new(
+                    format!("{field}.key"),
+                    format!("{what} has no key {:?}", r.key),
+                )
+            })?;
+            material.cas.push((what, pem));
+        }
+        if let Some(r) = &tls.client_certificate_ref {
+            let field = "spec.backendTLS.clientCertificateRef.name";
+            let what = format!("Secret {ns}/{}", r.name);
+            let secret = find(&self.secrets, ns, &r.name).ok_or_else(|| {
+                FieldError::new(field, format!("{what} not found (type kubernetes.io/tls)"))
+            })?;
+            let data = secret.data.clone().unwrap_or_default();
+            let (Some(crt), Some(key)) = (data.get("tls.crt"), data.get("tls.key")) else {
+                return Err(FieldError::new(
+                    field,
+                    format!("{what} lacks tls.crt or tls.key"),
+                ));
+            };
+            material.client = Some((what, crt.0.clone(), key.0.clone()));
+        }
+        Ok(material)
     }
 }
 

@@ -11,13 +11,16 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 
 use super::auth;
+use super::backend_tls::{self, BackendTls};
 use super::balance;
 use super::headers::{set_forwarded, strip_hop_by_hop};
 use super::health;
 use super::server::{status, Body};
+use super::table::Route;
 use super::upgrade::affinity_cookie;
 use super::Proxy;
 
@@ -80,13 +83,23 @@ pub async fn forward(
     let mut body = Some(body.boxed());
     for (attempt, &index) in choice.order.iter().enumerate() {
         let backend = &route.backends[index];
-        let Ok(uri) = format!("http://{}{}", backend.address, path).parse::<Uri>() else {
-            break;
-        };
-        let mut p = parts.clone();
-        p.uri = uri;
         let Some(b) = body.take() else { break };
-        let result = proxy.http_client.request(Request::from_parts(p, b)).await;
+        let mut p = parts.clone();
+        let result = match &route.backend_tls {
+            None => {
+                let Ok(uri) = format!("http://{}{}", backend.address, path).parse::<Uri>() else {
+                    break;
+                };
+                p.uri = uri;
+                let r = proxy.http_client.request(Request::from_parts(p, b)).await;
+                r.map_err(|e| (e.is_connect(), e.to_string()))
+            }
+            Some(tls) => {
+                let Ok(uri) = path.parse::<Uri>() else { break };
+                p.uri = uri;
+                over_tls(&route, tls, &backend.address, Request::from_parts(p, b)).await
+            }
+        };
         match result {
             Ok(resp) => {
                 health::record(&runtime, &route, &backend.address, true);
@@ -100,12 +113,13 @@ pub async fn forward(
                 m.http(rparts.status.as_u16());
                 return Response::from_parts(rparts, rbody.boxed());
             }
-            Err(e) => {
-                if e.is_connect() {
+            Err((unsent, e)) => {
+                // Not sent: the connect (or the TLS handshake) failed.
+                if unsent {
                     health::record(&runtime, &route, &backend.address, false);
                 }
                 tracing::warn!(route = %route.key, backend = %backend.address, error = %e, "backend request failed");
-                if !(bodyless && e.is_connect()) || attempt + 1 == choice.order.len() {
+                if !(bodyless && unsent) || attempt + 1 == choice.order.len() {
                     break;
                 }
                 body = Some(
@@ -125,4 +139,42 @@ fn body_is_empty(headers: &http::HeaderMap) -> bool {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok());
     !headers.contains_key(http::header::TRANSFER_ENCODING) && cl.is_none_or(|v| v.trim() == "0")
+}
+
+/// One request over a fresh TLS connection to the backend at `address` (`backendTLS`
+/// routes do not use the pooled cleartext client: its connector has no per-route
+/// trust settings). The error says whether the request was never sent (so a
+/// bodyless one may try the next backend).
+async fn over_tls(
+    route: &Route,
+    tls: &BackendTls,
+    address: &str,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, (bool, String)> {
+    let dial = async {
+        let tcp = TcpStream::connect(address)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        tls.connect(tcp, address).await.map_err(|e| {
+            backend_tls::report(&route.key, address, &e);
+            e.to_string()
+        })
+    };
+    let stream = match tokio::time::timeout(route.connect_timeout, dial).await {
+        Ok(r) => r.map_err(|e| (true, e))?,
+        Err(_) => return Err((true, "connect timed out".into())),
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| (true, e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(req).await.map_err(|e| {
+        if let Some(why) = tls.explain(&e, address) {
+            backend_tls::report(&route.key, address, &why);
+        }
+        (false, e.to_string())
+    })
 }

@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod backend_tls;
 mod balance;
 pub mod frame;
 mod headers;

@@ -278,7 +278,7 @@ fn send(dst: &mut Stream, dir: &mut Dir, mut bytes: &[u8]) -> bool {
                 Err(_) => return false,
             }
         }
-        if matches!(dst, Stream::Tls(_)) {
+        if dst.is_tls() {
             match dst.try_flush() {
                 Ok(done) => dir.tls_pending = !done,
                 Err(_) => return false,

@@ -18,6 +18,8 @@ pub enum Stream {
     Tcp(TcpStream),
     /// TLS over TCP (the client leg of `wss`).
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS over TCP toward a backend (`spec.backendTLS`).
+    BackendTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// Runs one poll with a waker that does nothing: readiness is awaited separately on
@@ -36,7 +38,13 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s,
             Stream::Tls(s) => s.get_ref().0,
+            Stream::BackendTls(s) => s.get_ref().0,
         }
+    }
+
+    /// Whether a TLS layer sits on the socket (it may hold encrypted bytes to flush).
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Stream::Tcp(_))
     }
 
     /// Waits until a write may make progress.
@@ -55,6 +63,7 @@ impl Stream {
             let r = match self {
                 Stream::Tcp(s) => Pin::new(s).poll_read(cx, &mut rb),
                 Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, &mut rb),
+                Stream::BackendTls(s) => Pin::new(&mut **s).poll_read(cx, &mut rb),
             };
             r.map_ok(|()| rb.filled().len())
         })
@@ -64,11 +73,11 @@ impl Stream {
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_write(buf),
-            Stream::Tls(s) => {
-                let n = poll_once(|cx| Pin::new(&mut **s).poll_write(cx, buf))?;
+            Stream::Tls(_) | Stream::BackendTls(_) => {
+                let n = poll_once(|cx| Pin::new(&mut *self).poll_write(cx, buf))?;
                 // Encrypted records may still sit in rustls; push them out now if the
                 // socket takes them, else the next flush does.
-                let _ = poll_once(|cx| Pin::new(&mut **s).poll_flush(cx));
+                let _ = poll_once(|cx| Pin::new(&mut *self).poll_flush(cx));
                 Ok(n)
             }
         }
@@ -78,11 +87,13 @@ impl Stream {
     pub fn try_flush(&mut self) -> io::Result<bool> {
         match self {
             Stream::Tcp(_) => Ok(true),
-            Stream::Tls(s) => match poll_once(|cx| Pin::new(&mut **s).poll_flush(cx)) {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-                Err(e) => Err(e),
-            },
+            Stream::Tls(_) | Stream::BackendTls(_) => {
+                match poll_once(|cx| Pin::new(&mut *self).poll_flush(cx)) {
+                    Ok(()) => Ok(true),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                    Err(e) => Err(e),
+                }
+            }
         }
     }
 
@@ -91,6 +102,7 @@ impl Stream {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown().await,
             Stream::Tls(s) => s.shutdown().await,
+            Stream::BackendTls(s) => s.shutdown().await,
         };
     }
 }
@@ -104,6 +116,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::BackendTls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -117,6 +130,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Stream::BackendTls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
@@ -124,6 +138,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            Stream::BackendTls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
@@ -131,6 +146,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Stream::BackendTls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 
@@ -142,6 +158,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            Stream::BackendTls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -149,6 +166,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::BackendTls(s) => s.is_write_vectored(),
         }
     }
 }

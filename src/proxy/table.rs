@@ -208,6 +208,8 @@ pub struct Route {
     pub rebalance: Option<RebalancePolicy>,
     /// When failed connects take a backend out of rotation.
     pub passive_health: PassiveHealth,
+    /// TLS toward the backends (`backendTLS`); plain TCP when absent.
+    pub backend_tls: Option<Arc<super::backend_tls::BackendTls>>,
 }
 
 impl fmt::Debug for Route {
@@ -220,6 +222,7 @@ impl fmt::Debug for Route {
             .field("balance", &self.balance)
             .field("tls", &self.tls.is_some())
             .field("auth", &self.auth.is_some())
+            .field("backend_tls", &self.backend_tls)
             .finish_non_exhaustive()
     }
 }
@@ -261,6 +264,7 @@ impl Route {
             rate_limit: None,
             rebalance: None,
             passive_health: PassiveHealth::default(),
+            backend_tls: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
 use super::auth;
+use super::backend_tls;
 use super::balance::{self, Choice};
 use super::headers::{set_forwarded, strip_hop_by_hop};
 use super::health;
@@ -63,22 +64,33 @@ pub fn affinity_cookie(route: &Route, backend: usize) -> Option<HeaderValue> {
     .ok()
 }
 
-/// Dials the backends in order; the first that accepts within the connect timeout wins.
+/// Dials the backends in order; the first that accepts within the connect timeout
+/// (and, with `backendTLS`, completes a verified TLS handshake in it) wins. Each
+/// attempt's result feeds passive health, a failed TLS handshake included.
 pub async fn connect(
     route: &Route,
     runtime: &RouteRuntime,
     choice: &Choice,
-) -> Option<(usize, TcpStream)> {
+) -> Option<(usize, Stream)> {
     for &i in &choice.order {
         let addr = &route.backends[i].address;
-        let result =
-            tokio::time::timeout(route.connect_timeout, TcpStream::connect(addr.as_str())).await;
+        let dial = async {
+            let tcp = TcpStream::connect(addr.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            match &route.backend_tls {
+                None => Ok(Stream::Tcp(tcp)),
+                Some(tls) => tls.connect(tcp, addr).await.map_err(|e| {
+                    backend_tls::report(&route.key, addr, &e);
+                    e.to_string()
+                }),
+            }
+        };
+        let result = tokio::time::timeout(route.connect_timeout, dial).await;
         health::record(runtime, route, addr, matches!(result, Ok(Ok(_))));
         match result {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                return Some((i, s));
-            }
+            Ok(Ok(s)) => return Some((i, s)),
             Ok(Err(e)) => {
                 tracing::warn!(route = %route.key, backend = %addr, error = %e, "backend connect failed")
             }
@@ -205,7 +217,7 @@ pub async fn websocket(
     let (parts, ()) = req.into_parts();
 
     let exchange = async {
-        let Some((index, tcp)) = connect(&route, &runtime, &choice).await else {
+        let Some((index, stream)) = connect(&route, &runtime, &choice).await else {
             return Err((
                 StatusCode::BAD_GATEWAY,
                 "backend_unavailable",
@@ -215,7 +227,7 @@ pub async fn websocket(
         let (mut sender, conn) = hyper::client::conn::http1::handshake::<
             _,
             http_body_util::Empty<Bytes>,
-        >(TokioIo::new(tcp))
+        >(TokioIo::new(stream))
         .await
         .map_err(|_| {
             (
@@ -241,12 +253,29 @@ pub async fn websocket(
         let breq = breq
             .body(http_body_util::Empty::new())
             .expect("valid request");
-        let resp = sender.send_request(breq).await.map_err(|_| {
-            (
-                StatusCode::BAD_GATEWAY,
-                "backend_unavailable",
-                "backend closed the connection",
-            )
+        let resp = sender.send_request(breq).await.map_err(|e| {
+            // A TLS 1.3 backend refuses our client certificate only after the
+            // handshake: its alert is what this first read meets.
+            let addr = &route.backends[index].address;
+            let why = route.backend_tls.as_ref().and_then(|t| t.explain(&e, addr));
+            match why {
+                Some(why) => {
+                    backend_tls::report(&route.key, addr, &why);
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        "backend_unavailable",
+                        "backend TLS failed",
+                    )
+                }
+                None => {
+                    tracing::warn!(route = %route.key, backend = %addr, error = %e, "backend closed the connection before answering the upgrade");
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        "backend_unavailable",
+                        "backend closed the connection",
+                    )
+                }
+            }
         })?;
         Ok((index, resp))
     };
@@ -331,7 +360,7 @@ pub async fn websocket(
         };
         let (Ok(c), Ok(b)) = (
             client.downcast::<ClientIo>(),
-            backend_io.downcast::<TokioIo<TcpStream>>(),
+            backend_io.downcast::<TokioIo<Stream>>(),
         ) else {
             tracing::error!("upgraded connection of an unexpected type");
             return;
@@ -349,7 +378,7 @@ pub async fn websocket(
         }
         let relay = Relay {
             client: c.io.into_inner().into_inner(),
-            backend: Stream::Tcp(b.io.into_inner()),
+            backend: b.io.into_inner(),
             info,
             runtime,
             admission,

@@ -108,6 +108,7 @@ fn resource(api_version: &str, kind: &str) -> Result<(ApiResource, bool)> {
         "Namespace" => ("namespaces", false),
         "Service" => ("services", true),
         "Secret" => ("secrets", true),
+        "ConfigMap" => ("configmaps", true),
         "EndpointSlice" => ("endpointslices", true),
         "WebSocketRoute" => ("websocketroutes", true),
         "ClusterRole" => ("clusterroles", false),

@@ -4,13 +4,19 @@
 // JSON lines.
 //
 //   node ws-server.js --name A [--port 0] [--deflate] [--reject-status 403]
+//                     [--tls-cert F --tls-key F [--tls-client-ca F]]
+//
+// With --tls-cert/--tls-key it serves https and wss; with --tls-client-ca it also
+// requires a client certificate signed by that CA (mTLS) and reports its subject.
 //
 // Special text messages: "__name__" is answered with the backend's name,
 // "__headers__" with the upgrade request's headers as JSON.
 // Plain HTTP: any path answers 200 with {name, method, url, headers}; /stream
 // answers a chunked body "chunk-1\n", then after ?delay=MS "chunk-2\n".
 // Commands (stdin): {op: send|ping|close|terminate, id?, data?, code?, reason?}.
+const fs = require('fs');
 const http = require('http');
+const https = require('https');
 const { WebSocketServer } = require('ws');
 const { emit, describe, onCommands, parseArgs } = require('./lib');
 
@@ -18,7 +24,21 @@ const args = parseArgs(process.argv.slice(2));
 const name = String(args.name || 'backend');
 const rejectStatus = args['reject-status'] ? Number(args['reject-status']) : 0;
 
-const server = http.createServer((req, res) => {
+const tlsOptions = args['tls-cert']
+  ? Object.assign(
+      { cert: fs.readFileSync(String(args['tls-cert'])), key: fs.readFileSync(String(args['tls-key'])) },
+      args['tls-client-ca']
+        ? { ca: fs.readFileSync(String(args['tls-client-ca'])), requestCert: true, rejectUnauthorized: true }
+        : {},
+    )
+  : null;
+
+function peerCertificate(req) {
+  const c = req.socket.getPeerCertificate ? req.socket.getPeerCertificate() : null;
+  return c && c.subject ? c.subject.CN : null;
+}
+
+const onRequest = (req, res) => {
   emit('http', { method: req.method, url: req.url, headers: req.headers });
   const url = new URL(req.url, 'http://x');
   if (url.pathname === '/stream') {
@@ -30,7 +50,11 @@ const server = http.createServer((req, res) => {
   const body = JSON.stringify({ name, method: req.method, url: req.url, headers: req.headers });
   res.writeHead(200, { 'content-type': 'application/json', 'x-backend': name });
   res.end(body);
-});
+};
+const server = tlsOptions ? https.createServer(tlsOptions, onRequest) : http.createServer(onRequest);
+if (tlsOptions) {
+  server.on('tlsClientError', (e) => emit('tls_error', { message: e.message, code: e.code }));
+}
 
 const wss = new WebSocketServer({
   server,
@@ -51,6 +75,7 @@ wss.on('connection', (ws, req) => {
     headers: req.headers,
     protocol: ws.protocol,
     extensions: ws.extensions,
+    client_cert: peerCertificate(req),
   });
   ws.on('message', (data, isBinary) => {
     emit('message', Object.assign({ id }, describe(data, isBinary)));

@@ -190,9 +190,12 @@ impl RemoteJwks {
             return Some(k);
         }
         let mut rx = self.keys.subscribe();
-        // Timed out or the sender is gone: the borrow below still says `None`.
-        let _ = tokio::time::timeout(FIRST_FETCH_WAIT, rx.wait_for(Option::is_some)).await;
-        self.keys.borrow().clone()
+        let first = tokio::time::timeout(FIRST_FETCH_WAIT, rx.wait_for(Option::is_some)).await;
+        // The binding ends the `watch::Ref` borrow before `rx` drops (clippy's
+        // let_and_return does not see that).
+        #[allow(clippy::let_and_return)]
+        let keys = first.ok()?.ok()?.clone();
+        keys
     }
 }
 
