@@ -15,10 +15,10 @@ use crate::{Env, Run};
 pub fn missing_backend_tls_refs(env: &mut Env) -> Run<'_> {
     Box::pin(async move {
         let c = &env.cluster;
-        let ns = "s12";
+        let ns = "s14";
         c.apply(namespace(ns)).await?;
         c.apply(service(ns, "chat")).await?;
-        let spec = json!({"hostnames": ["s12.test"], "backends": [{"service": {"name": "chat", "port": 80}}],
+        let spec = json!({"hostnames": ["s14.test"], "backends": [{"service": {"name": "chat", "port": 80}}],
             "backendTLS": {"caCertificateRefs": [{"kind": "ConfigMap", "name": "chat-ca", "key": "ca.crt"}],
                            "clientCertificateRef": {"name": "wsgate-client"}}});
         c.apply(route(ns, "chat", spec)).await?;
@@ -33,13 +33,13 @@ pub fn missing_backend_tls_refs(env: &mut Env) -> Run<'_> {
         .await?;
         let msg = message(&r);
         ensure!(
-            msg.contains("ConfigMap s12/chat-ca not found"),
+            msg.contains("ConfigMap s14/chat-ca not found"),
             "ResolvedRefs message does not name the CA ConfigMap: {msg:?}"
         );
 
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "s12 CA");
+        params.distinguished_name.push(DnType::CommonName, "s14 CA");
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
         c.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"namespace": ns, "name": "chat-ca"}, "data": {"ca.crt": ca.pem()}}))
@@ -50,7 +50,7 @@ pub fn missing_backend_tls_refs(env: &mut Env) -> Run<'_> {
         .await?;
         let msg = message(&r);
         ensure!(
-            msg.contains("Secret s12/wsgate-client not found"),
+            msg.contains("Secret s14/wsgate-client not found"),
             "ResolvedRefs message does not name the client Secret: {msg:?}"
         );
 

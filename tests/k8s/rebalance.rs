@@ -22,7 +22,7 @@ const TUNNELS: usize = 20;
 pub fn rebalance_by_endpoints(env: &mut Env) -> Run<'_> {
     Box::pin(async move {
         let (c, gw) = (&env.cluster, env.gw.listen);
-        let ns = "s12";
+        let ns = "s13";
         c.apply(namespace(ns)).await?;
 
         let ok = "  backends: [{address: \"192.0.2.1:9001\"}]";
@@ -60,26 +60,26 @@ pub fn rebalance_by_endpoints(env: &mut Env) -> Run<'_> {
             .await?;
         ensure!(out.ok, "a valid route was refused: {}", out.stderr.trim());
 
-        let a = Backend::start("s12-a", "192.0.2.18").await?;
-        let b = Backend::start("s12-b", "192.0.2.19").await?;
+        let a = Backend::start("s13-a", "192.0.2.17").await?;
+        let b = Backend::start("s13-b", "192.0.2.18").await?;
         c.apply(service(ns, "pods")).await?;
         c.apply(slice(ns, "pods-1", "pods", &[Ready(&a)])).await?;
-        let spec = json!({"hostnames": ["s12.test"], "backends": [{"service": {"name": "pods", "port": "ws"}}],
+        let spec = json!({"hostnames": ["s13.test"], "backends": [{"service": {"name": "pods", "port": "ws"}}],
             "rebalance": {"maxFraction": 0.5, "over": "2s"}});
         c.apply(route(ns, "chat", spec)).await?;
         wait_status(c, ns, "chat", 20.0, "programmed with 1 backend", |r| {
             programmed(r) && r["status"]["backends"] == 1
         })
         .await?;
-        upgrade_eventually(gw, "s12.test", "/", 10.0).await?;
+        upgrade_eventually(gw, "s13.test", "/", 10.0).await?;
         let mut tunnels = Vec::new();
         for _ in 0..TUNNELS {
-            let t = open(gw, "s12.test", "/").await?;
-            ensure!(t.backend == "s12-a", "a tunnel went to {}", t.backend);
+            let t = open(gw, "s13.test", "/").await?;
+            ensure!(t.backend == "s13-a", "a tunnel went to {}", t.backend);
             tunnels.push(t);
         }
 
-        // s12-b joins the slice: fair share 10 each, maxFraction 0.5 caps at 10.
+        // s13-b joins the slice: fair share 10 each, maxFraction 0.5 caps at 10.
         let t0 = Instant::now();
         c.apply(slice(ns, "pods-1", "pods", &[Ready(&a), Ready(&b)]))
             .await?;
@@ -107,23 +107,23 @@ pub fn rebalance_by_endpoints(env: &mut Env) -> Run<'_> {
         // The clients reconnect: each lands on the least-loaded endpoint.
         let mut landed = Vec::new();
         for _ in 0..moved {
-            landed.push(open(gw, "s12.test", "/").await?.backend);
+            landed.push(open(gw, "s13.test", "/").await?.backend);
         }
         ensure!(
-            landed.iter().all(|n| n == "s12-b"),
-            "reconnects landed on {landed:?}, want all on s12-b"
+            landed.iter().all(|n| n == "s13-b"),
+            "reconnects landed on {landed:?}, want all on s13-b"
         );
         let counted = env
             .gw
-            .metric("wsgate_rebalanced_total", &["namespace=\"s12\""])
+            .metric("wsgate_rebalanced_total", &["namespace=\"s13\""])
             .await?
-            .context("no wsgate_rebalanced_total sample for s12")?;
+            .context("no wsgate_rebalanced_total sample for s13")?;
         ensure!(
             counted == moved as f64,
             "wsgate_rebalanced_total = {counted}, want {moved}"
         );
         println!(
-            "    CEL refused 3 bad routes; s12-b joined: {moved} of {TUNNELS} tunnels closed 1012 within {:.2}s (over 2s), reconnects all on s12-b",
+            "    CEL refused 3 bad routes; s13-b joined: {moved} of {TUNNELS} tunnels closed 1012 within {:.2}s (over 2s), reconnects all on s13-b",
             last.as_secs_f64()
         );
         Ok(())
