@@ -17,7 +17,7 @@ spec:
   path: {{type: PathPrefix, value: /}}
   backends: [{{address: "127.0.0.1:9001", weight: 1}}]
   loadBalancing: {{policy: Cookie, cookie: {{name: wsgate-affinity, ttl: 1h}}}}
-  keepalive: {{interval: 1s, timeout: 500ms, backend: {{interval: 1s, timeout: 500ms}}}}  # timeout < interval
+  keepalive: {{interval: 1s, timeout: 500ms, backend: {{interval: 1s, timeout: 500ms}}}}
   timeouts: {{connect: 5s, handshake: 10s, idle: 0s, maxLifetime: 0s}}
   limits: {{maxConnections: 0, maxConnectionsPerClientIP: 0, maxMessageBytes: 0}}
   allowedOrigins: []
