@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use wsgate::api::Duration;
 use wsgate::metrics::Metrics;
 use wsgate::proxy::listener_limits::MIN_HEADER_BYTES;
-use wsgate::proxy::{self, access_log, AccessLog, HeadLimits, Listener, Proxy};
+use wsgate::proxy::{self, access_log, AccessLog, HeadLimits, Http2Settings, Listener, Proxy};
 use wsgate::{admin, config, controller};
 
 /// A WebSocket ingress: upgrade-aware proxy with keepalive pings, per-route metrics
@@ -93,9 +93,18 @@ struct Common {
     /// the client gets 408 and the connection is closed.
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     header_read_timeout: Duration,
-    /// Largest request head in bytes (at least 8192); larger gets 431.
+    /// Largest request head in bytes (at least 8192); larger gets 431. Over HTTP/2
+    /// it bounds a request's header list (and so CONTINUATION floods).
     #[arg(long, default_value_t = 64 * 1024, value_parser = max_header_bytes)]
     max_header_bytes: usize,
+    /// HTTP/2 toward clients: ALPN `h2` on the TLS listener, h2c with prior
+    /// knowledge on the plain one, WebSockets as extended CONNECT streams (RFC 8441).
+    /// `false`: HTTP/1.1 only on both.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    http2: bool,
+    /// Streams (tunnels and requests) at once on one HTTP/2 connection.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    http2_max_concurrent_streams: u32,
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
@@ -324,26 +333,31 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
         read_timeout: common.header_read_timeout.0,
         max_bytes: common.max_header_bytes,
     };
+    let http2 = common.http2.then_some(Http2Settings {
+        max_concurrent_streams: common.http2_max_concurrent_streams,
+    });
     let mut listeners = vec![tokio::spawn(proxy::serve_listener(
         proxy.clone(),
         Listener {
             socket: plain,
             tls: None,
             limits,
+            http2,
         },
     ))];
     if let Some(socket) = tls {
-        let cfg = proxy::server_config(proxy.clone());
+        let cfg = proxy::server_config(proxy.clone(), common.http2);
         listeners.push(tokio::spawn(proxy::serve_listener(
             proxy.clone(),
             Listener {
                 socket,
                 tls: Some(cfg),
                 limits,
+                http2,
             },
         )));
     }
-    tracing::info!(listen = %common.listen, tls_listen = ?common.tls_listen, admin = %common.admin_listen, "wsgate serving");
+    tracing::info!(listen = %common.listen, tls_listen = ?common.tls_listen, admin = %common.admin_listen, http2 = common.http2, "wsgate serving");
     shutdown_signal().await;
     proxy.shutdown(common.drain_timeout.0).await;
     for l in listeners {

@@ -114,6 +114,10 @@ pub struct Metrics {
     /// `wsgate_backend_ejections_total{namespace,route}`: backends passive health
     /// took out of rotation for `failTimeout`.
     pub backend_ejections_total: IntCounterVec,
+    /// `wsgate_client_connections_active{protocol}`: client TCP connections by the
+    /// protocol they speak (`http1`, `h2`); tunnels ÷ connections shows HTTP/2
+    /// multiplexing.
+    pub client_connections_active: IntGaugeVec,
 }
 
 /// Where a tunnel's close began.
@@ -179,6 +183,19 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(connections_active.clone()))
             .expect("unique metric");
+        let client_connections_active = IntGaugeVec::new(
+            Opts::new(
+                "wsgate_client_connections_active",
+                "Open client connections (TCP, after TLS) by protocol: http1 or h2.",
+            ),
+            &["protocol"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(client_connections_active.clone()))
+            .expect("unique metric");
+        for p in ["http1", "h2"] {
+            client_connections_active.with_label_values(&[p]).set(0);
+        }
         let routes =
             IntGauge::new("wsgate_routes", "Routes in the live table.").expect("valid metric");
         r.register(Box::new(routes.clone())).expect("unique metric");
@@ -197,6 +214,7 @@ impl Metrics {
         r.register(Box::new(last_sync.clone()))
             .expect("unique metric");
         Metrics {
+            client_connections_active,
             connections_active,
             connections_total: counter(
                 &r,

@@ -51,6 +51,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Makes an HTTP/2 request's headers right for HTTP/1.1 toward a backend: `Host`
+/// from the `:authority` (HTTP/2 has no `Host` header), and the cookie crumbs
+/// HTTP/2 may split into several fields joined into one (RFC 9113 §8.2.3).
+/// An HTTP/1.1 request is left as it is.
+pub fn for_http1(headers: &mut HeaderMap, uri: &http::Uri) {
+    if !headers.contains_key(HOST) {
+        if let Some(v) = uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(HOST, v);
+        }
+    }
+    let cookie = http::header::COOKIE;
+    if headers.get_all(&cookie).iter().nth(1).is_some() {
+        let joined: Vec<&[u8]> = headers
+            .get_all(&cookie)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+            headers.insert(cookie, v);
+        }
+    }
+}
+
 /// Sets `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host` and
 /// `X-Real-IP` for a request from `client`.
 pub fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, tls: bool) {

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use super::auth;
 use super::backend_tls::{self, BackendTls};
 use super::balance;
-use super::headers::{set_forwarded, strip_hop_by_hop};
+use super::headers::{for_http1, set_forwarded, strip_hop_by_hop};
 use super::health;
 use super::server::{status, Body};
 use super::table::Route;
@@ -64,6 +64,8 @@ pub async fn forward(
         return r;
     }
     let mut req = req;
+    let uri = req.uri().clone();
+    for_http1(req.headers_mut(), &uri);
     if let Err(refusal) = auth::admit(&route, m, &mut req).await {
         m.http(refusal.status().as_u16());
         return refusal;
@@ -72,6 +74,8 @@ pub async fn forward(
     let choice = balance::choose(&route, &runtime, &parts, peer.ip());
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, peer, tls);
+    // Backends are spoken to in HTTP/1.1 whatever the client used.
+    parts.version = http::Version::HTTP_11;
     let path = parts
         .uri
         .path_and_query()

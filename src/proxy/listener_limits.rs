@@ -57,14 +57,19 @@ pub enum Rejection {
     Malformed,
     /// The TLS handshake failed or timed out.
     TlsHandshake,
+    /// An HTTP/2 client broke one of h2's abuse limits (rapid reset, CONTINUATION
+    /// flood, too many small frames...): the connection was ended with GOAWAY
+    /// `ENHANCE_YOUR_CALM`.
+    Http2Abuse,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 4] = [
+    const ALL: [Rejection; 5] = [
         Rejection::HeaderTimeout,
         Rejection::HeaderTooLarge,
         Rejection::Malformed,
         Rejection::TlsHandshake,
+        Rejection::Http2Abuse,
     ];
 
     /// The metric label.
@@ -74,11 +79,25 @@ impl Rejection {
             Rejection::HeaderTooLarge => "header_too_large",
             Rejection::Malformed => "malformed",
             Rejection::TlsHandshake => "tls_handshake",
+            Rejection::Http2Abuse => "http2_abuse",
         }
     }
 
     /// What hyper's error on a server connection says about the client, if anything.
     pub fn of_hyper_error(e: &hyper::Error) -> Option<Rejection> {
+        // An HTTP/2 connection error wsgate's side raised (not the client's GOAWAY).
+        let h2 = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<h2::Error>());
+        if let Some(h2) = h2 {
+            return match h2.reason() {
+                _ if h2.is_remote() || h2.is_io() => None,
+                Some(h2::Reason::ENHANCE_YOUR_CALM) => Some(Rejection::Http2Abuse),
+                Some(h2::Reason::PROTOCOL_ERROR)
+                | Some(h2::Reason::FRAME_SIZE_ERROR)
+                | Some(h2::Reason::COMPRESSION_ERROR) => Some(Rejection::Malformed),
+                _ => None,
+            };
+        }
         if e.is_parse_too_large() {
             Some(Rejection::HeaderTooLarge)
         } else if e.is_parse() {
@@ -99,11 +118,11 @@ struct Warned {
     unlogged: u64,
 }
 
-static WARNED: Mutex<[Warned; 4]> = Mutex::new(
+static WARNED: Mutex<[Warned; Rejection::ALL.len()]> = Mutex::new(
     [Warned {
         last: None,
         unlogged: 0,
-    }; 4],
+    }; Rejection::ALL.len()],
 );
 
 /// Counts a rejection and logs a warning unless one for the same reason was
@@ -170,6 +189,8 @@ pin_project_lite::pin_project! {
         inner: S,
         deadline: Option<Pin<Box<Sleep>>>,
         state: Arc<HeadState>,
+        // Whether to answer 408 (HTTP/1.1) or just end the connection (HTTP/2).
+        answer: bool,
     }
 }
 
@@ -180,7 +201,15 @@ impl<S> FirstHead<S> {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             state,
+            answer: true,
         }
+    }
+
+    /// Ends the connection at the deadline without an HTTP/1.1 408 (an HTTP/2
+    /// client would read it as a broken frame).
+    pub fn silent(mut self) -> Self {
+        self.answer = false;
+        self
     }
 
     /// The connection itself (after an upgrade the tunnel needs no deadline).
@@ -205,14 +234,20 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for FirstHead<S> {
                 // Best effort and never waiting: a client that sent a partial
                 // head has an empty receive window on our side, so these few
                 // bytes fit in the socket buffer at once.
-                let mut sent = 0;
+                let mut sent = if *this.answer {
+                    0
+                } else {
+                    REQUEST_TIMEOUT.len()
+                };
                 while sent < REQUEST_TIMEOUT.len() {
                     match this.inner.as_mut().poll_write(cx, &REQUEST_TIMEOUT[sent..]) {
                         Poll::Ready(Ok(n)) if n > 0 => sent += n,
                         _ => break,
                     }
                 }
-                let _ = this.inner.as_mut().poll_flush(cx);
+                if *this.answer {
+                    let _ = this.inner.as_mut().poll_flush(cx);
+                }
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "request head not received within --header-read-timeout",

@@ -33,8 +33,8 @@ use arc_swap::ArcSwap;
 pub use access_log::AccessLog;
 pub use health::{backends_view, RouteBackends};
 pub use listener_limits::HeadLimits;
-pub use registry::{CloseReason, Registry, RouteRuntime, TunnelInfo};
-pub use server::{serve_listener, Listener};
+pub use registry::{ClientProtocol, CloseReason, Registry, RouteRuntime, TunnelInfo};
+pub use server::{serve_listener, Http2Settings, Listener};
 pub use table::{Route, RouteKey, RouteTable};
 pub use tls::server_config;
 

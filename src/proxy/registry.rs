@@ -164,6 +164,8 @@ pub struct TunnelInfo {
     pub client: SocketAddr,
     /// The backend's address.
     pub backend: String,
+    /// How the client reached wsgate.
+    pub client_protocol: ClientProtocol,
     /// Wall-clock open time.
     pub opened_at: SystemTime,
     /// Monotonic open time.
@@ -209,6 +211,25 @@ impl TunnelInfo {
     }
 }
 
+/// The protocol of a tunnel's client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientProtocol {
+    /// An HTTP/1.1 Upgrade on a connection of its own.
+    Http1,
+    /// An extended CONNECT stream (RFC 8441) of an HTTP/2 connection, TLS or h2c.
+    H2,
+}
+
+impl ClientProtocol {
+    /// The ALPN name, as `/connections` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientProtocol::Http1 => "http/1.1",
+            ClientProtocol::H2 => "h2",
+        }
+    }
+}
+
 /// One `/connections` entry.
 #[derive(Serialize)]
 pub struct TunnelView {
@@ -216,6 +237,7 @@ pub struct TunnelView {
     namespace: String,
     route: String,
     client: String,
+    client_protocol: &'static str,
     backend: String,
     opened_at: String,
     age_seconds: f64,
@@ -292,11 +314,18 @@ impl Registry {
     }
 
     /// Registers a tunnel.
-    pub fn open(&self, route: Arc<Route>, client: SocketAddr, backend: String) -> Arc<TunnelInfo> {
+    pub fn open(
+        &self,
+        route: Arc<Route>,
+        client: SocketAddr,
+        client_protocol: ClientProtocol,
+        backend: String,
+    ) -> Arc<TunnelInfo> {
         let info = Arc::new(TunnelInfo {
             id: self.next_id.fetch_add(1, Relaxed),
             route,
             client,
+            client_protocol,
             backend,
             opened_at: SystemTime::now(),
             opened: Instant::now(),
@@ -413,6 +442,7 @@ impl Registry {
                 namespace: t.route.key.namespace.clone(),
                 route: t.route.key.name.clone(),
                 client: t.client.to_string(),
+                client_protocol: t.client_protocol.as_str(),
                 backend: t.backend.clone(),
                 opened_at: humantime::format_rfc3339_millis(t.opened_at).to_string(),
                 age_seconds: t.opened.elapsed().as_secs_f64(),

@@ -381,10 +381,10 @@ impl Relay {
                         return Ready(Wake::Read(side));
                     }
                     let s = match side {
-                        Side::Client => &self.client,
-                        Side::Backend => &self.backend,
+                        Side::Client => &mut self.client,
+                        Side::Backend => &mut self.backend,
                     };
-                    if let Ready(r) = s.tcp().poll_read_ready(cx) {
+                    if let Ready(r) = s.poll_read_ready(cx) {
                         return Ready(if r.is_ok() {
                             Wake::Read(side)
                         } else {
@@ -394,11 +394,11 @@ impl Relay {
                 }
                 for (side, want) in [(Side::Backend, write_b), (Side::Client, write_c)] {
                     let s = match side {
-                        Side::Client => &self.client,
-                        Side::Backend => &self.backend,
+                        Side::Client => &mut self.client,
+                        Side::Backend => &mut self.backend,
                     };
                     if want {
-                        if let Ready(r) = s.tcp().poll_write_ready(cx) {
+                        if let Ready(r) = s.poll_write_ready(cx) {
                             return Ready(if r.is_ok() {
                                 Wake::Write(side)
                             } else {

@@ -1,5 +1,6 @@
-//! Listeners: accept, terminate TLS, speak HTTP/1.1 with hyper, and send each
-//! request down the upgrade or the plain HTTP path.
+//! Listeners: accept, terminate TLS, speak HTTP/1.1 or HTTP/2 with hyper, and send
+//! each request down the upgrade (an HTTP/1.1 Upgrade or an HTTP/2 extended
+//! CONNECT) or the plain HTTP path.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpInfo;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -24,6 +25,7 @@ use super::headers::is_websocket_upgrade;
 use super::listener_limits::{
     reject, FirstHead, HeadLimits, HeadState, Rejection, MIN_HEADER_BYTES,
 };
+use super::registry::ClientProtocol;
 use super::stream::Stream;
 use super::{http_proxy, upgrade, Proxy};
 
@@ -33,6 +35,9 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 /// TLS handshakes must finish within this.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a client sends first on an HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// A listener and whether it terminates TLS.
 pub struct Listener {
     /// The bound socket.
@@ -41,7 +46,34 @@ pub struct Listener {
     pub tls: Option<Arc<ServerConfig>>,
     /// Request-head timeout and size limit.
     pub limits: HeadLimits,
+    /// HTTP/2 (ALPN `h2` with TLS, prior knowledge without); `None`: HTTP/1.1 only.
+    pub http2: Option<Http2Settings>,
 }
+
+/// HTTP/2 on a listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Http2Settings {
+    /// `--http2-max-concurrent-streams`: streams (tunnels and requests) at once on
+    /// one connection.
+    pub max_concurrent_streams: u32,
+}
+
+/// Each stream's receive window. A tunnel whose backend reads slowly holds at most
+/// this much of its client's data in wsgate; the client's other streams go on.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// The connection's receive window: sixteen stalled streams' worth, so a few slow
+/// tunnels never stall the rest of a connection.
+const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
+/// What wsgate buffers per stream toward a client that reads slowly.
+const H2_SEND_BUFFER: usize = 256 * 1024;
+/// Streams a client may reset before wsgate accepted them (rapid reset,
+/// CVE-2023-44487); h2's default, stated so it does not drift.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams wsgate may reset for a client's errors before it ends the connection.
+const H2_MAX_LOCAL_RESETS: usize = 256;
+/// HTTP/2 PING on an otherwise silent connection, and how long its answer may take:
+/// finds dead clients that hold no tunnel (tunnels have their own WebSocket pings).
+const H2_KEEPALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
 
 /// A client connection as hyper sees it; [`Upgraded`](hyper::upgrade::Upgraded)
 /// downcasts to this.
@@ -91,6 +123,7 @@ pub async fn serve_listener(proxy: Arc<Proxy>, listener: Listener) {
                         peer,
                         listener.tls.clone(),
                         listener.limits,
+                        listener.http2,
                     ));
                 }
                 Err(e) => {
@@ -109,6 +142,7 @@ async fn connection(
     peer: SocketAddr,
     tls: Option<Arc<ServerConfig>>,
     limits: HeadLimits,
+    http2: Option<Http2Settings>,
 ) {
     let _ = tcp.set_nodelay(true);
     let stream = match tls {
@@ -140,8 +174,34 @@ async fn connection(
         None => Stream::Tcp(tcp),
     };
     let is_tls = matches!(stream, Stream::Tls(_));
+    // The first head's deadline runs from here, the protocol sniff included.
+    let head_by = Instant::now() + limits.read_timeout;
+    let h2 = match (&stream, http2) {
+        (_, None) => None,
+        (Stream::Tls(s), Some(h2)) => (s.get_ref().1.alpn_protocol() == Some(b"h2")).then_some(h2),
+        (Stream::Tcp(tcp), Some(h2)) => match sniff_preface(tcp, head_by).await {
+            Some(true) => Some(h2),
+            Some(false) => None,
+            None => return,
+        },
+        (_, Some(_)) => None,
+    };
+    let protocol = if h2.is_some() {
+        ClientProtocol::H2
+    } else {
+        ClientProtocol::Http1
+    };
+    let gauge = proxy
+        .metrics
+        .client_connections_active
+        .with_label_values(&[if h2.is_some() { "h2" } else { "http1" }]);
+    gauge.inc();
     let head = Arc::new(HeadState::default());
-    let io = FirstHead::new(stream, limits.read_timeout, head.clone());
+    let io = FirstHead::new(
+        stream,
+        head_by.saturating_duration_since(Instant::now()),
+        head.clone(),
+    );
     let service = service_fn({
         let proxy = proxy.clone();
         let head = head.clone();
@@ -149,10 +209,10 @@ async fn connection(
             head.head_done();
             let proxy = proxy.clone();
             async move {
-                let upgrade = is_websocket_upgrade(req.headers());
+                let upgrade = is_websocket_upgrade(req.headers()) || is_extended_connect(&req);
                 let seen = proxy.access_log.enabled().then(|| Seen::of(&req));
                 let resp = if upgrade {
-                    upgrade::websocket(&proxy, req, peer, is_tls).await
+                    upgrade::websocket(&proxy, req, peer, is_tls, protocol).await
                 } else {
                     http_proxy::forward(&proxy, req, peer, is_tls).await
                 };
@@ -163,18 +223,25 @@ async fn connection(
             }
         }
     });
-    // hyper's own timer covers the heads of later requests on a kept-alive
-    // connection; the first one is timed by `FirstHead`, which answers 408.
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.read_timeout)
-        // `max_buf_size` alone is no limit: a head that arrives in one read is
-        // parsed before the buffer size is checked (a 100 KiB header got through).
-        .max_header_size(limits.max_bytes)
-        .max_buf_size(limits.max_bytes.max(MIN_HEADER_BYTES))
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    if let Err(e) = conn.await {
+    let result = match h2 {
+        Some(settings) => serve_h2(&proxy, io.silent(), service, settings, limits).await,
+        None => {
+            // hyper's own timer covers the heads of later requests on a kept-alive
+            // connection; the first one is timed by `FirstHead`, which answers 408.
+            hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.read_timeout)
+                // `max_buf_size` alone is no limit: a head that arrives in one read is
+                // parsed before the buffer size is checked (a 100 KiB header got through).
+                .max_header_size(limits.max_bytes)
+                .max_buf_size(limits.max_bytes.max(MIN_HEADER_BYTES))
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades()
+                .await
+        }
+    };
+    gauge.dec();
+    if let Err(e) = result {
         let reason = if head.timed_out() {
             Some(Rejection::HeaderTimeout)
         } else {
@@ -185,6 +252,81 @@ async fn connection(
             None => tracing::debug!(client = %peer, error = %e, "connection ended with an error"),
         }
     }
+}
+
+/// An HTTP/2 connection: hyper's server with extended CONNECT (RFC 8441) on and
+/// h2's abuse limits set. At shutdown it sends GOAWAY and lets the open streams
+/// finish: their tunnels get Close 1001 from the drain like any other.
+async fn serve_h2<S>(
+    proxy: &Proxy,
+    io: FirstHead<Stream>,
+    service: S,
+    settings: Http2Settings,
+    limits: HeadLimits,
+) -> Result<(), hyper::Error>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        // Also bounds CONTINUATION frames: h2 ends a connection whose header block
+        // runs past this (GOAWAY ENHANCE_YOUR_CALM).
+        .max_header_list_size(u32::try_from(limits.max_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(H2_SEND_BUFFER)
+        .keep_alive_interval(H2_KEEPALIVE.0)
+        .keep_alive_timeout(H2_KEEPALIVE.1);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut stop = proxy.shutdown_signal();
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
+}
+
+/// Whether a cleartext connection opens with the HTTP/2 preface (h2c with prior
+/// knowledge). Looks without consuming; `None` when the client left or sent
+/// nothing that decides it by `by`.
+async fn sniff_preface(tcp: &TcpStream, by: Instant) -> Option<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let look = async {
+        loop {
+            let n = tcp.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            // A prefix of the preface so far ("P" could still be "POST"): peek
+            // returns at once while bytes wait, so look again a little later.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    match tokio::time::timeout_at(by.into(), look).await {
+        Ok(r) => r,
+        // Undecided at the deadline: HTTP/1.1, whose head timer answers 408 at once.
+        Err(_) => Some(false),
+    }
+}
+
+/// An HTTP/2 extended CONNECT (RFC 8441): `:method CONNECT` with `:protocol`.
+fn is_extended_connect<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::CONNECT
+        && req.extensions().get::<hyper::ext::Protocol>().is_some()
 }
 
 /// What the access log needs of a request, taken before the request is consumed.

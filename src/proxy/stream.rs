@@ -1,4 +1,5 @@
-//! `Stream`: one leg of a tunnel, plain TCP or TLS, read on readiness.
+//! `Stream`: one leg of a tunnel, plain TCP, TLS, or a stream of a client's HTTP/2
+//! connection (RFC 8441), read on readiness.
 //!
 //! The relay never parks a buffer in a read: it waits for the socket to become
 //! readable and only then reads into a short-lived scratch buffer. That is what keeps
@@ -6,8 +7,13 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
+use futures_util::task::AtomicWaker;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -20,6 +26,92 @@ pub enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
     /// TLS over TCP toward a backend (`spec.backendTLS`).
     BackendTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A stream of a client's HTTP/2 connection, opened by an extended CONNECT.
+    H2(Box<H2Leg>),
+}
+
+/// One HTTP/2 stream as a tunnel leg.
+///
+/// There is no socket to wait on: hyper's stream wakes whichever waker polled it
+/// last. Every read is polled with `read_waker` and every write with `write_waker`,
+/// each of which raises its flag and wakes the relay task, so the relay's readiness
+/// checks keep their meaning ("something may have changed on this side") and never
+/// spin. A waker that does nothing, as the socket legs use, would lose the wake-up
+/// here: hyper keeps only the last one.
+pub struct H2Leg {
+    io: TokioIo<Upgraded>,
+    read: Arc<Flag>,
+    write: Arc<Flag>,
+    read_waker: Waker,
+    write_waker: Waker,
+}
+
+/// A wake-up for one direction of an HTTP/2 leg: raised by hyper, cleared by the
+/// relay when it looks.
+struct Flag {
+    raised: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.raised.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Flag {
+    /// Raised at first: nothing has been polled yet, so the relay must try once.
+    fn new() -> Arc<Flag> {
+        Arc::new(Flag {
+            raised: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        })
+    }
+
+    fn poll(&self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        self.task.register(cx.waker());
+        if self.raised.swap(false, Ordering::AcqRel) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl H2Leg {
+    /// The leg over an upgraded HTTP/2 stream.
+    pub fn new(io: Upgraded) -> H2Leg {
+        let (read, write) = (Flag::new(), Flag::new());
+        H2Leg {
+            io: TokioIo::new(io),
+            read_waker: Waker::from(read.clone()),
+            write_waker: Waker::from(write.clone()),
+            read,
+            write,
+        }
+    }
+
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut cx = Context::from_waker(&self.read_waker);
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut self.io).poll_read(&mut cx, &mut rb) {
+            Poll::Ready(r) => r.map(|()| rb.filled().len()),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut cx = Context::from_waker(&self.write_waker);
+        match Pin::new(&mut self.io).poll_write(&mut cx, buf) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
 }
 
 /// Runs one poll with a waker that does nothing: readiness is awaited separately on
@@ -33,23 +125,43 @@ fn poll_once<T>(f: impl FnOnce(&mut Context<'_>) -> Poll<io::Result<T>>) -> io::
 }
 
 impl Stream {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP socket underneath (none for an HTTP/2 stream).
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Tcp(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-            Stream::BackendTls(s) => s.get_ref().0,
+            Stream::Tcp(s) => Some(s),
+            Stream::Tls(s) => Some(s.get_ref().0),
+            Stream::BackendTls(s) => Some(s.get_ref().0),
+            Stream::H2(_) => None,
         }
     }
 
     /// Whether a TLS layer sits on the socket (it may hold encrypted bytes to flush).
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Tcp(_))
+        matches!(self, Stream::Tls(_) | Stream::BackendTls(_))
     }
 
-    /// Waits until a write may make progress.
-    pub async fn writable(&self) -> io::Result<()> {
-        self.tcp().writable().await
+    /// Ready when a read may make progress (the task is woken when it may).
+    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match (&*self, self.tcp()) {
+            (Stream::H2(h), _) => h.read.poll(cx),
+            (_, Some(tcp)) => tcp.poll_read_ready(cx),
+            (_, None) => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Ready when a write may make progress (the task is woken when it may).
+    pub fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match (&*self, self.tcp()) {
+            (Stream::H2(h), _) => h.write.poll(cx),
+            (_, Some(tcp)) => tcp.poll_write_ready(cx),
+            (_, None) => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Waits until a write may make progress (`&mut`: an HTTP/2 leg is not `Sync`,
+    /// so a shared borrow could not be held across the wait).
+    pub async fn writable(&mut self) -> io::Result<()> {
+        std::future::poll_fn(move |cx| self.poll_write_ready(cx)).await
     }
 
     /// Reads what is available now; `WouldBlock` when nothing is.
@@ -58,14 +170,17 @@ impl Stream {
     /// socket is drained, so the next wait goes straight to epoll instead of costing
     /// one more `read` that returns `EAGAIN` (a system call per wake-up saved).
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let src: &mut (dyn AsyncRead + Unpin) = match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => &mut **s,
+            Stream::BackendTls(s) => &mut **s,
+            Stream::H2(h) => return h.try_read(buf),
+        };
         poll_once(|cx| {
             let mut rb = ReadBuf::new(buf);
-            let r = match self {
-                Stream::Tcp(s) => Pin::new(s).poll_read(cx, &mut rb),
-                Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, &mut rb),
-                Stream::BackendTls(s) => Pin::new(&mut **s).poll_read(cx, &mut rb),
-            };
-            r.map_ok(|()| rb.filled().len())
+            Pin::new(&mut *src)
+                .poll_read(cx, &mut rb)
+                .map_ok(|()| rb.filled().len())
         })
     }
 
@@ -73,6 +188,7 @@ impl Stream {
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_write(buf),
+            Stream::H2(h) => h.try_write(buf),
             Stream::Tls(_) | Stream::BackendTls(_) => {
                 let n = poll_once(|cx| Pin::new(&mut *self).poll_write(cx, buf))?;
                 // Encrypted records may still sit in rustls; push them out now if the
@@ -86,7 +202,8 @@ impl Stream {
     /// Pushes out bytes the TLS layer holds; true when nothing is left.
     pub fn try_flush(&mut self) -> io::Result<bool> {
         match self {
-            Stream::Tcp(_) => Ok(true),
+            // hyper's stream task sends what a write handed over; nothing is held here.
+            Stream::Tcp(_) | Stream::H2(_) => Ok(true),
             Stream::Tls(_) | Stream::BackendTls(_) => {
                 match poll_once(|cx| Pin::new(&mut *self).poll_flush(cx)) {
                     Ok(()) => Ok(true),
@@ -103,6 +220,8 @@ impl Stream {
             Stream::Tcp(s) => s.shutdown().await,
             Stream::Tls(s) => s.shutdown().await,
             Stream::BackendTls(s) => s.shutdown().await,
+            // END_STREAM after what was written.
+            Stream::H2(h) => h.io.shutdown().await,
         };
     }
 }
@@ -117,6 +236,7 @@ impl AsyncRead for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
             Stream::BackendTls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::H2(h) => Pin::new(&mut h.io).poll_read(cx, buf),
         }
     }
 }
@@ -131,6 +251,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Stream::BackendTls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Stream::H2(h) => Pin::new(&mut h.io).poll_write(cx, buf),
         }
     }
 
@@ -139,6 +260,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
             Stream::BackendTls(s) => Pin::new(&mut **s).poll_flush(cx),
+            Stream::H2(h) => Pin::new(&mut h.io).poll_flush(cx),
         }
     }
 
@@ -147,6 +269,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
             Stream::BackendTls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Stream::H2(h) => Pin::new(&mut h.io).poll_shutdown(cx),
         }
     }
 
@@ -159,6 +282,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
             Stream::BackendTls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            Stream::H2(h) => Pin::new(&mut h.io).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -167,6 +291,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
             Stream::BackendTls(s) => s.is_write_vectored(),
+            Stream::H2(h) => h.io.is_write_vectored(),
         }
     }
 }

@@ -31,15 +31,19 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The TLS settings of the `--tls-listen` listener.
-pub fn server_config(proxy: Arc<Proxy>) -> Arc<ServerConfig> {
+/// The TLS settings of the `--tls-listen` listener: ALPN `h2` (WebSockets over
+/// HTTP/2 streams, RFC 8441) before `http/1.1` unless HTTP/2 is off.
+pub fn server_config(proxy: Arc<Proxy>, http2: bool) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { proxy }));
-    // WebSocket upgrades are HTTP/1.1 (RFC 6455); offering h2 would need RFC 8441.
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Arc::new(cfg)
 }

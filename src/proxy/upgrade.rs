@@ -1,6 +1,7 @@
-//! The WebSocket handshake (RFC 6455 §4): validate the client's upgrade, pick and
-//! dial a backend, forward the upgrade, verify the backend's 101, then hand both
-//! connections to the [`Relay`](super::relay::Relay).
+//! The WebSocket handshake (RFC 6455 §4, and RFC 8441 over HTTP/2): validate the
+//! client's upgrade or extended CONNECT, pick and dial a backend, forward an
+//! HTTP/1.1 upgrade, verify the backend's 101, then hand both legs to the
+//! [`Relay`](super::relay::Relay).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,13 +21,13 @@ use tokio::net::TcpStream;
 use super::auth;
 use super::backend_tls;
 use super::balance::{self, Choice};
-use super::headers::{set_forwarded, strip_hop_by_hop};
+use super::headers::{for_http1, set_forwarded, strip_hop_by_hop};
 use super::health;
 use super::protocol::Extensions;
-use super::registry::{CloseReason, RouteRuntime};
+use super::registry::{ClientProtocol, CloseReason, RouteRuntime};
 use super::relay::Relay;
 use super::server::{status, Body, ClientIo};
-use super::stream::Stream;
+use super::stream::{H2Leg, Stream};
 use super::table::{Balance, Route};
 use super::Proxy;
 
@@ -102,12 +103,13 @@ pub async fn connect(
     None
 }
 
-/// Handles an upgrade request end to end.
+/// Handles an upgrade request (HTTP/1.1) or an extended CONNECT (HTTP/2) end to end.
 pub async fn websocket(
     proxy: &Arc<Proxy>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
+    protocol: ClientProtocol,
 ) -> Response<Body> {
     let Some((route, runtime)) = proxy.route_for(&req) else {
         proxy
@@ -117,6 +119,8 @@ pub async fn websocket(
             .inc();
         return status(StatusCode::NOT_FOUND, "no route for this host and path");
     };
+    let uri = req.uri().clone();
+    for_http1(req.headers_mut(), &uri);
     let m = &runtime.metrics;
     let reject = |code: StatusCode, why: &str| {
         m.outcome("rejected");
@@ -124,27 +128,50 @@ pub async fn websocket(
         status(code, why)
     };
 
-    // §4.2.1: a GET over HTTP/1.1 with a 16-byte base64 key and version 13.
-    if req.method() != Method::GET || req.version() != Version::HTTP_11 {
-        return reject(
-            StatusCode::BAD_REQUEST,
-            "a WebSocket upgrade must be an HTTP/1.1 GET",
+    let h2 = protocol == ClientProtocol::H2;
+    let key = if h2 {
+        // RFC 8441 §4: CONNECT with `:protocol websocket`; there is no key on this
+        // leg, so wsgate makes the one the backend's Accept must answer.
+        let websocket = req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if req.method() != Method::CONNECT || !websocket {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "an HTTP/2 WebSocket is an extended CONNECT with :protocol websocket",
+            );
+        }
+        let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+        req.headers_mut().insert(
+            SEC_WEBSOCKET_KEY,
+            HeaderValue::from_str(&key).expect("base64 is a valid header value"),
         );
-    }
-    let key = req
-        .headers()
-        .get(SEC_WEBSOCKET_KEY)
-        .map(|k| k.as_bytes().to_vec())
-        .unwrap_or_default();
-    let key_ok = base64::engine::general_purpose::STANDARD
-        .decode(&key)
-        .is_ok_and(|k| k.len() == 16);
-    if !key_ok {
-        return reject(
-            StatusCode::BAD_REQUEST,
-            "missing or invalid Sec-WebSocket-Key",
-        );
-    }
+        key.into_bytes()
+    } else {
+        // §4.2.1: a GET over HTTP/1.1 with a 16-byte base64 key and version 13.
+        if req.method() != Method::GET || req.version() != Version::HTTP_11 {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "a WebSocket upgrade must be an HTTP/1.1 GET",
+            );
+        }
+        let key = req
+            .headers()
+            .get(SEC_WEBSOCKET_KEY)
+            .map(|k| k.as_bytes().to_vec())
+            .unwrap_or_default();
+        let key_ok = base64::engine::general_purpose::STANDARD
+            .decode(&key)
+            .is_ok_and(|k| k.len() == 16);
+        if !key_ok {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "missing or invalid Sec-WebSocket-Key",
+            );
+        }
+        key
+    };
     match req
         .headers()
         .get(SEC_WEBSOCKET_VERSION)
@@ -340,8 +367,13 @@ pub async fn websocket(
 
     let mut headers = resp.headers().clone();
     strip_hop_by_hop(&mut headers);
-    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    if h2 {
+        // RFC 8441 §5: a 200 without the HTTP/1.1 handshake's headers.
+        headers.remove(SEC_WEBSOCKET_ACCEPT);
+    } else {
+        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    }
     if let Some(c) = cookie {
         headers.append(SET_COOKIE, c);
     }
@@ -358,14 +390,25 @@ pub async fn websocket(
             (Ok(c), Ok(b)) => (c, b),
             _ => return,
         };
-        let (Ok(c), Ok(b)) = (
-            client.downcast::<ClientIo>(),
-            backend_io.downcast::<TokioIo<Stream>>(),
-        ) else {
-            tracing::error!("upgraded connection of an unexpected type");
+        let Ok(b) = backend_io.downcast::<TokioIo<Stream>>() else {
+            tracing::error!("upgraded backend connection of an unexpected type");
             return;
         };
-        let info = proxy.registry.open(route, peer, backend);
+        // `read_buf` views hyper's whole handshake buffer (8 KiB or more): copy the
+        // (usually empty) rest out so the tunnel does not pin that buffer.
+        let (client, client_early) = match protocol {
+            ClientProtocol::H2 => (Stream::H2(Box::new(H2Leg::new(client))), Vec::new()),
+            ClientProtocol::Http1 => match client.downcast::<ClientIo>() {
+                Ok(c) => (c.io.into_inner().into_inner(), c.read_buf.to_vec()),
+                Err(_) => {
+                    tracing::error!("upgraded client connection of an unexpected type");
+                    return;
+                }
+            },
+        };
+        let backend_early = b.read_buf.to_vec();
+        drop(b.read_buf);
+        let info = proxy.registry.open(route, peer, protocol, backend);
         if let Some(at) = expires {
             proxy.registry.expire_at(&info, at);
         }
@@ -377,7 +420,7 @@ pub async fn websocket(
             );
         }
         let relay = Relay {
-            client: c.io.into_inner().into_inner(),
+            client,
             backend: b.io.into_inner(),
             info,
             runtime,
@@ -386,10 +429,6 @@ pub async fn websocket(
             extensions,
             proxy,
         };
-        // `read_buf` views hyper's whole handshake buffer (8 KiB or more): copy the
-        // (usually empty) rest out so the tunnel does not pin that buffer.
-        let (client_early, backend_early) = (c.read_buf.to_vec(), b.read_buf.to_vec());
-        drop((c.read_buf, b.read_buf));
         // A task of its own, spawned as the bare relay future: this handshake task's
         // state (or a wrapper's copy of the relay future — rustc keeps both the
         // local and the awaited copy) would otherwise double every tunnel's task.
@@ -399,7 +438,11 @@ pub async fn websocket(
     let mut out = Response::new(http_body_util::BodyExt::boxed(
         http_body_util::Empty::<Bytes>::new().map_err(|n| match n {}),
     ));
-    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *out.status_mut() = if h2 {
+        StatusCode::OK
+    } else {
+        StatusCode::SWITCHING_PROTOCOLS
+    };
     *out.headers_mut() = headers;
     out
 }
