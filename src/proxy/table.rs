@@ -1,6 +1,7 @@
 //! `RouteTable`: validated routes, ready to match requests. Both route sources
 //! build it (through `crate::compile`); the proxy only reads it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -273,13 +274,70 @@ impl Route {
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// Which routes a request's host can match, so a handshake scores a handful of
+    /// routes rather than all of them (thousands of hosts in one table are common).
+    by_host: Arc<HostIndex>,
+}
+
+/// Positions in `routes`, each list ascending (the table's order breaks ties).
+#[derive(Debug, Default)]
+struct HostIndex {
+    /// Routes naming this exact host.
+    exact: HashMap<String, Vec<usize>>,
+    /// Routes that may match any host: a wildcard among their hosts, or no hosts.
+    any: Vec<usize>,
+}
+
+impl HostIndex {
+    fn new(routes: &[Arc<Route>]) -> HostIndex {
+        let mut index = HostIndex::default();
+        for (i, r) in routes.iter().enumerate() {
+            let wildcard = r.hosts.iter().any(|h| matches!(h, HostMatch::Suffix(_)));
+            if r.hosts.is_empty() || wildcard {
+                index.any.push(i);
+            }
+            for h in &r.hosts {
+                if let HostMatch::Exact(name) = h {
+                    let at = index.exact.entry(name.clone()).or_default();
+                    if at.last() != Some(&i) {
+                        at.push(i);
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// The routes `host` may match, in table order, each once.
+    fn candidates<'a>(&'a self, host: &str) -> impl Iterator<Item = usize> + 'a {
+        let mut exact = self
+            .exact
+            .get(host)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .peekable();
+        let mut any = self.any.iter().peekable();
+        std::iter::from_fn(move || match (exact.peek(), any.peek()) {
+            (Some(&&e), Some(&&a)) if e == a => {
+                exact.next();
+                any.next()
+            }
+            (Some(&&e), Some(&&a)) if e < a => exact.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => any.next(),
+            (Some(_), None) => exact.next(),
+            (None, None) => None,
+        })
+        .copied()
+    }
 }
 
 impl RouteTable {
     /// A table of these routes (already validated; see `crate::compile`).
     pub fn new(routes: Vec<Route>) -> Self {
+        let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
         RouteTable {
-            routes: routes.into_iter().map(Arc::new).collect(),
+            by_host: Arc::new(HostIndex::new(&routes)),
+            routes,
         }
     }
 
@@ -293,7 +351,7 @@ impl RouteTable {
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         let host = normalize_host(host);
         let mut best: Option<((usize, usize), &Arc<Route>)> = None;
-        for route in &self.routes {
+        for route in self.by_host.candidates(&host).map(|i| &self.routes[i]) {
             let host_score = if route.hosts.is_empty() {
                 Some(0)
             } else {
@@ -402,5 +460,53 @@ mod tests {
         assert!(HostMatch::parse("bad host").is_none());
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
         assert_eq!(normalize_host("Example.COM."), "example.com");
+    }
+
+    /// The host index changes nothing but speed: every lookup gives the route a
+    /// scan of the whole table in order gives.
+    #[test]
+    fn indexed_lookup_equals_a_full_scan() {
+        use proptest::prelude::*;
+        const HOSTS: [&str; 5] = [
+            "a.example.com",
+            "b.example.com",
+            "*.example.com",
+            "*.b.example.com",
+            "c.test",
+        ];
+        const PATHS: [&str; 4] = ["/", "/chat", "/chat/room", "/x"];
+        let (hosts, paths) = (HOSTS, PATHS);
+        let spec = (
+            prop::collection::vec(0..hosts.len(), 0..3),
+            0..paths.len(),
+            any::<bool>(),
+        );
+        proptest!(|(specs in prop::collection::vec(spec, 0..12),
+                    host in prop::sample::select(&["a.example.com", "B.example.com:80", "x.b.example.com", "example.com", "c.test", "other"][..]),
+                    path in prop::sample::select(&PATHS[..]))| {
+            let routes: Vec<Route> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, (hs, p, exact))| {
+                    let hs: Vec<&str> = hs.iter().map(|h| hosts[*h]).collect();
+                    let rule = if *exact {
+                        PathRule::Exact(paths[*p].into())
+                    } else {
+                        PathRule::Prefix(paths[*p].into())
+                    };
+                    route(&format!("r{i}"), &hs, rule)
+                })
+                .collect();
+            let t = RouteTable::new(routes);
+            let scan = RouteTable {
+                by_host: Arc::new(HostIndex {
+                    exact: HashMap::new(),
+                    any: (0..t.routes.len()).collect(),
+                }),
+                routes: t.routes.clone(),
+            };
+            let name = |t: &RouteTable| t.find(host, path).map(|r| r.key.name.clone());
+            prop_assert_eq!(name(&t), name(&scan));
+        });
     }
 }
