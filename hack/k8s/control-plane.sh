@@ -108,14 +108,15 @@ gen_pki() {
       -subj "/CN=wsgate-test-ca" \
       -addext "basicConstraints=critical,CA:TRUE" \
       -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
-    # 10.96.0.1 and the kubernetes.default names are what an in-cluster
+    # 203.0.113.1 (the first address of the Service range, TEST-NET-3) and the
+    # kubernetes.default names are what an in-cluster
     # client would dial; 127.0.0.1/localhost are what tests dial; 192.0.2.1 is
     # what Pods on the test node (hack/k8s/node.sh) dial.
     cat >serving.ext <<'EOF'
 basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost,IP:192.0.2.1,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName=IP:127.0.0.1,DNS:localhost,IP:192.0.2.1,IP:203.0.113.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 EOF
     cat >client.ext <<'EOF'
 basicConstraints=CA:FALSE
@@ -248,7 +249,7 @@ write_apiserver_args() {
 --service-account-key-file=${pki}/sa.pub
 --service-account-signing-key-file=${pki}/sa.key
 --authorization-mode=RBAC
---service-cluster-ip-range=10.96.0.0/16
+--service-cluster-ip-range=203.0.113.0/24
 --endpoint-reconciler-type=none
 --enable-priority-and-fairness=false
 --allow-privileged=true
