@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR ?= /var/cache/wsgate/target
 export WSGATE_CACHE ?= /var/cache/wsgate
 WSGATE := $(CARGO_TARGET_DIR)/release/wsgate
 
-.PHONY: demo test unit e2e-k8s e2e-node image lint bench crd
+.PHONY: demo test unit e2e-k8s e2e-node image lint bench bench-controller crd
 
 ## demo: build wsgate, start an echo backend on :9001 and wsgate on :8080 with
 ## examples/quickstart.yaml, and print how to try it (Ctrl-C stops both).
@@ -32,6 +32,10 @@ e2e-node:
 ## rate for wsgate, NGINX and HAProxy, measured side by side (not a test).
 bench:
 	bash bench/run.sh
+
+## bench-controller: the controller with 2,000 WebSocketRoutes in a real kube-apiserver
+bench-controller:
+	bash bench/controller-scale.sh
 
 crd:
 	cargo run --quiet --locked -- crd > crds/websocketroute.yaml

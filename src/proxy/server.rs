@@ -84,6 +84,11 @@ pub type ClientIo = TokioIo<FirstHead<Stream>>;
 #[derive(Clone, Debug)]
 pub struct Refusal(pub String);
 
+/// Marks the response that opened a tunnel (`101`, or `200` to an HTTP/2 extended
+/// CONNECT): the tunnel writes its own access-log line when it closes.
+#[derive(Clone, Copy, Debug)]
+pub struct TunnelOpened;
+
 /// A short plain-text response from wsgate itself.
 pub fn status(code: StatusCode, message: &str) -> Response<Body> {
     let body = Full::new(Bytes::from(format!("{message}\n")))
@@ -351,7 +356,7 @@ impl Seen {
     /// writes its own when it closes).
     fn log(self, proxy: &Proxy, client: SocketAddr, upgrade: bool, resp: &Response<Body>) {
         let status = resp.status();
-        if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
+        if resp.extensions().get::<TunnelOpened>().is_some() {
             return;
         }
         let refusal = resp.extensions().get::<Refusal>();

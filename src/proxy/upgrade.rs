@@ -26,7 +26,7 @@ use super::health;
 use super::protocol::Extensions;
 use super::registry::{ClientProtocol, CloseReason, RouteRuntime};
 use super::relay::Relay;
-use super::server::{status, Body, ClientIo};
+use super::server::{status, Body, ClientIo, TunnelOpened};
 use super::stream::{H2Leg, Stream};
 use super::table::{Balance, Route};
 use super::Proxy;
@@ -327,6 +327,16 @@ pub async fn websocket(
         .then(|| affinity_cookie(&route, index))
         .flatten();
 
+    if h2 && resp.status().is_success() {
+        // Over HTTP/2 a 2xx is what opens a tunnel: a backend that answered the
+        // upgrade with one (a plain web server) must not look like it did.
+        m.outcome("backend_rejected");
+        tracing::warn!(route = %route.key, status = resp.status().as_u16(), "backend answered the upgrade without switching protocols");
+        return status(
+            StatusCode::BAD_GATEWAY,
+            "backend sent an invalid WebSocket handshake",
+        );
+    }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused: pass its answer on.
         m.outcome("backend_rejected");
@@ -444,6 +454,7 @@ pub async fn websocket(
         StatusCode::SWITCHING_PROTOCOLS
     };
     *out.headers_mut() = headers;
+    out.extensions_mut().insert(TunnelOpened);
     out
 }
 
