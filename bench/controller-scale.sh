@@ -27,14 +27,15 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-if [ -z "${WSGATE_IN_NETNS:-}" ]; then
+if [ -z "${CONTROLLER_SCALE_INSIDE:-}" ]; then
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/wsgate/target}
   if [ -z "${WSGATE_BIN:-}" ]; then
     cargo build --release --locked --quiet
     export WSGATE_BIN=$CARGO_TARGET_DIR/release/wsgate
   fi
   hack/k8s/assets.sh >/dev/null
-  exec env WSGATE_IN_NETNS=1 hack/k8s/in-netns.sh "$0" --routes "$N"
+  # (Not WSGATE_IN_NETNS: in-netns.sh uses that name for its own re-entry marker.)
+  exec env CONTROLLER_SCALE_INSIDE=1 hack/k8s/in-netns.sh "$0" --routes "$N"
 fi
 
 say() { printf 'controller-scale: %s\n' "$*" >&2; }
