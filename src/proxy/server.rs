@@ -351,7 +351,10 @@ impl Seen {
     /// writes its own when it closes).
     fn log(self, proxy: &Proxy, client: SocketAddr, upgrade: bool, resp: &Response<Body>) {
         let status = resp.status();
-        if upgrade && status == StatusCode::SWITCHING_PROTOCOLS {
+        // An upgraded tunnel: 101, or 200 to an HTTP/2 extended CONNECT (RFC 8441).
+        let tunnel = status == StatusCode::SWITCHING_PROTOCOLS
+            || (self.method == http::Method::CONNECT && status == StatusCode::OK);
+        if upgrade && tunnel {
             return;
         }
         let refusal = resp.extensions().get::<Refusal>();

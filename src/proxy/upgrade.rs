@@ -327,6 +327,16 @@ pub async fn websocket(
         .then(|| affinity_cookie(&route, index))
         .flatten();
 
+    if h2 && resp.status().is_success() {
+        // A 2xx to an extended CONNECT means an open tunnel (RFC 8441 §5): a
+        // backend that answered the upgrade without switching must not say that.
+        m.outcome("backend_rejected");
+        tracing::warn!(route = %route.key, status = %resp.status(), "backend answered the upgrade without switching protocols");
+        return status(
+            StatusCode::BAD_GATEWAY,
+            "backend sent an invalid WebSocket handshake",
+        );
+    }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused: pass its answer on.
         m.outcome("backend_rejected");
