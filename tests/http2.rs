@@ -72,9 +72,10 @@ fn sha1_hex(data: &[u8]) -> String {
 
 /// `wsgate_client_connections_active{protocol}`
 async fn client_connections(gate: &Wsgate, protocol: &str) -> f64 {
-    gate.metrics()
-        .await
-        .get("wsgate_client_connections_active", &[("protocol", protocol)])
+    gate.metrics().await.get(
+        "wsgate_client_connections_active",
+        &[("protocol", protocol)],
+    )
 }
 
 async fn abuse_rejections(gate: &Wsgate) -> f64 {
@@ -198,11 +199,13 @@ async fn node_http2_tunnels_echo_text_binary_1mib_and_fragmented_messages_over_h
             assert_eq!(open["protocol"], "chat", "{label}: the subprotocol: {open}");
         }
 
-        client
-            .send(with_id(text("hello over HTTP/2"), 0))
-            .await;
+        client.send(with_id(text("hello over HTTP/2"), 0)).await;
         let m = event_on(&mut client, "message", 0, 5.0).await;
-        assert_eq!((m["data"].as_str(), m["binary"].as_bool()), (Some("hello over HTTP/2"), Some(false)), "{label}: {m}");
+        assert_eq!(
+            (m["data"].as_str(), m["binary"].as_bool()),
+            (Some("hello over HTTP/2"), Some(false)),
+            "{label}: {m}"
+        );
 
         let bytes: Vec<u8> = (0..=255).collect();
         client.send(with_id(binary(&bytes), 1)).await;
@@ -214,7 +217,11 @@ async fn node_http2_tunnels_echo_text_binary_1mib_and_fragmented_messages_over_h
         client.send(with_id(binary(&big), 0)).await;
         let m = event_on(&mut client, "message", 0, 15.0).await;
         assert_eq!(m["len"], 1 << 20, "{label}: the 1 MiB message");
-        assert_eq!(m["sha1"], sha1_hex(&big), "{label}: the 1 MiB message's bytes");
+        assert_eq!(
+            m["sha1"],
+            sha1_hex(&big),
+            "{label}: the 1 MiB message's bytes"
+        );
 
         client
             .send(json!({"op": "fragments", "parts": ["frag-1 ", "frag-2 ", "frag-3"], "id": 1}))
@@ -222,9 +229,11 @@ async fn node_http2_tunnels_echo_text_binary_1mib_and_fragmented_messages_over_h
         let m = event_on(&mut client, "message", 1, 5.0).await;
         assert_eq!(m["data"], "frag-1 frag-2 frag-3", "{label}: {m}");
         backend
-            .expect_where(5.0, "the backend to get the fragmented message whole", |v| {
-                v["event"] == "message" && v["data"] == "frag-1 frag-2 frag-3"
-            })
+            .expect_where(
+                5.0,
+                "the backend to get the fragmented message whole",
+                |v| v["event"] == "message" && v["data"] == "frag-1 frag-2 frag-3",
+            )
             .await;
 
         let conns = gate.connections().await;
@@ -241,8 +250,8 @@ async fn node_http2_tunnels_echo_text_binary_1mib_and_fragmented_messages_over_h
         client.close_stdin();
         client.wait_exit(10.0).await;
         eventually(5.0, "both tunnels and the connection to end", || async {
-            let gone = gate.connections().await.is_empty()
-                && client_connections(&gate, "h2").await == 0.0;
+            let gone =
+                gate.connections().await.is_empty() && client_connections(&gate, "h2").await == 0.0;
             gone.then_some(())
         })
         .await;
@@ -274,7 +283,10 @@ async fn idle_h2_tunnel_sees_keepalive_pings_and_close_codes_cross_both_ways() {
     let (p0, p1) = (pings(0), pings(1));
     eprintln!("idle h2 tunnels saw {p0} and {p1} pings in 3.5 s (interval 1 s)");
     assert!(p0 >= 2 && p1 >= 2, "pings in 3.5 s: {p0}, {p1}");
-    assert!(client.seen_named("close").is_empty(), "a tunnel closed while idle");
+    assert!(
+        client.seen_named("close").is_empty(),
+        "a tunnel closed while idle"
+    );
     backend.drain(0.2, 1.0).await;
     assert!(
         backend.seen_named("pong").is_empty(),
@@ -286,7 +298,11 @@ async fn idle_h2_tunnel_sees_keepalive_pings_and_close_codes_cross_both_ways() {
         .send(json!({"op": "close", "code": 4001, "reason": "client bye", "id": 0}))
         .await;
     let c = backend.expect("close", 5.0).await;
-    assert_eq!((c["code"].as_u64(), c["reason"].as_str()), (Some(4001), Some("client bye")), "{c}");
+    assert_eq!(
+        (c["code"].as_u64(), c["reason"].as_str()),
+        (Some(4001), Some("client bye")),
+        "{c}"
+    );
     let c = event_on(&mut client, "close", 0, 5.0).await;
     assert_eq!(c["code"], 4001, "the client gets the backend's answer: {c}");
 
@@ -295,7 +311,11 @@ async fn idle_h2_tunnel_sees_keepalive_pings_and_close_codes_cross_both_ways() {
         .send(json!({"op": "close", "code": 4002, "reason": "server bye"}))
         .await;
     let c = event_on(&mut client, "close", 1, 5.0).await;
-    assert_eq!((c["code"].as_u64(), c["reason"].as_str()), (Some(4002), Some("server bye")), "{c}");
+    assert_eq!(
+        (c["code"].as_u64(), c["reason"].as_str()),
+        (Some(4002), Some("server bye")),
+        "{c}"
+    );
     assert!(
         client.seen_named("session-close").is_empty(),
         "closing tunnels must not end the HTTP/2 connection"
@@ -313,12 +333,13 @@ async fn python_h2_extended_connect_echoes_and_is_refused_with_403_404_401() {
     let (_plain, plain_addr) = node_backend("plain", &["--reject-status", "200"]).await;
     let dir = tempfile::tempdir().unwrap();
     let jwks = dir.path().join("jwks.json");
-    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-        .unwrap();
+    let pkcs8 =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
     let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
     use ring::signature::KeyPair as _;
     let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
-    let set = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "alg": "EdDSA", "x": x}]});
+    let set =
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1", "alg": "EdDSA", "x": x}]});
     std::fs::write(&jwks, set.to_string()).unwrap();
     let routes = routes_yaml(&[
         Route::new("open").prefix("/open").backend(addr),
@@ -338,23 +359,48 @@ async fn python_h2_extended_connect_echoes_and_is_refused_with_403_404_401() {
     ]);
     let gate = Wsgate::start(&routes).await;
 
-    let mut c = py_h2(gate.listen, "websocket", &["--path", "/open/room", "--text", "hi from h2"]);
+    let mut c = py_h2(
+        gate.listen,
+        "websocket",
+        &["--path", "/open/room", "--text", "hi from h2"],
+    );
     let s = c.expect("settings", 10.0).await;
     assert_eq!(s["enable_connect_protocol"], true, "{s}");
     assert_eq!(c.expect("response", 10.0).await["status"], 200);
     assert_eq!(c.expect("message", 5.0).await["data"], "hi from h2");
     let close = c.expect("close", 5.0).await;
-    assert_eq!(close["code"], 1000, "the backend answers the Close: {close}");
+    assert_eq!(
+        close["code"], 1000,
+        "the backend answers the Close: {close}"
+    );
 
-    let mut good = py_h2(gate.listen, "websocket", &["--path", "/origin", "--origin", "https://good.example"]);
-    assert_eq!(good.expect("response", 10.0).await["status"], 200, "an allowed Origin");
+    let mut good = py_h2(
+        gate.listen,
+        "websocket",
+        &["--path", "/origin", "--origin", "https://good.example"],
+    );
+    assert_eq!(
+        good.expect("response", 10.0).await["status"],
+        200,
+        "an allowed Origin"
+    );
     good.expect("message", 5.0).await;
 
     for (what, path, extra, want) in [
-        ("an Origin not allowed", "/origin", vec!["--origin", "https://evil.example"], 403),
+        (
+            "an Origin not allowed",
+            "/origin",
+            vec!["--origin", "https://evil.example"],
+            403,
+        ),
         ("no route", "/nowhere", vec![], 404),
         ("no token on an auth route", "/auth", vec![], 401),
-        ("a backend that answers 200 without upgrading", "/plain", vec![], 502),
+        (
+            "a backend that answers 200 without upgrading",
+            "/plain",
+            vec![],
+            502,
+        ),
     ] {
         let mut args = vec!["--path", path];
         args.extend(extra);
@@ -374,7 +420,13 @@ async fn python_h2_extended_connect_echoes_and_is_refused_with_403_404_401() {
 async fn a_hundred_tunnels_share_one_h2_connection_and_all_echo() {
     let _shared = MEASURE.read().await;
     let backend = EchoBackend::start("many").await;
-    let gate = Wsgate::start(&Route::new("many").backend(backend.addr).no_keepalive().yaml()).await;
+    let gate = Wsgate::start(
+        &Route::new("many")
+            .backend(backend.addr)
+            .no_keepalive()
+            .yaml(),
+    )
+    .await;
     let mut client = h2_client(&format!("http://{}/many", gate.listen), &["--count", "100"]);
     opened(&mut client, 100).await;
     assert_eq!(backend.open(), 100);
@@ -407,7 +459,10 @@ async fn max_concurrent_streams_holds_back_or_refuses_the_sixth_stream() {
     let gate = Wsgate::start_with(opts, &Route::new("five").backend(backend.addr).yaml()).await;
 
     let mut node = h2_client(&format!("http://{}/five", gate.listen), &["--count", "5"]);
-    assert_eq!(node.expect("session", 10.0).await["maxConcurrentStreams"], 5);
+    assert_eq!(
+        node.expect("session", 10.0).await["maxConcurrentStreams"],
+        5
+    );
     opened(&mut node, 5).await;
     node.send(json!({"op": "open"})).await;
     assert!(
@@ -416,21 +471,35 @@ async fn max_concurrent_streams_holds_back_or_refuses_the_sixth_stream() {
         node.seen.last()
     );
     assert_eq!(backend.open(), 5);
-    node.send(json!({"op": "close", "code": 1000, "id": 0})).await;
+    node.send(json!({"op": "close", "code": 1000, "id": 0}))
+        .await;
     let r = event_on(&mut node, "response", 5, 5.0).await;
     assert_eq!(r["status"], 200, "the sixth opens once one ended: {r}");
     node.send(with_id(text("sixth"), 5)).await;
-    assert_eq!(event_on(&mut node, "message", 5, 5.0).await["data"], "sixth");
+    assert_eq!(
+        event_on(&mut node, "message", 5, 5.0).await["data"],
+        "sixth"
+    );
     node.close_stdin();
     node.wait_exit(10.0).await;
 
-    let mut py = py_h2(gate.listen, "over-limit", &["--streams", "6", "--path", "/five"]);
-    assert_eq!(py.expect("settings", 10.0).await["max_concurrent_streams"], 5);
+    let mut py = py_h2(
+        gate.listen,
+        "over-limit",
+        &["--streams", "6", "--path", "/five"],
+    );
+    assert_eq!(
+        py.expect("settings", 10.0).await["max_concurrent_streams"],
+        5
+    );
     let done = py.expect("done", 15.0).await;
     assert_eq!(done["answered"], 6, "{done}");
     let streams = py.seen_named("stream");
     let ok = streams.iter().filter(|s| s["status"] == 200).count();
-    let refused: Vec<&&Value> = streams.iter().filter(|s| s.get("reset").is_some()).collect();
+    let refused: Vec<&&Value> = streams
+        .iter()
+        .filter(|s| s.get("reset").is_some())
+        .collect();
     eprintln!("six streams against a limit of five: {streams:?}");
     assert_eq!(ok, 5, "five tunnels open: {streams:?}");
     assert_eq!(refused.len(), 1, "{streams:?}");
@@ -448,8 +517,14 @@ async fn a_stalled_stream_does_not_slow_its_neighbour_and_memory_stays_bounded()
     let (_echo, echo_addr) = node_backend("fast", &[]).await;
     let (mut flooder, flood_addr) = node_backend("flood", &[]).await;
     let routes = routes_yaml(&[
-        Route::new("fast").prefix("/fast").backend(echo_addr).no_keepalive(),
-        Route::new("slow").prefix("/slow").backend(flood_addr).no_keepalive(),
+        Route::new("fast")
+            .prefix("/fast")
+            .backend(echo_addr)
+            .no_keepalive(),
+        Route::new("slow")
+            .prefix("/slow")
+            .backend(flood_addr)
+            .no_keepalive(),
     ]);
     let gate = Wsgate::start(&routes).await;
     let mut client = h2_client(&format!("http://{}/fast", gate.listen), &["--count", "1"]);
@@ -495,7 +570,12 @@ async fn a_stalled_stream_does_not_slow_its_neighbour_and_memory_stays_bounded()
     }
     let loaded = tries
         .iter()
-        .min_by(|a, b| a["p99_ms"].as_f64().partial_cmp(&b["p99_ms"].as_f64()).unwrap())
+        .min_by(|a, b| {
+            a["p99_ms"]
+                .as_f64()
+                .partial_cmp(&b["p99_ms"].as_f64())
+                .unwrap()
+        })
         .unwrap()
         .clone();
     let rss_after = gate.proc_status_kib("VmRSS");
@@ -512,7 +592,10 @@ async fn a_stalled_stream_does_not_slow_its_neighbour_and_memory_stays_bounded()
         loaded["p50_ms"].as_f64().unwrap(),
         loaded["max_ms"].as_f64().unwrap(),
         tries.len(),
-        tries.iter().map(|t| t["p99_ms"].as_f64().unwrap()).collect::<Vec<_>>(),
+        tries
+            .iter()
+            .map(|t| t["p99_ms"].as_f64().unwrap())
+            .collect::<Vec<_>>(),
     );
     eprintln!(
         "stalled stream: the backend got {:.1} MiB through before it stalled ({:.1} MiB by the \
@@ -562,7 +645,8 @@ async fn sigterm_sends_goaway_then_closes_h2_tunnels_with_1001_spread_over_the_d
         drain_timeout: Some("3s".into()),
         ..Options::default()
     };
-    let mut gate = Wsgate::start_with(opts, &Route::new("drain").backend(backend.addr).yaml()).await;
+    let mut gate =
+        Wsgate::start_with(opts, &Route::new("drain").backend(backend.addr).yaml()).await;
     let mut client = h2_client(&format!("http://{}/drain", gate.listen), &["--count", "5"]);
     opened(&mut client, 5).await;
 
@@ -583,7 +667,10 @@ async fn sigterm_sends_goaway_then_closes_h2_tunnels_with_1001_spread_over_the_d
         }
     }
     let offsets: Vec<f64> = closes.iter().map(|(at, _)| *at).collect();
-    eprintln!("GOAWAY at {:?}; Close frames at {offsets:.2?} s after SIGTERM", goaway.as_ref().map(|g| (g.0, g.1.to_string())));
+    eprintln!(
+        "GOAWAY at {:?}; Close frames at {offsets:.2?} s after SIGTERM",
+        goaway.as_ref().map(|g| (g.0, g.1.to_string()))
+    );
     let (goaway_at, goaway) = goaway.expect("a GOAWAY after SIGTERM");
     assert_eq!(goaway["code"], 0, "a graceful GOAWAY (NO_ERROR): {goaway}");
     assert_eq!(closes.len(), 5, "five Close frames: {:?}", client.seen);
@@ -592,7 +679,10 @@ async fn sigterm_sends_goaway_then_closes_h2_tunnels_with_1001_spread_over_the_d
     }
     assert!(goaway_at <= offsets[0], "GOAWAY came first");
     let (first, last) = (offsets[0], offsets[4]);
-    assert!(last <= 4.5, "the last Close came {last:.2} s after SIGTERM (drain 3 s)");
+    assert!(
+        last <= 4.5,
+        "the last Close came {last:.2} s after SIGTERM (drain 3 s)"
+    );
     assert!(
         last - first >= 1.0,
         "five Closes within {:.2} s: not spread over the 3 s drain ({offsets:.2?})",
@@ -611,7 +701,11 @@ async fn rapid_reset_and_continuation_flood_get_goaway_while_others_keep_connect
     let _alone = MEASURE.write().await;
     let backend = EchoBackend::start("calm").await;
     let gate = Wsgate::start(&Route::new("calm").backend(backend.addr).yaml()).await;
-    let mut normal = py_h2(gate.listen, "handshakes", &["--seconds", "4", "--path", "/calm"]);
+    let mut normal = py_h2(
+        gate.listen,
+        "handshakes",
+        &["--seconds", "4", "--path", "/calm"],
+    );
     normal.expect("handshake", 10.0).await;
 
     let mut results = vec![];
@@ -672,7 +766,11 @@ async fn ping_and_settings_floods_do_not_slow_other_clients_or_grow_memory() {
         other.send(measure.clone()).await;
         let during = event_on(&mut other, "latency", 0, 30.0).await;
         let mut shake = py_h2(gate.listen, "websocket", &["--path", "/calm"]);
-        assert_eq!(shake.expect("response", 10.0).await["status"], 200, "a handshake during {mode}");
+        assert_eq!(
+            shake.expect("response", 10.0).await["status"],
+            200,
+            "a handshake during {mode}"
+        );
         let r = flood.expect("result", 30.0).await;
         eprintln!(
             "{mode} {}: {r}; another tunnel's echo p99 meanwhile {} ms",
@@ -680,7 +778,10 @@ async fn ping_and_settings_floods_do_not_slow_other_clients_or_grow_memory() {
             during["p99_ms"]
         );
         assert!(r["written"].as_u64().unwrap() > 1000, "{r}");
-        let (b99, d99) = (base["p99_ms"].as_f64().unwrap(), during["p99_ms"].as_f64().unwrap());
+        let (b99, d99) = (
+            base["p99_ms"].as_f64().unwrap(),
+            during["p99_ms"].as_f64().unwrap(),
+        );
         // Loose: the flood keeps a core busy on a two-core machine shared with other
         // work; what must not happen is a stall of the other tunnels.
         assert!(
@@ -723,7 +824,10 @@ async fn http2_false_serves_only_http1_on_both_listeners() {
     // Node's http2 client over that TLS listener gets no HTTP/2 session.
     let ca = pki.ca_pem.display().to_string();
     let dial = tls.to_string();
-    let mut node = h2_client(&format!("https://{host}/h1"), &["--connect", &dial, "--ca", &ca]);
+    let mut node = h2_client(
+        &format!("https://{host}/h1"),
+        &["--connect", &dial, "--ca", &ca],
+    );
     let ev = node
         .expect_where(10.0, "the http2 client to fail", |v| {
             v["event"] != "goaway" && v["event"] != "response"
@@ -743,16 +847,23 @@ async fn http2_false_serves_only_http1_on_both_listeners() {
         .await
         .unwrap();
     let mut answer = Vec::new();
-    within(5.0, "wsgate to end the h2c connection", tcp.read_to_end(&mut answer))
-        .await
-        .ok();
+    within(
+        5.0,
+        "wsgate to end the h2c connection",
+        tcp.read_to_end(&mut answer),
+    )
+    .await
+    .ok();
     let answer = String::from_utf8_lossy(&answer).to_string();
     eprintln!("h2c preface with --http2 false: {answer:?}");
     assert!(
         !answer.as_bytes().starts_with(b"\x00\x00"),
         "an HTTP/2 frame came back: {answer:?}"
     );
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer:?}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{answer:?}"
+    );
     gate.wait_metric(
         5.0,
         "wsgate_listener_rejections_total",
@@ -762,7 +873,10 @@ async fn http2_false_serves_only_http1_on_both_listeners() {
     .await;
 
     let mut ws = ws_connect(&gate.url("/h1")).await;
-    assert_eq!(ws_roundtrip(&mut ws, "still HTTP/1.1", 5.0).await, "still HTTP/1.1");
+    assert_eq!(
+        ws_roundtrip(&mut ws, "still HTTP/1.1", 5.0).await,
+        "still HTTP/1.1"
+    );
     assert_eq!(gate.connections().await[0]["client_protocol"], "http/1.1");
     assert_eq!(client_connections(&gate, "http1").await, 1.0);
 }
@@ -776,7 +890,10 @@ async fn plain_http_over_h2_reaches_the_backend_as_http1_with_its_host() {
     let host = "web.example.test";
     let gate = Wsgate::start(&Route::new("web").host(host).backend(addr).yaml()).await;
     let dial = gate.listen.to_string();
-    let mut client = h2_client(&format!("http://{host}/"), &["--count", "0", "--connect", &dial]);
+    let mut client = h2_client(
+        &format!("http://{host}/"),
+        &["--count", "0", "--connect", &dial],
+    );
     client
         .send(json!({"op": "get", "path": "/page?x=1", "headers": {"cookie": ["a=1", "b=2"]}}))
         .await;
