@@ -6,15 +6,27 @@
 //
 //   node h2-ws-client.js URL [--count N] [--protocol P]... [--origin O]
 //                            [--header 'K: V']... [--no-auto-pong] [--ca FILE]
+//                            [--connect HOST:PORT]
 //
-// URL is http://… (h2c with prior knowledge) or https://… (ALPN h2).
+// URL is http://… (h2c with prior knowledge) or https://… (ALPN h2). --connect
+// dials HOST:PORT instead of URL's host (the URL still names :authority and SNI).
 // Commands (stdin): {op: text, data, id?} | {op: binary, b64, id?} | {op: ping, data, id?}
-//                   | {op: close, code?, reason?, id?} | {op: open} (one more stream)
+//                   | {op: close, code?, reason?, id?} | {op: open, path?} (one more
+//                     stream, to URL's path or `path`)
+//                   | {op: fragments, parts: [text…], id?} (one text message sent as
+//                     one frame per part: a first frame and continuations)
+//                   | {op: pause, id?} | {op: resume, id?} (stop/start reading the stream)
+//                   | {op: latency, id, count, size} (`count` echo round trips, one at
+//                     a time; reports latency {id, count, p50_ms, p99_ms, max_ms})
+//                   | {op: get, path, headers?} (a plain HTTP/2 request on the
+//                     session; reports http-response {status, headers, body})
 // `id` defaults to every open tunnel. Events: session {remoteSettings},
 // response {id, status, headers}, open {id, protocol}, message {id, …}, ping, pong,
-// close {id, code, reason}, goaway {code}, session-close.
+// close {id, code, reason}, goaway {code, lastStreamID}, session-close.
 const http2 = require('http2');
 const fs = require('fs');
+const net = require('net');
+const tls = require('tls');
 const WebSocket = require('ws');
 const { emit, describe, onCommands, parseArgs, list } = require('./lib');
 
@@ -28,6 +40,13 @@ for (const h of list(args.header)) {
 }
 const connectOptions = {};
 if (args.ca) connectOptions.ca = fs.readFileSync(args.ca);
+if (args.connect) {
+  const [host, port] = String(args.connect).split(':');
+  connectOptions.createConnection = () =>
+    url.protocol === 'https:'
+      ? tls.connect({ host, port: Number(port), servername: url.hostname, ALPNProtocols: ['h2'], ca: connectOptions.ca })
+      : net.connect({ host, port: Number(port) });
+}
 
 const session = http2.connect(url.origin, connectOptions);
 const sockets = new Map();
@@ -41,7 +60,7 @@ function settle() {
 }
 
 session.on('error', (e) => emit('session-error', { message: e.message }));
-session.on('goaway', (code) => emit('goaway', { code }));
+session.on('goaway', (code, lastStreamID) => emit('goaway', { code, lastStreamID }));
 session.on('close', () => {
   emit('session-close', {});
   process.exit(0);
@@ -51,16 +70,17 @@ session.on('remoteSettings', (settings) => {
   connectAllowed = !!settings.enableConnectProtocol;
   emit('session', { enableConnectProtocol: connectAllowed, maxConcurrentStreams: settings.maxConcurrentStreams });
   for (let i = 0; i < count; i++) open();
+  if (count === 0) for (const cmd of waiting.splice(0)) run(cmd);
 });
 
-function open() {
+function open(path) {
   const id = nextId++;
   const req = {
     ':method': 'CONNECT',
     ':protocol': 'websocket',
     ':scheme': url.protocol.replace(':', ''),
     ':authority': url.host,
-    ':path': url.pathname + url.search,
+    ':path': path || url.pathname + url.search,
     'sec-websocket-version': '13',
     ...headers,
   };
@@ -96,7 +116,9 @@ function open() {
     }
     // ws's framing on the stream: `null` address makes a bare WebSocket, and the
     // client role (masking, expecting unmasked frames) is set before the socket.
-    const ws = new WebSocket(null, undefined, { autoPong: !args['no-auto-pong'] });
+    // `closeTimeout` too: a bare WebSocket gets no default, and an undefined timer
+    // would destroy the stream at once after our Close, before the answer arrives.
+    const ws = new WebSocket(null, undefined, { autoPong: !args['no-auto-pong'], closeTimeout: 30000 });
     ws._isServer = false;
     stream.setNoDelay = () => {};
     stream.setTimeout = stream.setTimeout || (() => {});
@@ -104,7 +126,11 @@ function open() {
     ws.setSocket(stream, Buffer.alloc(0), { maxPayload: 1 << 30, skipUTF8Validation: false });
     sockets.set(id, ws);
     emit('open', { id, protocol: ws.protocol });
-    ws.on('message', (data, isBinary) => emit('message', Object.assign({ id }, describe(data, isBinary))));
+    ws.on('message', (data, isBinary) => {
+      const hook = hooks.get(id);
+      if (hook) hook(data);
+      else emit('message', Object.assign({ id }, describe(data, isBinary)));
+    });
     ws.on('ping', (data) => emit('ping', { id, data: data.toString() }));
     ws.on('pong', (data) => emit('pong', { id, data: data.toString() }));
     ws.on('close', (code, reason) => {
@@ -116,6 +142,47 @@ function open() {
   });
 }
 
+// A tunnel whose messages feed a measurement instead of events.
+const hooks = new Map();
+
+function latency(id, ws, count, size) {
+  const payload = 'x'.repeat(size);
+  const samples = [];
+  let sentAt = 0;
+  const next = () => {
+    if (samples.length === count) {
+      hooks.delete(id);
+      samples.sort((a, b) => a - b);
+      const at = (q) => samples[Math.min(samples.length - 1, Math.ceil(q * samples.length) - 1)];
+      emit('latency', { id, count, p50_ms: at(0.5), p99_ms: at(0.99), max_ms: samples[samples.length - 1] });
+      return;
+    }
+    sentAt = performance.now();
+    ws.send(payload);
+  };
+  hooks.set(id, () => {
+    samples.push(performance.now() - sentAt);
+    next();
+  });
+  next();
+}
+
+function get(cmd) {
+  const req = session.request({ ':method': 'GET', ':authority': url.host, ':path': cmd.path, ...(cmd.headers || {}) });
+  req.setEncoding('utf8');
+  let status = 0;
+  let headers = {};
+  let body = '';
+  req.on('response', (h) => {
+    status = h[':status'];
+    headers = h;
+  });
+  req.on('data', (d) => (body += d));
+  req.on('end', () => emit('http-response', { status, headers, body }));
+  req.on('error', (e) => emit('stream-error', { message: e.message }));
+  req.end();
+}
+
 function targets(cmd) {
   if (cmd.id === undefined) return [...sockets.values()];
   const ws = sockets.get(cmd.id);
@@ -123,12 +190,19 @@ function targets(cmd) {
 }
 
 function run(cmd) {
-  if (cmd.op === 'open') return open();
+  if (cmd.op === 'open') return open(cmd.path);
+  if (cmd.op === 'get') return get(cmd);
+  if (cmd.op === 'latency') return latency(cmd.id, sockets.get(cmd.id), cmd.count, cmd.size);
   for (const ws of targets(cmd)) {
     if (cmd.op === 'text') ws.send(cmd.data);
     else if (cmd.op === 'binary') ws.send(Buffer.from(cmd.b64, 'base64'), { binary: true });
     else if (cmd.op === 'ping') ws.ping(cmd.data || '');
     else if (cmd.op === 'close') ws.close(cmd.code, cmd.reason);
+    else if (cmd.op === 'pause') ws.pause();
+    else if (cmd.op === 'resume') ws.resume();
+    else if (cmd.op === 'fragments') {
+      cmd.parts.forEach((part, i) => ws.send(part, { fin: i === cmd.parts.length - 1 }));
+    }
   }
 }
 

@@ -13,7 +13,11 @@
 // "__headers__" with the upgrade request's headers as JSON.
 // Plain HTTP: any path answers 200 with {name, method, url, headers}; /stream
 // answers a chunked body "chunk-1\n", then after ?delay=MS "chunk-2\n".
-// Commands (stdin): {op: send|ping|close|terminate, id?, data?, code?, reason?}.
+// Commands (stdin): {op: send|ping|close|terminate, id?, data?, code?, reason?}
+//                   | {op: flood, id?, size} (binary messages of `size` bytes as fast
+//                     as the connection takes them, keeping at most 1 MiB queued in
+//                     `ws`; reports flood {id, sent_bytes} every 500 ms: bytes the
+//                     kernel accepted) | {op: unflood, id?} (stops it).
 const fs = require('fs');
 const http = require('http');
 const https = require('https');
@@ -39,7 +43,7 @@ function peerCertificate(req) {
 }
 
 const onRequest = (req, res) => {
-  emit('http', { method: req.method, url: req.url, headers: req.headers });
+  emit('http', { method: req.method, url: req.url, version: req.httpVersion, headers: req.headers });
   const url = new URL(req.url, 'http://x');
   if (url.pathname === '/stream') {
     res.writeHead(200, { 'content-type': 'text/plain' });
@@ -95,6 +99,27 @@ wss.on('connection', (ws, req) => {
   ws.on('error', (e) => emit('error', { id, message: e.message }));
 });
 
+const floods = new Map();
+
+function flood(id, ws, size) {
+  const chunk = Buffer.alloc(size, 0x61);
+  const state = { stop: false, sent: 0 };
+  floods.set(ws, state);
+  const pump = () => {
+    while (!state.stop && ws.readyState === ws.OPEN && ws.bufferedAmount < 1 << 20) {
+      ws.send(chunk, { binary: true }, (err) => {
+        if (!err) state.sent += size;
+      });
+    }
+    if (!state.stop && ws.readyState === ws.OPEN) setTimeout(pump, 5);
+  };
+  const report = setInterval(() => {
+    emit('flood', { id, sent_bytes: state.sent });
+    if (state.stop || ws.readyState !== ws.OPEN) clearInterval(report);
+  }, 500);
+  pump();
+}
+
 function target(cmd) {
   if (cmd.id !== undefined) return [sockets.get(cmd.id)].filter(Boolean);
   return [...sockets.values()];
@@ -106,6 +131,8 @@ onCommands((cmd) => {
     else if (cmd.op === 'ping') ws.ping(cmd.data || '');
     else if (cmd.op === 'close') ws.close(cmd.code, cmd.reason);
     else if (cmd.op === 'terminate') ws.terminate();
+    else if (cmd.op === 'flood') flood([...sockets].find(([, w]) => w === ws)[0], ws, cmd.size || 65536);
+    else if (cmd.op === 'unflood' && floods.has(ws)) floods.get(ws).stop = true;
   }
 });
 
