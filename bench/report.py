@@ -122,6 +122,83 @@ def collect(work):
     return out
 
 
+H2_PROXIES = ["wsgate", "haproxy-h2", "nginx"]
+
+
+def h2_collect(work):
+    """The HTTP/2 rows (run.sh's h2 step): WebSockets as extended CONNECT streams."""
+    out = {}
+    for name in H2_PROXIES:
+        d = os.path.join(work, "h2", name)
+        if not os.path.isdir(d):
+            continue
+        st = load(os.path.join(d, "status.json")) or {"status": "failed", "reason": "no status"}
+        r = {"status": st.get("status"), "reason": st.get("reason")}
+        idle = load(os.path.join(d, "idle.json"))
+        if idle:
+            r["memory"] = {"tunnels": idle["opened"], "requested": idle["n"], "connections": idle["h2_connections"],
+                           "streams_per_connection": idle["streams_per_connection"],
+                           "anon_kib_per_tunnel": round(idle["anon_kb_per_tunnel"], 3),
+                           "rss_kib_per_tunnel": round(idle["rss_kb_per_tunnel"], 3),
+                           "failed": idle["failed"], "dropped_while_settling": idle["dropped_while_settling"]}
+        for key, f in (("cpu", "throughput.json"), ("cpu_paced", "throughput-paced.json")):
+            tp = load(os.path.join(d, f))
+            if tp:
+                r[key] = {"cpu_s_per_million_relayed": round(tp["cpu_s_per_million_relayed"], 3),
+                          "relayed_per_s": round(tp["relayed_per_s"]), "tunnels": tp["conns"],
+                          "connections": tp["h2_connections"], "errors": tp["error_count"],
+                          "foreign_busy_cores": round(tp.get("foreign_busy_cores", 0), 2)}
+        hs = load(os.path.join(d, "handshakes.json"))
+        if hs:
+            r["handshakes"] = {"per_s": round(hs["per_s"]), "proxy_cpu_us_per_handshake": round(hs["proxy_cpu_us_per_handshake"], 1),
+                               "workers": hs["workers"], "errors": hs["error_count"]}
+        out[name] = r
+    return out
+
+
+def h2_lines(h2):
+    """The HTTP/2 table, as printed."""
+    if not h2:
+        return []
+    lines = ["", "HTTP/2 toward the client (h2c, WebSockets as RFC 8441 extended CONNECT streams; HTTP/1.1 to the backend)"]
+    hdr = ["proxy", "KiB/idle tunnel (100/conn)", "CPU-s/M relayed", "CPU-s/M paced", "handshakes/s on 1 conn (CPU µs each)"]
+    rows = []
+    for name, r in h2.items():
+        if r.get("status") == "n/a":
+            rows.append([name] + [r.get("reason") or "n/a"] * 4)
+            continue
+        if r.get("status") != "ok":
+            rows.append([name, "—", "—", "—", "—"])
+            lines.append(f"  {name}: {r.get('status')}: {(r.get('reason') or '')[:150]}")
+            continue
+        m, c, cp, hs = (r.get(k) or {} for k in ("memory", "cpu", "cpu_paced", "handshakes"))
+        rows.append([
+            name,
+            "—" if not m else f"{m['anon_kib_per_tunnel']:.2f} (rss {m['rss_kib_per_tunnel']:.2f})",
+            "—" if not c else f"{c['cpu_s_per_million_relayed']:.2f} ({c['relayed_per_s']/1000:.0f}k/s)",
+            "—" if not cp else f"{cp['cpu_s_per_million_relayed']:.2f} ({cp['relayed_per_s']/1000:.0f}k/s)",
+            "—" if not hs else f"{hs['per_s']} ({hs['proxy_cpu_us_per_handshake']:.0f})",
+        ])
+    widths = [max(len(str(x)) for x in col) for col in zip(hdr, *rows)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(hdr, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+    w = (h2.get("wsgate") or {}).get("memory")
+    if w:
+        verdict = "met" if w["anon_kib_per_tunnel"] <= 1 else "MISSED"
+        lines.append(f"  target: wsgate <= 1 KiB per idle tunnel at 100 tunnels per HTTP/2 connection: "
+                     f"{w['anon_kib_per_tunnel']:.2f} KiB ({w['tunnels']} tunnels on {w['connections']} connections)  -> {verdict}")
+    for name, r in h2.items():
+        for k in ("cpu", "cpu_paced", "handshakes"):
+            if (r.get(k) or {}).get("errors"):
+                lines.append(f"  warning: {name}: {r[k]['errors']} errors in {k}")
+        m = r.get("memory") or {}
+        if m and (m["failed"] or m["dropped_while_settling"]):
+            lines.append(f"  warning: {name}: {m['failed']} tunnels failed to open, {m['dropped_while_settling']} dropped while settling")
+    return lines
+
+
 def median(xs):
     xs = sorted(xs)
     n = len(xs)
@@ -184,6 +261,7 @@ def main():
     work, out_path = sys.argv[1], sys.argv[2]
     meta = load(os.path.join(work, "meta.json")) or {}
     res, per_round = collect_rounds(work)
+    h2 = h2_collect(work)
 
     W = "wsgate"
     routes = load(os.path.join(work, "routes.json"))
@@ -261,6 +339,7 @@ def main():
         "comparisons": comparisons,
         "targets": targets,
         "routes": routes,
+        "http2": h2,
     }
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
@@ -347,6 +426,9 @@ def main():
     p(line(["-" * w for w in widths]))
     for row in rows2:
         p(line(row))
+    p()
+    for line in h2_lines(h2):
+        p(line)
     p()
     p("PRODUCT.md targets for wsgate (keepalive on)")
     t = targets

@@ -5,7 +5,16 @@
 #
 #   bench/run.sh [--quick] [--n N] [--proxies wsgate,nginx,haproxy-http,haproxy-tcp,wsgate-limited]
 #                [--no-build] [--keep] [--wait-quiet SECONDS] [--rounds R]
-#                [--routes N] [--ramp DURATION]
+#                [--routes N] [--ramp DURATION] [--h2 wsgate,haproxy-h2|none]
+#                [--h2-conns C] [--h2-streams S]
+#
+# --proxies none skips the HTTP/1.1 rows (e.g. with --h2 for the HTTP/2 rows alone).
+#
+# --h2 LIST: the HTTP/2 rows, after the others (once, not per round): WebSockets as
+# RFC 8441 extended CONNECT streams on h2c connections (loadgen h2-*): memory per
+# idle tunnel with C connections x S streams (default 40 x 100), handshakes/s on one
+# connection, CPU per relayed message with 100 streams on one connection. haproxy-h2
+# is HAProxy with `bind ... proto h2`; NGINX has no RFC 8441 and gets "n/a".
 #
 # --routes N: the routes-at-scale step (wsgate only): N routes in one file,
 # memory per route, /metrics size, load and reload time (default 5000, 0 = off).
@@ -58,6 +67,9 @@ ROUTES=5000
 RAMP=30s
 N_SET=
 WAIT_QUIET=
+H2=wsgate,haproxy-h2
+H2_CONNS=40
+H2_STREAMS=100
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -74,6 +86,10 @@ while [ $# -gt 0 ]; do
     --routes=*) ROUTES=${1#--routes=} ;;
     --ramp) RAMP=$2; shift ;;
     --ramp=*) RAMP=${1#--ramp=} ;;
+    --h2) H2=$2; shift ;;
+    --h2=*) H2=${1#--h2=} ;;
+    --h2-conns) H2_CONNS=$2; shift ;;
+    --h2-streams) H2_STREAMS=$2; shift ;;
     --wait-quiet) WAIT_QUIET=$2; shift ;;
     --wait-quiet=*) WAIT_QUIET=${1#--wait-quiet=} ;;
     -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
@@ -83,8 +99,10 @@ while [ $# -gt 0 ]; do
 done
 if [ "$MODE" = quick ]; then
   N=1000; SETTLE=2s; TP_MESSAGES=100000; TP_DURATION=5s; TP_PACED_DURATION=3s
-  LAT_COUNT=4000; HS_DURATION=3s; ROUTES=1000; RAMP=5s
+  LAT_COUNT=4000; HS_DURATION=3s; ROUTES=1000; RAMP=5s; H2_CONNS=10
 fi
+[ "$H2" = none ] && H2=""
+[ "$PROXIES" = none ] && PROXIES=
 [ -n "$N_SET" ] && N=$N_SET
 # Wait (bounded) for the machine to go quiet before measuring: 60 s in a full
 # run, none in --quick.
@@ -150,7 +168,7 @@ WSGATE_NOTE=""
 WSGATE_SOURCE=""
 WSGATE_ORIG=""
 WSGATE_SHA=""
-if [[ ",$PROXIES," == *",wsgate,"* ]]; then
+if [[ ",$PROXIES,$H2," == *",wsgate,"* ]]; then
   if [ -n "${WSGATE_BIN:-}" ]; then
     WSGATE=$WSGATE_BIN
     WSGATE_SOURCE="WSGATE_BIN"
@@ -229,6 +247,7 @@ cat >"$WORK/meta.json" <<EOF
    "paced_rate":$TP_RATE,"paced_duration":"$TP_PACED_DURATION"},
  "latency":{"conns":$LAT_CONNS,"count":$LAT_COUNT,"interval":"$LAT_INTERVAL","size":1024},
  "handshakes":{"workers":$HS_WORKERS,"duration":"$HS_DURATION"},
+ "h2":{"proxies":"$H2","conns":$H2_CONNS,"streams":$H2_STREAMS},
  "nginx_version":"$NGINX_VERSION","haproxy_version":"$HAPROXY_VERSION",
  "wsgate_bin":"$WSGATE_ORIG","wsgate_sha256_16":"$WSGATE_SHA","wsgate_note":"$(printf '%s' "$WSGATE_NOTE" | tr '"\\' "''")",
  "wsgate_commit":"$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)",
@@ -262,14 +281,27 @@ start_proxy() {
       fill "$HERE/configs/nginx.conf" "$dir/nginx.conf" "127.0.0.1:$port" "$dir"
       start_group "$dir/out.log" nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;'
       ;;
-    haproxy-http|haproxy-tcp)
+    haproxy-http|haproxy-tcp|haproxy-h2)
       fill "$HERE/configs/$name.cfg" "$dir/haproxy.cfg" "127.0.0.1:$port" "$dir"
       start_group "$dir/out.log" haproxy -db -f "$dir/haproxy.cfg"
       ;;
     *) say "unknown proxy $name"; return 1 ;;
   esac
   PROXY_PID=$LAST_PID
-  if ! "$LOADGEN" wait --target "ws://127.0.0.1:$port/" --timeout 20s; then
+  local ready=0 i
+  if [ "$name" = haproxy-h2 ]; then
+    # HTTP/2 only: ready once one extended CONNECT tunnel opens and closes.
+    for i in $(seq 1 40); do
+      if "$LOADGEN" h2-handshakes --target "127.0.0.1:$port" --workers 1 --max 1 --duration 2s --sources "" 2>/dev/null \
+         | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["handshakes"] == 1 else 1)' 2>/dev/null; then
+        ready=1; break
+      fi
+      sleep 0.5
+    done
+  elif "$LOADGEN" wait --target "ws://127.0.0.1:$port/" --timeout 20s; then
+    ready=1
+  fi
+  if [ "$ready" = 0 ]; then
     say "$name did not become ready; its output:"; sed 's/^/    /' "$dir/out.log" >&2
     stop_group "$PROXY_PID"
     return 1
@@ -283,6 +315,7 @@ thread_model() {
     nginx) echo "master + 1 worker process (worker_processes 1), epoll" ;;
     haproxy-http) echo "1 process, nbthread 1, mode http" ;;
     haproxy-tcp) echo "1 process, nbthread 1, mode tcp, option splice-auto" ;;
+    haproxy-h2) echo "1 process, nbthread 1, mode http, bind proto h2" ;;
   esac
 }
 
@@ -317,7 +350,8 @@ elif kind == "handshakes":
 EOF
 }
 
-IFS=, read -r -a PROXY_LIST <<<"$PROXIES"
+PROXY_LIST=()
+[ -n "$PROXIES" ] && IFS=, read -r -a PROXY_LIST <<<"$PROXIES"
 for round in $(seq 1 "$ROUNDS"); do
 # Odd rounds go in the given order, even rounds in reverse, to cancel drift.
 order=("${PROXY_LIST[@]}")
@@ -420,6 +454,64 @@ EOF
   sleep 2   # let TIME_WAIT and the backend settle before the next proxy
 done
 done
+
+# ---- HTTP/2 rows: WebSockets over HTTP/2 streams (RFC 8441) ----
+H2_LIST=()
+[ -n "$H2" ] && IFS=, read -r -a H2_LIST <<<"$H2"
+for name in "${H2_LIST[@]}"; do
+  step "$name over HTTP/2 (h2c, extended CONNECT)"
+  out=$WORK/h2/$name
+  mkdir -p "$out"
+  if [ "$name" = wsgate ] && [ -z "$WSGATE" ]; then
+    echo "{\"status\":\"skipped\",\"reason\":\"$(printf '%s' "$WSGATE_NOTE" | tr '"\\' "''")\"}" >"$out/status.json"; continue
+  fi
+  if [ "$name" = haproxy-h2 ] && [ -z "$HAPROXY_VERSION" ]; then
+    echo '{"status":"skipped","reason":"not installed"}' >"$out/status.json"; continue
+  fi
+  PORT=$(free_port)
+  # wsgate's cleartext listener takes h2c with prior knowledge next to HTTP/1.1.
+  if ! start_proxy "$name" "$PORT"; then
+    echo '{"status":"failed","reason":"did not start or relay"}' >"$out/status.json"; continue
+  fi
+  T=127.0.0.1:$PORT
+  echo '{"status":"ok"}' >"$out/status.json"
+  say "   $(thread_model "$name" "$PROXY_PID"), listening on $T"
+  if timeout 300 "$LOADGEN" h2-idle --target "$T" --conns "$H2_CONNS" --streams "$H2_STREAMS" --sources "$SOURCES" \
+       --proxy-pid "$PROXY_PID" --settle "$SETTLE" --measure-close >"$out/idle.json" 2>"$out/idle.log"; then
+    summ idle "$out/idle.json" >&2
+  else
+    say "   h2 idle: failed"; tail -3 "$out/idle.log" >&2; rm -f "$out/idle.json"
+  fi
+  sleep 2
+  if timeout 120 "$LOADGEN" h2-handshakes --target "$T" --workers "$HS_WORKERS" --duration "$HS_DURATION" \
+       --sources "$SOURCES" --proxy-pid "$PROXY_PID" --backend-pid "$BACKEND_PID" >"$out/handshakes.json" 2>"$out/handshakes.log"; then
+    summ handshakes "$out/handshakes.json" >&2
+  else
+    say "   h2 handshakes: failed"; tail -3 "$out/handshakes.log" >&2; rm -f "$out/handshakes.json"
+  fi
+  sleep 1
+  if timeout 120 "$LOADGEN" h2-throughput --target "$T" --conns 1 --streams "$TP_CONNS" --window "$TP_WINDOW" \
+       --messages "$TP_MESSAGES" --duration "$TP_DURATION" --sources "$SOURCES" --proxy-pid "$PROXY_PID" \
+       --backend-pid "$BACKEND_PID" >"$out/throughput.json" 2>"$out/throughput.log"; then
+    summ throughput "$out/throughput.json" "unpaced, $TP_CONNS streams on 1 connection" >&2
+  else
+    say "   h2 throughput: failed"; tail -3 "$out/throughput.log" >&2; rm -f "$out/throughput.json"
+  fi
+  sleep 1
+  if timeout 120 "$LOADGEN" h2-throughput --target "$T" --conns 1 --streams "$TP_CONNS" --window "$TP_WINDOW" \
+       --rate "$TP_RATE" --messages 100000000 --duration "$TP_PACED_DURATION" --sources "$SOURCES" \
+       --proxy-pid "$PROXY_PID" --backend-pid "$BACKEND_PID" >"$out/throughput-paced.json" 2>"$out/throughput-paced.log"; then
+    summ throughput "$out/throughput-paced.json" "paced $TP_RATE/s, $TP_CONNS streams on 1 connection" >&2
+  else
+    say "   h2 throughput paced: failed"; tail -3 "$out/throughput-paced.log" >&2; rm -f "$out/throughput-paced.json"
+  fi
+  stop_group "$PROXY_PID"
+  sleep 2
+done
+if [ ${#H2_LIST[@]} -gt 0 ]; then
+  mkdir -p "$WORK/h2/nginx"
+  echo '{"status":"n/a","reason":"n/a (no RFC 8441)"}' >"$WORK/h2/nginx/status.json"
+fi
 
 # ---- routes at scale (wsgate only): memory per route, /metrics size, reload time ----
 if [ -n "$WSGATE" ] && [ "$ROUTES" -gt 0 ] && [[ ",$PROXIES," == *",wsgate,"* ]]; then

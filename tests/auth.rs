@@ -417,10 +417,9 @@ async fn ws_connect_with_token(gate: &Wsgate, token: &str) -> WsClient {
 /// Runs tests/peers/browser.js: Chromium opens `page`, evaluates `script`.
 async fn in_browser(page: &str, script: &str) -> Value {
     let chromium = which("chromium").expect("chromium is missing: run tests/setup.sh");
-    let port = free_port().to_string();
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg(peers_dir().join("browser.js"))
-        .args([chromium.to_str().unwrap(), &port, page, script])
+        .args([chromium.to_str().unwrap(), page, script])
         .env("NODE_PATH", node_modules())
         .stdin(Stdio::null())
         .kill_on_drop(true);

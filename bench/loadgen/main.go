@@ -6,6 +6,9 @@
 //	loadgen throughput  --target URL --conns 100 --messages 500000 --duration 20s [--proxy-pid PID]
 //	loadgen latency     --target URL --conns 4 --count 20000 --interval 1ms
 //	loadgen handshakes  --target URL --workers 16 --duration 10s [--proxy-pid PID]
+//	loadgen h2-idle       --target 127.0.0.1:8080 --conns 40 --streams 100 [--proxy-pid PID]
+//	loadgen h2-throughput --target 127.0.0.1:8080 --conns 1 --streams 100 --window 8 [--proxy-pid PID]
+//	loadgen h2-handshakes --target 127.0.0.1:8080 --workers 16 --duration 10s [--proxy-pid PID]
 //	loadgen wait        --target URL --timeout 20s
 //	loadgen routes      --wsgate BIN --backend HOST:PORT --n 5000 --dir DIR
 //	loadgen procstat    PID
@@ -20,7 +23,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: loadgen echo-server|idle|throughput|latency|handshakes|wait|routes|procstat [flags]")
+	fmt.Fprintln(os.Stderr, "usage: loadgen echo-server|idle|throughput|latency|handshakes|h2-idle|h2-throughput|h2-handshakes|wait|routes|procstat [flags]")
 	os.Exit(2)
 }
 
@@ -41,6 +44,12 @@ func main() {
 		cmdLatency(args)
 	case "handshakes":
 		cmdHandshakes(args)
+	case "h2-idle":
+		cmdH2Idle(args)
+	case "h2-throughput":
+		cmdH2Throughput(args)
+	case "h2-handshakes":
+		cmdH2Handshakes(args)
 	case "wait":
 		cmdWait(args)
 	case "routes":
