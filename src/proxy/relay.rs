@@ -21,7 +21,7 @@ use super::frame::{
 };
 use super::protocol::{Extensions, Rules};
 use super::ratelimit::{Exceed, Limiter};
-use super::registry::{Admission, CloseReason, RouteRuntime, TunnelInfo};
+use super::registry::{Admission, ClientProtocol, CloseReason, RouteRuntime, TunnelInfo};
 use super::stream::Stream;
 use super::table::LegPing;
 use crate::metrics::Initiator;
@@ -317,6 +317,11 @@ impl Relay {
     /// Relays until the tunnel closes. `client_early`/`backend_early` are bytes that
     /// arrived with the handshakes.
     pub async fn run(mut self, client_early: Vec<u8>, backend_early: Vec<u8>) {
+        // An HTTP/1.1 tunnel keeps its client connection, which hyper stopped
+        // counting at the upgrade (an HTTP/2 connection is counted by its listener).
+        if self.info.client_protocol == ClientProtocol::Http1 {
+            self.http1_connections().inc();
+        }
         let route = self.info.route.clone();
         let now = Instant::now();
         let leg = |ping| Leg {
@@ -433,6 +438,13 @@ impl Relay {
         // Boxed: the closing steps' futures would otherwise enlarge every tunnel's
         // task for its whole life.
         Box::pin(self.finish(st)).await;
+    }
+
+    fn http1_connections(&self) -> prometheus::IntGauge {
+        self.proxy
+            .metrics
+            .client_connections_active
+            .with_label_values(&["http1"])
     }
 
     fn next_deadline(&self, st: &State) -> Instant {
@@ -885,6 +897,9 @@ impl Relay {
             initiator = initiator.as_str(),
             "tunnel closed"
         );
+        if self.info.client_protocol == ClientProtocol::Http1 {
+            self.http1_connections().dec();
+        }
         drop(self.admission);
         self.proxy.registry.close(self.info.id, code, initiator);
     }

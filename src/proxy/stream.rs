@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use futures_util::task::AtomicWaker;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -220,8 +220,17 @@ impl Stream {
             Stream::Tcp(s) => s.shutdown().await,
             Stream::Tls(s) => s.shutdown().await,
             Stream::BackendTls(s) => s.shutdown().await,
-            // END_STREAM after what was written.
-            Stream::H2(h) => h.io.shutdown().await,
+            // END_STREAM after what was written, then wait (the caller bounds it)
+            // for the client's: a stream dropped before it ends is reset, and h2
+            // counts the client's later frames on it toward
+            // `max_local_error_reset_streams`, so a long-lived connection whose
+            // clients end streams politely would be cut after a few hundred closes.
+            Stream::H2(h) => {
+                let done = h.io.shutdown().await;
+                let mut rest = [0u8; 512];
+                while matches!(h.io.read(&mut rest).await, Ok(n) if n > 0) {}
+                done
+            }
         };
     }
 }
