@@ -203,6 +203,24 @@ async fn client_connections(gate: &Wsgate, protocol: &str) -> f64 {
     )
 }
 
+/// While the page is open wsgate counts its HTTP/2 connection and no HTTP/1.1 one;
+/// once the browser is gone the HTTP/2 gauge falls back to 0. Chromium sometimes
+/// keeps a second, idle preconnected socket beside the one it uses: the tunnels'
+/// single client address (checked by the caller) is what counts.
+async fn h2_connection_until_closed(gate: &Wsgate, browser: Browser, what: &str) {
+    let h2 = client_connections(gate, "h2").await;
+    assert!((1.0..=2.0).contains(&h2), "{what}: h2 connections: {h2}");
+    assert_eq!(client_connections(gate, "http1").await, 0.0, "{what}");
+    browser.close().await;
+    gate.wait_metric(
+        10.0,
+        "wsgate_client_connections_active",
+        &[("protocol", "h2")],
+        |v| v == 0.0,
+    )
+    .await;
+}
+
 /// The tunnels' client addresses, and each tunnel's (route, client_protocol).
 async fn tunnels(gate: &Wsgate) -> (BTreeSet<String>, Vec<(String, String)>) {
     let conns = gate.connections().await;
@@ -255,20 +273,7 @@ async fn chromium_opens_three_websockets_as_streams_of_one_http2_connection() {
         1,
         "three tunnels on one client connection: {clients:?}"
     );
-    // Chromium sometimes keeps a second, idle preconnected socket beside the one it
-    // uses; the tunnels' single client address above is what counts.
-    let h2 = client_connections(&gate, "h2").await;
-    assert!((1.0..=2.0).contains(&h2), "h2 connections: {h2}");
-    assert_eq!(client_connections(&gate, "http1").await, 0.0);
-
-    browser.close().await;
-    gate.wait_metric(
-        10.0,
-        "wsgate_client_connections_active",
-        &[("protocol", "h2")],
-        |v| v == 0.0,
-    )
-    .await;
+    h2_connection_until_closed(&gate, browser, "the page").await;
     assert!(gate.connections().await.is_empty());
 }
 
@@ -439,21 +444,7 @@ async fn socketio_and_sockjs_from_chromium_over_http2_stick_to_one_replica() {
             "browser {run}: /connections"
         );
         assert_eq!(clients.len(), 1, "browser {run}: {clients:?}");
-        // (A second, idle preconnected socket is Chromium's, see above.)
-        let h2 = client_connections(&gate, "h2").await;
-        assert!(
-            (1.0..=2.0).contains(&h2),
-            "browser {run}: h2 connections: {h2}"
-        );
-        assert_eq!(client_connections(&gate, "http1").await, 0.0);
-        browser.close().await;
-        gate.wait_metric(
-            10.0,
-            "wsgate_client_connections_active",
-            &[("protocol", "h2")],
-            |v| v == 0.0,
-        )
-        .await;
+        h2_connection_until_closed(&gate, browser, &format!("browser {run}")).await;
     }
     assert_eq!(replicas.len(), 2, "both browsers on {replicas:?}");
 

@@ -356,22 +356,7 @@ func cmdH2Throughput(args []string) {
 	for _, c := range cs {
 		c.Close()
 	}
-	res.Sent = sent.Load()
-	res.Echoed = echoed.Load()
-	res.Relayed = res.Sent + res.Echoed
-	res.BadEchoes = bad.Load()
-	res.Seconds = elapsed.Seconds()
-	res.RelayedPerSec = float64(res.Relayed) / res.Seconds
-	if res.Relayed > 0 && *pid > 0 {
-		res.CPUSecPerMRel = res.ProxyCPUSec / (float64(res.Relayed) / 1e6)
-	}
-	if res.Sent >= *messages {
-		res.BoundedBy = "messages"
-	} else {
-		res.BoundedBy = "duration"
-	}
-	res.ErrorCount = errs.n.Load()
-	res.Errors = errs.samples()
+	res.finish(sent.Load(), echoed.Load(), bad.Load(), elapsed, *pid > 0, *messages, errs)
 	emitJSON(res)
 }
 

@@ -196,21 +196,27 @@ func cmdThroughput(args []string) {
 			res.ForeignCores = (a.MachineBusyS - res.ProxyBefore.MachineBusyS - res.ProxyCPUSec - (oursCPU(*backendPID) - ours0)) / elapsed.Seconds()
 		}
 	}
-	res.Sent = sent.Load()
-	res.Echoed = echoed.Load()
+	res.finish(sent.Load(), echoed.Load(), bad.Load(), elapsed, *pid > 0, *messages, errs)
+	emitJSON(res)
+}
+
+// finish fills in the counts and the figures derived from them (also used by
+// h2-throughput, whose result embeds this one).
+func (res *throughputResult) finish(sent, echoed, bad int64, elapsed time.Duration, cpuMeasured bool, messages int64, errs *errSampler) {
+	res.Sent = sent
+	res.Echoed = echoed
 	res.Relayed = res.Sent + res.Echoed
-	res.BadEchoes = bad.Load()
+	res.BadEchoes = bad
 	res.Seconds = elapsed.Seconds()
 	res.RelayedPerSec = float64(res.Relayed) / res.Seconds
-	if res.Relayed > 0 && *pid > 0 {
+	if res.Relayed > 0 && cpuMeasured {
 		res.CPUSecPerMRel = res.ProxyCPUSec / (float64(res.Relayed) / 1e6)
 	}
-	if res.Sent >= *messages {
+	if res.Sent >= messages {
 		res.BoundedBy = "messages"
 	} else {
 		res.BoundedBy = "duration"
 	}
 	res.ErrorCount = errs.n.Load()
 	res.Errors = errs.samples()
-	emitJSON(res)
 }
