@@ -397,13 +397,9 @@ async fn socketio_and_sockjs_from_chromium_over_http2_stick_to_one_replica() {
             .as_str()
             .expect("a Socket.IO ack")
             .to_string();
-        // Engine.IO may finish its upgrade before the page reads the transport at
-        // `connect`: at least one session must still be seen polling first (the
-        // backends' request logs below show the polls of every session).
-        assert!(
-            sessions.iter().any(|s| s["first"] == "polling"),
-            "browser {run}: a session that began with polling: {got}"
-        );
+        // Polling is not checked here: Engine.IO may finish its upgrade before the
+        // page reads the transport at `connect`. The backends' request logs below
+        // show each replica's polls.
         for s in sessions {
             assert_eq!(s["transport"], "websocket", "browser {run}: {got}");
             assert_eq!(s["msg"], "over h2", "browser {run}: {got}");
