@@ -314,7 +314,7 @@ done
 [[ -n "${ev}" ]] && pass "Event published for apps/broken (events RBAC): ${ev}" || { grep -i event "${A_LOG}" | tail -n 5 | indent; flunk "no Event for apps/broken"; }
 st="$(k get wsr broken -n apps -o jsonpath='{.status.conditions[?(@.type=="ResolvedRefs")].status}')"
 [[ "${st}" == False ]] && pass "apps/broken ResolvedRefs=False" || flunk "apps/broken ResolvedRefs '${st}'"
-grep -Eq 'forbidden|Forbidden|403' "${A_LOG}" && { grep -E 'forbidden|Forbidden|403' "${A_LOG}" | head -n 5 | indent; flunk "the binary hit Forbidden with the chart's RBAC"; } ||
+grep -Eqw 'forbidden|Forbidden|403' "${A_LOG}" && { grep -Ew 'forbidden|Forbidden|403' "${A_LOG}" | head -n 5 | indent; flunk "the binary hit Forbidden with the chart's RBAC"; } ||
   pass "no Forbidden in the binary's log"
 SA="${STATE}/sa-${REL}.kubeconfig"
 WHO="system:serviceaccount:${RNS}:${REL}"
@@ -466,7 +466,7 @@ if run_like_deployment "${RELB}" "${NSB}" "${STATE}/sa-${RELB}.kubeconfig" "${ST
     { echo "${out}" | indent; flunk "team-c route served by the namespaced gateway"; }
   [[ -z "$(k get wsr team-c-echo -n team-c -o jsonpath='{.status.conditions}')" ]] &&
     pass "team-c's route got no status from the namespaced gateway" || flunk "team-c route has status"
-  grep -Eq 'forbidden|Forbidden|403' "${RUN_LOG}" && { grep -E 'forbidden|Forbidden|403' "${RUN_LOG}" | head -n 5 | indent; flunk "the namespaced binary hit Forbidden"; } ||
+  grep -Eqw 'forbidden|Forbidden|403' "${RUN_LOG}" && { grep -Ew 'forbidden|Forbidden|403' "${RUN_LOG}" | head -n 5 | indent; flunk "the namespaced binary hit Forbidden"; } ||
     pass "no Forbidden in the namespaced binary's log"
   kill -TERM "${RUN_PID}"; wait "${RUN_PID}"
 else
