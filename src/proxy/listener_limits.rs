@@ -58,8 +58,8 @@ pub enum Rejection {
     /// The TLS handshake failed or timed out.
     TlsHandshake,
     /// An HTTP/2 client broke one of h2's abuse limits (rapid reset, CONTINUATION
-    /// flood, too many small frames...): the connection was ended with GOAWAY
-    /// `ENHANCE_YOUR_CALM`.
+    /// flood) or flooded PING/SETTINGS frames (`h2_guard`): the connection was
+    /// ended with GOAWAY `ENHANCE_YOUR_CALM`.
     Http2Abuse,
 }
 

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod backend_tls;
 mod balance;
 pub mod frame;
+mod h2_guard;
 mod headers;
 mod health;
 mod http_proxy;

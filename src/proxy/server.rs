@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::access_log::{loggable_path, Kind, Record};
 use super::auth::TokenSource;
+use super::h2_guard::{FloodGuard, Flooded};
 use super::headers::is_websocket_upgrade;
 use super::listener_limits::{
     reject, FirstHead, HeadLimits, HeadState, Rejection, MIN_HEADER_BYTES,
@@ -228,8 +229,18 @@ async fn connection(
             }
         }
     });
+    let flooded = Flooded::default();
     let result = match h2 {
-        Some(settings) => serve_h2(&proxy, io.silent(), service, settings, limits).await,
+        Some(settings) => {
+            serve_h2(
+                &proxy,
+                FloodGuard::new(io.silent(), flooded.clone()),
+                service,
+                settings,
+                limits,
+            )
+            .await
+        }
         None => {
             // hyper's own timer covers the heads of later requests on a kept-alive
             // connection; the first one is timed by `FirstHead`, which answers 408.
@@ -249,6 +260,8 @@ async fn connection(
     if let Err(e) = result {
         let reason = if head.timed_out() {
             Some(Rejection::HeaderTimeout)
+        } else if flooded.get() {
+            Some(Rejection::Http2Abuse)
         } else {
             Rejection::of_hyper_error(&e)
         };
@@ -264,7 +277,7 @@ async fn connection(
 /// finish: their tunnels get Close 1001 from the drain like any other.
 async fn serve_h2<S>(
     proxy: &Proxy,
-    io: FirstHead<Stream>,
+    io: FloodGuard<FirstHead<Stream>>,
     service: S,
     settings: Http2Settings,
     limits: HeadLimits,
