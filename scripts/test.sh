@@ -9,17 +9,50 @@ ulimit -n 20000 2>/dev/null || true
 
 step() { printf '\n== %s (%(%H:%M:%S)T)\n' "$*" -1; }
 
+# Jobs in the background, each logging to a file: `started NAME COMMAND` starts
+# one in its own process group, `finished NAME` waits for it and prints its log.
+declare -A job_pid job_log
+started() {
+  job_log[$1]="$(mktemp)"
+  setsid bash -c "$2" >"${job_log[$1]}" 2>&1 &
+  job_pid[$1]=$!
+}
+finished() {
+  local ok=0
+  wait "${job_pid[$1]}" || ok=$?
+  sed 's/^/  /' "${job_log[$1]}"
+  rm -f "${job_log[$1]}"
+  unset 'job_pid[$1]'
+  [[ ${ok} == 0 ]] || { echo "$1 failed (log above)" >&2; exit 1; }
+}
+trap 'for p in "${job_pid[@]}"; do kill -- -"${p}" 2>/dev/null || true; done' EXIT
+
+# On a cold machine the Go builds and the release build (for the image that
+# `make e2e-node` runs) are the longest steps; much of them is fetching modules
+# and crates, or a link or LTO on one core, while the other core would idle. So
+# they start first and run beside the peers' downloads, the lint and the test
+# build; the tests themselves start only once both are done, on a quiet machine.
+# Warm, each finds its outputs cached and ends in seconds.
+step "in the background: kube-apiserver, etcd, the node's binaries, helm and Prometheus (built from the Go module proxy once, then cached), then the release build"
+started "the Go builds" 'WSGATE_K8S_NODE=1 hack/k8s/assets.sh >/dev/null && hack/k8s/helm.sh >/dev/null && hack/k8s/prometheus.sh >/dev/null'
+
 step "installing test peers and tools"
 bash tests/setup.sh
-
-step "kube-apiserver, etcd, the node's binaries, helm and Prometheus (built from the Go module proxy once, then cached)"
-WSGATE_K8S_NODE=1 hack/k8s/assets.sh >/dev/null
-hack/k8s/helm.sh >/dev/null
-hack/k8s/prometheus.sh >/dev/null
+# After the setup, which installs a C compiler and OpenSSL's headers if missing.
+started "the release build" 'cargo build --release --locked --bin wsgate --example echo'
 
 step "format and lint"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
+
+step "building the tests"
+cargo test --locked --no-run
+
+step "waiting for the Go builds"
+finished "the Go builds"
+
+step "waiting for the release build"
+finished "the release build"
 
 step "unit and black-box tests"
 cargo test --locked --no-fail-fast

@@ -558,8 +558,8 @@ async fn a_stalled_stream_does_not_slow_its_neighbour_and_memory_stays_bounded()
     // The fast stream echoes as many round trips again next to the stalled one.
     // Head-of-line blocking (a connection window spent on the stalled stream)
     // shows as round trips that never come back: the 30 s wait fails the test.
-    // The p99 itself is printed, not asserted: on a shared 2-core machine another
-    // process's burst moves it, so the 2x-baseline figure is `make bench`'s.
+    // The p99 ratio itself is printed, not asserted: on a shared 2-core machine
+    // another process's burst moves it (a 2x bound failed CI at 2.04x).
     client.send(cmd.clone()).await;
     let loaded = event_on(&mut client, "latency", 0, 30.0).await;
     let b99 = base["p99_ms"].as_f64().unwrap();

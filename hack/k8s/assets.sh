@@ -145,12 +145,14 @@ if [[ ${#to_build[@]} -gt 0 ]]; then
     ldflags+=" -X ${pkg}.buildDate=${k8s_time}"
   done
 
-  for bin in "${to_build[@]}"; do
-    log "building ${bin} ${K8S_VERSION} (staging ${STAGING_VERSION}); minutes on a cold Go cache"
-    (cd "${SRC}/apiserver" && go build -ldflags "${ldflags}" -o "${OUT}/${bin}.tmp" "k8s.io/kubernetes/cmd/${bin}") \
-      || die "${bin} build failed"
-    mv -f "${OUT}/${bin}.tmp" "${OUT}/${bin}"
-  done
+  # One `go build` for all of them: the packages they share compile once and
+  # the links run in parallel, where one build per binary linked one at a time.
+  log "building ${to_build[*]} ${K8S_VERSION} (staging ${STAGING_VERSION}); minutes on a cold Go cache"
+  rm -rf "${OUT}/.new" && mkdir -p "${OUT}/.new"
+  (cd "${SRC}/apiserver" && go build -ldflags "${ldflags}" -o "${OUT}/.new/" \
+    "${to_build[@]/#/k8s.io/kubernetes/cmd/}") || die "${to_build[*]} build failed"
+  for bin in "${to_build[@]}"; do mv -f "${OUT}/.new/${bin}" "${OUT}/${bin}"; done
+  rmdir "${OUT}/.new"
 fi
 
 if [[ ! -x "${OUT}/etcd" ]]; then

@@ -45,14 +45,18 @@ for kv in "Version=${release}" "Branch=HEAD" "Revision=${VERSION}" "BuildUser=ws
 done
 lock=()
 [[ -n "${WSGATE_CPU_LOCK:-}" ]] && lock=(flock "${WSGATE_CPU_LOCK}")
-for cmd in prometheus promtool; do
-  [[ -x "${OUT}/${cmd}" ]] && continue
-  log "building ${cmd} ${release} (module ${VERSION}); a few minutes on a cold Go cache"
+missing=()
+for cmd in prometheus promtool; do [[ -x "${OUT}/${cmd}" ]] || missing+=("${cmd}"); done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  log "building ${missing[*]} ${release} (module ${VERSION}); a few minutes on a cold Go cache"
   # Only Kubernetes service discovery is compiled in (the plugins/ build tags):
-  # the cloud SDKs of the other discoverers would triple the build time.
+  # the cloud SDKs of the other discoverers would triple the build time. One
+  # `go build` for both: shared packages compile once, the links run in parallel.
+  rm -rf "${OUT}/.new" && mkdir -p "${OUT}/.new"
   (cd "${SRC}" && GOFLAGS="-mod=mod" CGO_ENABLED=0 "${lock[@]}" go build -tags remove_all_sd,enable_kubernetes_sd -ldflags "${ldflags}" \
-    -o "${OUT}/${cmd}.tmp" "github.com/prometheus/prometheus/cmd/${cmd}") || die "${cmd} build failed"
-  mv -f "${OUT}/${cmd}.tmp" "${OUT}/${cmd}"
-done
+    -o "${OUT}/.new/" "${missing[@]/#/github.com/prometheus/prometheus/cmd/}") || die "${missing[*]} build failed"
+  for cmd in "${missing[@]}"; do mv -f "${OUT}/.new/${cmd}" "${OUT}/${cmd}"; done
+  rmdir "${OUT}/.new"
+fi
 log "done in $(( $(date +%s) - start ))s: ${OUT}"
 echo "${OUT}"
