@@ -13,6 +13,11 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
+/// One test at a time: each measures a flooding client's rate, and four floods at
+/// once on two cores starve the debug build they go through (a throttled tunnel
+/// measured 110 of its 200 messages/s that way).
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One tunnel as the backend saw it: the first message (which names the client),
 /// each data message's arrival time and payload size, and the Close it got.
 #[derive(Default)]
@@ -150,6 +155,7 @@ fn rate(seen: &Seen, from: f64, to: f64) -> (f64, f64) {
 
 #[tokio::test]
 async fn a_client_above_its_message_rate_is_closed_with_1008() {
+    let _alone = ALONE.lock().await;
     let backend = CountingBackend::start().await;
     let route = Route::new("limited")
         .backend(backend.addr)
@@ -201,6 +207,7 @@ async fn a_client_above_its_message_rate_is_closed_with_1008() {
 
 #[tokio::test]
 async fn a_throttled_client_is_held_to_its_message_rate() {
+    let _alone = ALONE.lock().await;
     let backend = CountingBackend::start().await;
     let route = Route::new("throttled")
         .backend(backend.addr)
@@ -236,6 +243,7 @@ async fn a_throttled_client_is_held_to_its_message_rate() {
 
 #[tokio::test]
 async fn a_throttled_client_is_held_to_its_byte_rate() {
+    let _alone = ALONE.lock().await;
     let backend = CountingBackend::start().await;
     let route = Route::new("bytes")
         .backend(backend.addr)
