@@ -22,6 +22,7 @@ mod server;
 mod stream;
 pub mod table;
 mod tls;
+pub mod trim;
 mod upgrade;
 
 use std::collections::{HashMap, HashSet};
