@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR ?= /var/cache/wsgate/target
 export WSGATE_CACHE ?= /var/cache/wsgate
 WSGATE := $(CARGO_TARGET_DIR)/release/wsgate
 
-.PHONY: demo test unit e2e-k8s e2e-node image lint bench bench-controller crd
+.PHONY: demo test unit e2e-k8s e2e-node image lint bench bench-controller bench-profile crd
 
 ## demo: build wsgate, start an echo backend on :9001 and wsgate on :8080 with
 ## examples/quickstart.yaml, and print how to try it (Ctrl-C stops both).
@@ -36,6 +36,11 @@ bench:
 ## bench-controller: the controller with 2,000 WebSocketRoutes in a real kube-apiserver
 bench-controller:
 	bash bench/controller-scale.sh
+
+## bench-profile: where a handshake's CPU goes in wsgate (perf during the
+## benchmark's handshake load; bench/profile-handshakes.sh --http2 for RFC 8441)
+bench-profile:
+	bash bench/profile-handshakes.sh
 
 crd:
 	cargo run --quiet --locked -- crd > crds/websocketroute.yaml
