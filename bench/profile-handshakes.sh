@@ -8,7 +8,8 @@
 #   bench/profile-handshakes.sh [--seconds S] [--workers W] [--http2]
 #
 # --http2 profiles RFC 8441 handshakes on one h2c connection (loadgen h2-handshakes).
-# Env: WSGATE_BIN (default: cargo build --release), CARGO_TARGET_DIR,
+# Env: KEEP=1 keeps the work directory (perf.data); WSGATE_BIN (default: cargo
+# build --release), CARGO_TARGET_DIR,
 # WSGATE_CACHE (loadgen is built into $WSGATE_CACHE/bench/bin as by bench/run.sh).
 # Needs perf (installed from Debian's linux-perf when missing, as root). Loopback only.
 set -euo pipefail
@@ -43,7 +44,10 @@ fi
 
 WORK=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -- -"$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -- -"$p" 2>/dev/null || true; done
+  if [ -n "${KEEP:-}" ]; then say "kept $WORK (perf.data, logs)"; else rm -rf "$WORK"; fi
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACKEND=127.0.0.1:$(port)
@@ -83,7 +87,11 @@ PY
 # function lives (the kernel, the allocator, tokio, hyper, wsgate...).
 perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -q --percent-limit 0.01 \
   -g none 2>/dev/null | sed '/^$/d' >"$WORK/self.txt"
-python3 - "$WORK/self.txt" <<'PY'
+# Inclusive time of the kernel's syscall entry points and of the scheduler: which
+# system calls the kernel share is spent in, and how much is switching threads.
+perf report -i "$WORK/perf.data" --children --sort symbol --stdio -q --percent-limit 0.3 \
+  -g none 2>/dev/null | sed '/^$/d' >"$WORK/children.txt"
+python3 - "$WORK/self.txt" "$WORK/children.txt" <<'PY'
 import re, sys
 groups = [
     ("kernel: TCP, sockets, epoll, syscalls", r"^\[k\]"),
@@ -116,4 +124,9 @@ print(f"  {other:5.1f}%  everything else")
 print("\ntop 25 functions by self time")
 for pct, sym in top[:25]:
     print(f"  {pct:5.2f}%  {sym[:120]}")
+print("\nsystem calls and scheduling, inclusive (a call's own work and all it calls; they nest)")
+for line in open(sys.argv[2]):
+    m = re.match(r"\s*([\d.]+)%\s+[\d.]+%\s+\[k\]\s+(\S+)", line)
+    if m and re.fullmatch(r"__x64_sys_\w+|schedule|try_to_wake_up", m.group(2)):
+        print(f"  {float(m.group(1)):5.1f}%  {m.group(2)}")
 PY
