@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-PROXIES = ["wsgate", "nginx", "haproxy-http", "haproxy-tcp", "wsgate-limited"]
+PROXIES = ["wsgate", "nginx", "haproxy-http", "haproxy-tcp", "wsgate-limited", "wsgate-nolog"]
 # PRODUCT.md "Performance targets": the reference run's figures.
 REFERENCE = {
     "nginx": {"mem_kb_per_tunnel": 18.2, "cpu_s_per_million": 1.56},

@@ -3,7 +3,7 @@
 # client and same backend, one run. Prints figures; not a test (never fails on
 # a missed target). See bench/README.md.
 #
-#   bench/run.sh [--quick] [--n N] [--proxies wsgate,nginx,haproxy-http,haproxy-tcp,wsgate-limited]
+#   bench/run.sh [--quick] [--n N] [--proxies wsgate,nginx,haproxy-http,haproxy-tcp,wsgate-limited,wsgate-nolog]
 #                [--no-build] [--keep] [--wait-quiet SECONDS] [--rounds R]
 #                [--routes N] [--ramp DURATION] [--h2 wsgate,haproxy-h2|none]
 #                [--h2-conns C] [--h2-streams S]
@@ -20,6 +20,10 @@
 # memory per route, /metrics size, load and reload time (default 5000, 0 = off).
 # --ramp D: the idle-memory step runs twice, a burst (as fast as the client
 # can) and a ramp spreading the N opens over D (default 30s, 0 = burst only).
+#
+# wsgate-nolog is wsgate with `--access-log off`, as NGINX (access_log off) and
+# HAProxy (no log) run here: `--proxies wsgate,wsgate-nolog` measures what the
+# access log costs, and wsgate-nolog compares like with like.
 #
 # wsgate-limited is wsgate with per-tunnel rate limits set (Throttle, rates far
 # above what the load reaches): `--proxies wsgate,wsgate-limited` measures what the
@@ -267,14 +271,15 @@ start_proxy() {
   local name=$1 port=$2 dir=$WORK/$1
   mkdir -p "$dir"
   case "$name" in
-    wsgate|wsgate-limited)
-      local aport; aport=$(free_port)
+    wsgate|wsgate-limited|wsgate-nolog)
+      local aport extra=(); aport=$(free_port)
+      [ "$name" = wsgate-nolog ] && extra=(--access-log off)
       fill "$HERE/configs/wsgate.yaml" "$dir/wsgate.yaml" "" "$dir"
       if [ "$name" = wsgate-limited ]; then
         echo '  limits: {messagesPerSecond: 1000000000, bytesPerSecond: 1000000000000, onExceed: Throttle}' >>"$dir/wsgate.yaml"
       fi
       RUST_LOG=${RUST_LOG:-warn} start_group "$dir/out.log" "$WSGATE" serve --config "$dir/wsgate.yaml" \
-        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$aport"
+        --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$aport" "${extra[@]}"
       ;;
     nginx)
       mkdir -p "$dir/tmp" "$dir/logs"
@@ -311,7 +316,7 @@ start_proxy() {
 
 thread_model() {
   case "$1" in
-    wsgate|wsgate-limited) echo "tokio multi-thread runtime ($(awk '/^Threads:/{print $2}' /proc/"$2"/status 2>/dev/null) threads at start; $(nproc) cores)" ;;
+    wsgate|wsgate-limited|wsgate-nolog) echo "tokio multi-thread runtime ($(awk '/^Threads:/{print $2}' /proc/"$2"/status 2>/dev/null) threads at start; $(nproc) cores)" ;;
     nginx) echo "master + 1 worker process (worker_processes 1), epoll" ;;
     haproxy-http) echo "1 process, nbthread 1, mode http" ;;
     haproxy-tcp) echo "1 process, nbthread 1, mode tcp, option splice-auto" ;;
