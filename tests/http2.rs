@@ -85,6 +85,21 @@ async fn abuse_rejections(gate: &Wsgate) -> f64 {
     )
 }
 
+/// An abusive connection's outcome: GOAWAY ENHANCE_YOUR_CALM with `debug` as its
+/// debug data, the connection closed, and `http2_abuse` one above `before`.
+async fn assert_ended_as_abuse(gate: &Wsgate, mode: &str, r: &Value, debug: &str, before: f64) {
+    assert_eq!(r["goaway"]["error"], "ENHANCE_YOUR_CALM", "{mode}: {r}");
+    assert_eq!(r["goaway"]["debug"], debug, "{mode}: {r}");
+    assert_eq!(r["closed"], true, "{mode}: the connection ends: {r}");
+    gate.wait_metric(
+        5.0,
+        "wsgate_listener_rejections_total",
+        &[("reason", "http2_abuse")],
+        |v| v == before + 1.0,
+    )
+    .await;
+}
+
 /// wsgate's user + system CPU time so far, in seconds (proc(5) stat fields 14, 15).
 fn cpu_secs(gate: &Wsgate) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", gate.pid())).unwrap();
@@ -697,16 +712,7 @@ async fn rapid_reset_and_continuation_flood_get_goaway_while_others_keep_connect
         let mut abuser = py_h2(gate.listen, mode, &["--frames", "5000", "--seconds", "3"]);
         let r = abuser.expect("result", 20.0).await;
         eprintln!("{mode}: {r}");
-        assert_eq!(r["goaway"]["error"], "ENHANCE_YOUR_CALM", "{mode}: {r}");
-        assert_eq!(r["goaway"]["debug"], debug, "{mode}: {r}");
-        assert_eq!(r["closed"], true, "{mode}: the connection ends: {r}");
-        gate.wait_metric(
-            5.0,
-            "wsgate_listener_rejections_total",
-            &[("reason", "http2_abuse")],
-            |v| v == before + 1.0,
-        )
-        .await;
+        assert_ended_as_abuse(&gate, mode, &r, debug, before).await;
         results.push(r);
     }
     let summary = normal.expect("summary", 15.0).await;
@@ -754,21 +760,9 @@ async fn ping_and_settings_floods_get_goaway_while_others_keep_working() {
             "{mode} {}: {r}; another tunnel's echo meanwhile: {during}",
             extra.unwrap_or("")
         );
-        assert_eq!(r["goaway"]["error"], "ENHANCE_YOUR_CALM", "{mode}: {r}");
-        assert_eq!(
-            r["goaway"]["debug"], "too_many_control_frames",
-            "{mode}: {r}"
-        );
-        assert_eq!(r["closed"], true, "{mode}: the connection ends: {r}");
+        assert_ended_as_abuse(&gate, mode, &r, "too_many_control_frames", before).await;
         // Ended long before the flood's 2,000,000 frames or 3 s were through.
         assert!(r["written"].as_u64().unwrap() < 2_000_000, "{r}");
-        gate.wait_metric(
-            5.0,
-            "wsgate_listener_rejections_total",
-            &[("reason", "http2_abuse")],
-            |v| v == before + 1.0,
-        )
-        .await;
     }
     let peak = gate.proc_status_kib("VmHWM");
     eprintln!("wsgate RSS {rss_before} KiB before the floods, peak {peak} KiB during them");

@@ -49,17 +49,6 @@ const DEBUG: &[u8] = b"too_many_control_frames";
 #[derive(Debug)]
 pub struct ControlFlood;
 
-/// Set when a [`FloodGuard`] ends its connection.
-#[derive(Clone, Debug, Default)]
-pub struct Flooded(Arc<AtomicBool>);
-
-impl Flooded {
-    /// Whether the guard ended the connection for a flood.
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 impl std::fmt::Display for ControlFlood {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -75,6 +64,17 @@ impl std::error::Error for ControlFlood {}
 impl ControlFlood {
     fn io_error() -> std::io::Error {
         std::io::Error::new(std::io::ErrorKind::ConnectionAborted, ControlFlood)
+    }
+}
+
+/// Set when a [`FloodGuard`] ends its connection.
+#[derive(Clone, Debug, Default)]
+pub struct Flooded(Arc<AtomicBool>);
+
+impl Flooded {
+    /// Whether the guard ended the connection for a flood.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
