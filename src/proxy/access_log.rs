@@ -2,7 +2,10 @@
 //! tunnel, per refused upgrade and per plain HTTP request.
 //!
 //! Lines are written by a thread of their own, fed through a bounded queue the
-//! proxy only ever `try_send`s into. A write to a slow disk or to a stdout pipe
+//! proxy only ever `try_send`s into, in batches: the writer sleeps until a line
+//! comes, lets the lines of the next 50 ms gather, writes them in one go and
+//! sleeps again, so the proxy's threads wake it a few times a second at most
+//! rather than once per line. A write to a slow disk or to a stdout pipe
 //! whose reader stalled (a log shipper restarting) blocks in the kernel; on a
 //! thread it stalls the log alone, never a tunnel or a handshake. When the queue
 //! is full, lines are dropped and counted, and a warning says how many.
@@ -24,6 +27,11 @@ use serde::Serialize;
 
 /// Lines waiting for the writer; beyond this they are dropped, never waited for.
 const QUEUE: usize = 16 * 1024;
+/// How long the writer lets lines gather after the first wakes it. Waking a thread
+/// costs a futex call and a thread switch; once per line that was most of the
+/// system calls a handshake added over NGINX's. Gathered, a busy proxy wakes the
+/// writer at most 20 times a second, and a line still reaches the log within 50 ms.
+const GATHER: Duration = Duration::from_millis(50);
 
 /// Where `--access-log` writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,30 +143,18 @@ fn send_within(tx: &SyncSender<Msg>, mut msg: Msg, within: Duration) -> bool {
 fn writer(rx: Receiver<Msg>, out: Box<dyn Write + Send>) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut last_error: Option<Instant> = None;
-    loop {
-        // Flush whenever the queue runs empty: lines show up at once when the
-        // proxy is quiet, in 64 KiB batches when it is busy.
-        let msg = match rx.try_recv() {
-            Ok(m) => m,
-            Err(mpsc::TryRecvError::Empty) => {
-                let _ = out.flush();
-                match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                }
-            }
-            Err(mpsc::TryRecvError::Disconnected) => break,
-        };
-        let result = match msg {
-            Msg::Line(r) => serde_json::to_writer(&mut out, &r)
-                .map_err(io::Error::from)
-                .and_then(|()| out.write_all(b"\n")),
-            Msg::Flush(done) => {
-                let r = out.flush();
-                let _ = done.try_send(());
-                r
-            }
-        };
+    // Asleep until a line comes; then the lines of the next `GATHER` are written
+    // and flushed together, and the thread sleeps again.
+    while let Ok(first) = rx.recv() {
+        let gather = matches!(first, Msg::Line(_));
+        let mut result = handle(first, &mut out);
+        if gather {
+            std::thread::sleep(GATHER);
+        }
+        while let Ok(msg) = rx.try_recv() {
+            result = result.and(handle(msg, &mut out));
+        }
+        result = result.and(out.flush());
         if let Err(e) = result {
             if last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                 last_error = Some(Instant::now());
@@ -167,6 +163,20 @@ fn writer(rx: Receiver<Msg>, out: Box<dyn Write + Send>) {
         }
     }
     let _ = out.flush();
+}
+
+/// Writes a line, or answers a flush request once everything before it is out.
+fn handle(msg: Msg, out: &mut impl Write) -> io::Result<()> {
+    match msg {
+        Msg::Line(r) => serde_json::to_writer(&mut *out, &r)
+            .map_err(io::Error::from)
+            .and_then(|()| out.write_all(b"\n")),
+        Msg::Flush(done) => {
+            let r = out.flush();
+            let _ = done.try_send(());
+            r
+        }
+    }
 }
 
 /// What one line is about.
