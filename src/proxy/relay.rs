@@ -10,11 +10,14 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll::{self, Pending, Ready};
 use std::time::{Duration, Instant};
 
-use tokio::time::sleep_until;
+use tokio::time::{sleep_until, Sleep};
 
 use super::frame::{
     self, FrameError, FrameHeader, FrameReader, FrameSink, OP_CLOSE, OP_PING, OP_PONG,
@@ -95,9 +98,8 @@ impl Probe {
     }
 }
 
-/// One peer's liveness.
+/// One peer's liveness (its ping settings are the route's: see `Relay::ping_of`).
 struct Leg {
-    ping: Option<LegPing>,
     last_rx: Instant,
     /// Pings sent since the leg fell silent; anything the leg sends answers them.
     probe: Option<Probe>,
@@ -195,7 +197,6 @@ pub(crate) struct Relay {
     pub info: Arc<TunnelInfo>,
     pub runtime: Arc<RouteRuntime>,
     pub admission: Admission,
-    pub epoch: Instant,
     /// Extensions the backend's 101 negotiated: which RSV bits frames may carry.
     pub extensions: Extensions,
     /// The proxy, to leave its registry when the tunnel ends.
@@ -230,6 +231,13 @@ impl State {
         match side {
             Side::Client => &mut self.c,
             Side::Backend => &mut self.b,
+        }
+    }
+
+    fn leg_ref(&self, side: Side) -> &Leg {
+        match side {
+            Side::Client => &self.c,
+            Side::Backend => &self.b,
         }
     }
 
@@ -314,33 +322,43 @@ fn flush(dst: &mut Stream, dir: &mut Dir) -> bool {
 }
 
 impl Relay {
-    /// Relays until the tunnel closes. `client_early`/`backend_early` are bytes that
-    /// arrived with the handshakes.
-    pub async fn run(mut self, client_early: Vec<u8>, backend_early: Vec<u8>) {
+    /// The tunnel's life: relays until it closes. `client_early`/`backend_early`
+    /// are bytes that arrived with the handshakes; they are handled now, before
+    /// the future is returned.
+    ///
+    /// Not an `async fn`: rustc keeps an `async fn`'s arguments in the future
+    /// twice (as arguments and as the locals they are moved into), and this future
+    /// is what every idle tunnel holds. The `async move` block below keeps `self`
+    /// and the state once, and nothing of the set-up.
+    pub fn run(
+        mut self,
+        client_early: Vec<u8>,
+        backend_early: Vec<u8>,
+    ) -> impl Future<Output = ()> + Send + 'static {
         // An HTTP/1.1 tunnel keeps its client connection, which hyper stopped
         // counting at the upgrade (an HTTP/2 connection is counted by its listener).
         if self.info.client_protocol == ClientProtocol::Http1 {
             self.http1_connections().inc();
         }
-        let route = self.info.route.clone();
         let now = Instant::now();
-        let leg = |ping| Leg {
-            ping,
+        let leg = || Leg {
             last_rx: now,
             probe: None,
             eof: false,
             maybe_more: false,
         };
         let mut st = State {
-            c: leg(route.client_ping),
-            b: leg(route.backend_ping),
+            c: leg(),
+            b: leg(),
             c2b: Dir::new(Rules::from_client(self.extensions)),
             b2c: Dir::new(Rules::from_server(self.extensions)),
             last_data: now,
             closing: None,
             first_close: None,
             finished: false,
-            limiter: route
+            limiter: self
+                .info
+                .route
                 .rate_limit
                 .as_ref()
                 .map(|l| Box::new(Limiter::new(l, now))),
@@ -351,93 +369,113 @@ impl Relay {
         if !backend_early.is_empty() {
             self.ingest(Side::Backend, &backend_early, &mut st);
         }
-        // Parameters live as long as the future unless moved out.
-        drop((client_early, backend_early));
-        let sleep = sleep_until(self.next_deadline(&st).into());
-        tokio::pin!(sleep);
-        while !st.done() {
-            // Re-arm only when the deadline moves earlier (or the timer fired): a
-            // timer that fires early just re-arms, which is cheaper than touching the
-            // timer wheel on every read.
-            let deadline = self.next_deadline(&st).into();
-            if deadline < sleep.deadline() || sleep.is_elapsed() {
-                sleep.as_mut().reset(deadline);
-            }
-            let (read_c, read_b) = (st.can_read(Side::Client), st.can_read(Side::Backend));
-            let write_b = !st.c2b.out.is_empty() || st.c2b.tls_pending;
-            let write_c = !st.b2c.out.is_empty() || st.b2c.tls_pending;
-            let (more_c, more_b) = (st.c.maybe_more, st.b.maybe_more);
-            // One hand-written poll instead of `select!` over readiness futures: the
-            // sockets keep the waker, so an idle tunnel's task is a few hundred bytes.
-            let wake = std::future::poll_fn(|cx| {
-                use std::task::Poll::{Pending, Ready};
-                self.info.waker.register(cx.waker());
-                if self.info.signal.swap(false, Relaxed) {
-                    return Ready(Wake::Signal);
-                }
-                for (side, want, more) in [
-                    (Side::Client, read_c, more_c),
-                    (Side::Backend, read_b, more_b),
-                ] {
-                    if !want {
-                        continue;
-                    }
-                    if more {
-                        return Ready(Wake::Read(side));
-                    }
-                    let s = match side {
-                        Side::Client => &mut self.client,
-                        Side::Backend => &mut self.backend,
-                    };
-                    if let Ready(r) = s.poll_read_ready(cx) {
-                        return Ready(if r.is_ok() {
-                            Wake::Read(side)
-                        } else {
-                            Wake::Gone(side)
-                        });
+        async move {
+            self.relay(&mut st).await;
+            // Boxed: the closing steps' futures would otherwise enlarge every
+            // tunnel's task for its whole life.
+            Box::pin(self.finish(st)).await;
+        }
+    }
+
+    /// Waits for what wakes the tunnel and acts on it, until the tunnel is done.
+    /// An `async` block for the reason `run` gives: as an `async fn` its two
+    /// references would be kept twice, 16 bytes that push the task past 768 (see
+    /// the test below). Every local held across the `await` is a field of every
+    /// idle tunnel.
+    #[allow(clippy::manual_async_fn)]
+    fn relay<'a>(&'a mut self, st: &'a mut State) -> impl Future<Output = ()> + Send + 'a {
+        async move {
+            let sleep = sleep_until(self.next_deadline(st).into());
+            tokio::pin!(sleep);
+            while !st.done() {
+                // Re-arm only when the deadline moves earlier (or the timer fired): a
+                // timer that fires early just re-arms, which is cheaper than touching
+                // the timer wheel on every read.
+                {
+                    let deadline = self.next_deadline(st).into();
+                    if deadline < sleep.deadline() || sleep.is_elapsed() {
+                        sleep.as_mut().reset(deadline);
                     }
                 }
-                for (side, want) in [(Side::Backend, write_b), (Side::Client, write_c)] {
-                    let s = match side {
-                        Side::Client => &mut self.client,
-                        Side::Backend => &mut self.backend,
-                    };
-                    if want {
-                        if let Ready(r) = s.poll_write_ready(cx) {
-                            return Ready(if r.is_ok() {
-                                Wake::Write(side)
-                            } else {
-                                Wake::Gone(side)
-                            });
+                let wake = std::future::poll_fn(|cx| self.poll_wake(st, sleep.as_mut(), cx)).await;
+                match wake {
+                    Wake::Signal => {}
+                    Wake::Read(side) => self.read(side, st),
+                    Wake::Gone(side) => self.gone(side, st),
+                    Wake::Write(Side::Backend) => {
+                        if !flush(&mut self.backend, &mut st.c2b) {
+                            self.gone(Side::Backend, st);
                         }
                     }
-                }
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Ready(Wake::Timer);
-                }
-                Pending
-            })
-            .await;
-            match wake {
-                Wake::Signal => {}
-                Wake::Read(side) => self.read(side, &mut st),
-                Wake::Gone(side) => self.gone(side, &mut st),
-                Wake::Write(Side::Backend) => {
-                    if !flush(&mut self.backend, &mut st.c2b) {
-                        self.gone(Side::Backend, &mut st);
+                    Wake::Write(Side::Client) => {
+                        if !flush(&mut self.client, &mut st.b2c) {
+                            self.gone(Side::Client, st);
+                        }
                     }
+                    Wake::Timer => self.on_timer(st),
                 }
-                Wake::Write(Side::Client) => {
-                    if !flush(&mut self.client, &mut st.b2c) {
-                        self.gone(Side::Client, &mut st);
-                    }
-                }
-                Wake::Timer => self.on_timer(&mut st),
             }
         }
-        // Boxed: the closing steps' futures would otherwise enlarge every tunnel's
-        // task for its whole life.
-        Box::pin(self.finish(st)).await;
+    }
+
+    /// One hand-written poll instead of `select!` over readiness futures: the
+    /// sockets keep the waker, so an idle tunnel's task is a few hundred bytes.
+    fn poll_wake(
+        &mut self,
+        st: &State,
+        sleep: Pin<&mut Sleep>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Wake> {
+        self.info.waker.register(cx.waker());
+        if self.info.signal.swap(false, Relaxed) {
+            return Ready(Wake::Signal);
+        }
+        for side in [Side::Client, Side::Backend] {
+            if !st.can_read(side) {
+                continue;
+            }
+            if st.leg_ref(side).maybe_more {
+                return Ready(Wake::Read(side));
+            }
+            if let Ready(r) = self.stream(side).poll_read_ready(cx) {
+                return Ready(if r.is_ok() {
+                    Wake::Read(side)
+                } else {
+                    Wake::Gone(side)
+                });
+            }
+        }
+        for (side, dir) in [(Side::Backend, &st.c2b), (Side::Client, &st.b2c)] {
+            if dir.out.is_empty() && !dir.tls_pending {
+                continue;
+            }
+            if let Ready(r) = self.stream(side).poll_write_ready(cx) {
+                return Ready(if r.is_ok() {
+                    Wake::Write(side)
+                } else {
+                    Wake::Gone(side)
+                });
+            }
+        }
+        if sleep.poll(cx).is_ready() {
+            return Ready(Wake::Timer);
+        }
+        Pending
+    }
+
+    fn stream(&mut self, side: Side) -> &mut Stream {
+        match side {
+            Side::Client => &mut self.client,
+            Side::Backend => &mut self.backend,
+        }
+    }
+
+    /// The route's ping settings toward one leg.
+    fn ping_of(&self, side: Side) -> Option<LegPing> {
+        match side {
+            Side::Client => self.info.route.client_ping,
+            Side::Backend => self.info.route.backend_ping,
+        }
     }
 
     fn http1_connections(&self) -> prometheus::IntGauge {
@@ -455,7 +493,7 @@ impl Relay {
         if let Some(c) = st.closing {
             at(c);
         }
-        if let Some(c) = self.info.close_deadline(self.epoch) {
+        if let Some(c) = self.info.close_deadline(self.proxy.registry.epoch()) {
             at(c);
         }
         if let Some(p) = st.limiter.as_ref().and_then(|l| l.paused_until()) {
@@ -468,8 +506,8 @@ impl Relay {
             if let Some(i) = route.idle_timeout {
                 at(st.last_data + i);
             }
-            for leg in [&st.c, &st.b] {
-                let Some(p) = leg.ping else { continue };
+            for (leg, ping) in [(&st.c, route.client_ping), (&st.b, route.backend_ping)] {
+                let Some(p) = ping else { continue };
                 match leg.unanswered() {
                     Some(probe) => {
                         at(probe.since() + p.timeout);
@@ -773,7 +811,7 @@ impl Relay {
         if st.closing.is_some() {
             return;
         }
-        if let Some(at) = self.info.close_deadline(self.epoch) {
+        if let Some(at) = self.info.close_deadline(self.proxy.registry.epoch()) {
             if now >= at {
                 let reason = self.info.close_reason();
                 if reason == CloseReason::Rebalance {
@@ -797,8 +835,10 @@ impl Relay {
             return;
         }
         for side in [Side::Client, Side::Backend] {
+            let Some(p) = self.ping_of(side) else {
+                continue;
+            };
             let leg = st.leg(side);
-            let Some(p) = leg.ping else { continue };
             match leg.unanswered() {
                 Some(probe) if now >= probe.since() + p.timeout => {
                     let m = &self.runtime.metrics;
@@ -827,9 +867,9 @@ impl Relay {
         };
         if dir.close_sent || !dir.reader.at_boundary() {
             // Mid-frame toward this peer: the timer fires again right after.
+            let interval = self.ping_of(to).map_or(Duration::ZERO, |p| p.interval);
             let leg = st.leg(to);
-            let retry = Instant::now() - leg.ping.map_or(Duration::ZERO, |p| p.interval)
-                + Duration::from_millis(20);
+            let retry = Instant::now() - interval + Duration::from_millis(20);
             match leg.unanswered() {
                 Some(probe) => leg.probe = Some(Probe::new(probe.since(), retry, probe.token)),
                 None => {
@@ -916,5 +956,26 @@ fn side_other(side: Side) -> Side {
     match side {
         Side::Client => Side::Backend,
         Side::Backend => Side::Client,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Relay;
+
+    /// Size of what a function returns, without calling it.
+    fn size_of_return<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn an_idle_tunnels_task_fits_in_768_bytes() {
+        // tokio puts a spawned future in a cell aligned to 128 bytes with 104 bytes
+        // of its own, so this future's size decides each idle tunnel's task in steps
+        // of 128: 664 bytes or less is a 768-byte task (it was 1,280 when `run` was
+        // an `async fn` holding its arguments twice). Grow the relay's state or the
+        // locals it holds across an `await` and every idle tunnel pays the next step.
+        let size = size_of_return(Relay::run);
+        assert!(size <= 664, "the relay future is {size} bytes, over 664");
     }
 }

@@ -435,7 +435,6 @@ pub async fn websocket(
             info,
             runtime,
             admission,
-            epoch: proxy.registry.epoch(),
             extensions,
             proxy,
         };
