@@ -309,8 +309,14 @@ impl Wsgate {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 return Err(format!("exited with {status}"));
             }
+            // A 200 proves little alone: a parallel test's wsgate may have taken
+            // the admin port this one failed to bind. The proxy port must answer
+            // too, and this wsgate must still be running.
             if let Ok(r) = http_get(self.admin, "/readyz").await {
-                if r.status == 200 {
+                if r.status == 200
+                    && tokio::net::TcpStream::connect(self.listen).await.is_ok()
+                    && self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+                {
                     return Ok(());
                 }
             }
