@@ -507,7 +507,7 @@ pub fn compile(
                 for a in &addrs {
                     if let Some(n) = &name {
                         tls_names
-                            .entry(a.address.clone())
+                            .entry(a.address.to_string())
                             .or_insert_with(|| n.clone());
                     }
                 }

@@ -93,7 +93,7 @@ struct FileResolver<'a> {
 impl Resolver for std::cell::RefCell<FileResolver<'_>> {
     fn backends(&self, _: &str, index: usize, b: &Backend) -> Result<Vec<BackendAddr>, FieldError> {
         match (&b.address, &b.service) {
-            (Some(a), _) => Ok(vec![BackendAddr { address: a.clone(), weight: b.weight }]),
+            (Some(a), _) => Ok(vec![BackendAddr { address: a.as_str().into(), weight: b.weight }]),
             (None, Some(_)) => Err(FieldError::new(
                 format!("spec.backends[{index}].service"),
                 "Service backends need controller mode (`wsgate run`); standalone mode takes `address` backends",

@@ -55,7 +55,7 @@ impl Resolver for Cluster {
     ) -> Result<Vec<BackendAddr>, FieldError> {
         if let Some(a) = &b.address {
             return Ok(vec![BackendAddr {
-                address: a.clone(),
+                address: a.as_str().into(),
                 weight: b.weight,
             }]);
         }
@@ -123,9 +123,9 @@ impl Resolver for Cluster {
                         } else {
                             format!("{ip}:{number}")
                         };
-                        if !out.iter().any(|b: &BackendAddr| b.address == address) {
+                        if !out.iter().any(|b: &BackendAddr| *b.address == *address) {
                             out.push(BackendAddr {
-                                address,
+                                address: address.into(),
                                 weight: b.weight,
                             });
                         }

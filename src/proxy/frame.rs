@@ -8,6 +8,7 @@
 //! payload is checked against its direction's [`Rules`](super::protocol::Rules) before
 //! any byte of that frame goes to the sink.
 
+use thin_vec::ThinVec;
 use thiserror::Error;
 
 use super::protocol::{self, Rules};
@@ -252,8 +253,9 @@ pub trait FrameSink {
 #[derive(Debug)]
 pub struct FrameReader {
     rules: Rules,
-    /// A header or control frame split across reads (empty, unallocated, otherwise).
-    pending: Vec<u8>,
+    /// A header or control frame split across reads (empty, unallocated, otherwise;
+    /// a `ThinVec`: 8 bytes in every idle tunnel instead of `Vec`'s 24).
+    pending: ThinVec<u8>,
     /// Payload bytes of the current data frame still to forward.
     remaining: u64,
     /// Bytes of the current (possibly fragmented) message so far.
@@ -267,7 +269,7 @@ impl FrameReader {
     pub fn new(rules: Rules) -> FrameReader {
         FrameReader {
             rules,
-            pending: Vec::new(),
+            pending: ThinVec::new(),
             remaining: 0,
             message_len: 0,
             in_message: false,

@@ -65,7 +65,7 @@ impl BackendHealth {
         let records = self.records.lock().expect("lock");
         let ejected = |i: &usize| {
             records
-                .get(&route.backends[*i].address)
+                .get(&*route.backends[*i].address)
                 .and_then(|r| r.ejected_until)
                 .is_some_and(|until| until > now)
         };
@@ -93,7 +93,7 @@ impl BackendHealth {
         // Records of backends that left the route would otherwise pile up as
         // pods come and go.
         if records.len() > 2 * route.backends.len() + 8 {
-            records.retain(|a, _| route.backends.iter().any(|b| &b.address == a));
+            records.retain(|a, _| route.backends.iter().any(|b| *b.address == **a));
         }
         let r = records.entry(address.to_owned()).or_insert(Record {
             fails: 0,
@@ -170,7 +170,7 @@ pub fn backends_view(proxy: &Proxy) -> Vec<RouteBackends> {
                     let rec = runtime.and_then(|rt| rt.health.get(&b.address));
                     let until = rec.and_then(|r| r.ejected_until).filter(|u| *u > now);
                     BackendView {
-                        address: b.address.clone(),
+                        address: b.address.to_string(),
                         weight: b.weight,
                         active_tunnels: runtime.map_or(0, |rt| rt.backend_load(&b.address)),
                         consecutive_failures: rec.map_or(0, |r| r.fails),

@@ -90,12 +90,8 @@ pub(crate) fn on_table_change(registry: &Registry, old: &RouteTable, new: &Route
         let Some(before) = old.routes().iter().find(|r| r.key == route.key) else {
             continue;
         };
-        let known: HashSet<&str> = before.backends.iter().map(|b| b.address.as_str()).collect();
-        if route
-            .backends
-            .iter()
-            .all(|b| known.contains(b.address.as_str()))
-        {
+        let known: HashSet<&str> = before.backends.iter().map(|b| &*b.address).collect();
+        if route.backends.iter().all(|b| known.contains(&*b.address)) {
             continue;
         }
         let tunnels = tunnels.get_or_insert_with(|| registry.snapshot());

@@ -26,7 +26,7 @@ pub struct RouteRuntime {
     /// Round-robin position.
     pub rr: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, u64>>,
-    per_backend: Mutex<HashMap<String, u64>>,
+    per_backend: Mutex<HashMap<Arc<str>, u64>>,
     /// Passive health of the route's backends.
     pub health: BackendHealth,
 }
@@ -86,20 +86,20 @@ impl RouteRuntime {
 pub struct Admission {
     runtime: Arc<RouteRuntime>,
     ip: IpAddr,
-    backend: Option<String>,
+    backend: Option<Arc<str>>,
 }
 
 impl Admission {
     /// Counts the tunnel against the backend it reached.
-    pub fn set_backend(&mut self, address: &str) {
+    pub fn set_backend(&mut self, address: &Arc<str>) {
         *self
             .runtime
             .per_backend
             .lock()
             .expect("lock")
-            .entry(address.to_owned())
+            .entry(address.clone())
             .or_default() += 1;
-        self.backend = Some(address.to_owned());
+        self.backend = Some(address.clone());
     }
 }
 
@@ -162,8 +162,8 @@ pub struct TunnelInfo {
     pub route: Arc<Route>,
     /// The client's address.
     pub client: SocketAddr,
-    /// The backend's address.
-    pub backend: String,
+    /// The backend's address (shared with the route table's).
+    pub backend: Arc<str>,
     /// How the client reached wsgate.
     pub client_protocol: ClientProtocol,
     /// Wall-clock open time.
@@ -277,7 +277,7 @@ fn tunnel_record(t: &TunnelInfo, code: u16, initiator: Initiator) -> Record {
     let mut r = Record::new(Kind::Tunnel, t.client.to_string(), 101, "upgraded");
     r.namespace = Some(t.route.key.namespace.clone());
     r.route = Some(t.route.key.name.clone());
-    r.backend = Some(t.backend.clone());
+    r.backend = Some(t.backend.to_string());
     r.method = Some("GET".into());
     r.duration_s = (t.opened.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
     r.client_to_backend = Some(access_log::Traffic {
@@ -319,7 +319,7 @@ impl Registry {
         route: Arc<Route>,
         client: SocketAddr,
         client_protocol: ClientProtocol,
-        backend: String,
+        backend: Arc<str>,
     ) -> Arc<TunnelInfo> {
         let info = Arc::new(TunnelInfo {
             id: self.next_id.fetch_add(1, Relaxed),
@@ -443,7 +443,7 @@ impl Registry {
                 route: t.route.key.name.clone(),
                 client: t.client.to_string(),
                 client_protocol: t.client_protocol.as_str(),
-                backend: t.backend.clone(),
+                backend: t.backend.to_string(),
                 opened_at: humantime::format_rfc3339_millis(t.opened_at).to_string(),
                 age_seconds: t.opened.elapsed().as_secs_f64(),
                 client_to_backend: Traffic {

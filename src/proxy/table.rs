@@ -101,7 +101,7 @@ impl PathRule {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendAddr {
     /// `host:port`.
-    pub address: String,
+    pub address: Arc<str>,
     /// Relative weight (0 = no new tunnels).
     pub weight: u32,
 }

@@ -76,7 +76,7 @@ pub async fn connect(
     for &i in &choice.order {
         let addr = &route.backends[i].address;
         let dial = async {
-            let tcp = TcpStream::connect(addr.as_str())
+            let tcp = TcpStream::connect(&**addr)
                 .await
                 .map_err(|e| e.to_string())?;
             let _ = tcp.set_nodelay(true);
