@@ -21,6 +21,7 @@ mod relay;
 mod server;
 mod stream;
 pub mod table;
+pub mod timers;
 mod tls;
 pub mod trim;
 mod upgrade;
@@ -54,6 +55,8 @@ pub struct Proxy {
     runtimes: Mutex<HashMap<RouteKey, Arc<RouteRuntime>>>,
     /// Open tunnels.
     pub registry: Registry,
+    /// Every tunnel's deadlines (fired by `timers::drive`).
+    pub timers: timers::Timers,
     /// Exported metrics.
     pub metrics: Metrics,
     loaded: AtomicBool,
@@ -82,6 +85,7 @@ impl Proxy {
             }),
             runtimes: Mutex::default(),
             registry: Registry::new(access_log.clone()),
+            timers: timers::Timers::new(std::time::Instant::now()),
             metrics,
             loaded: AtomicBool::new(false),
             stopping: AtomicBool::new(false),

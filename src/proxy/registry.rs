@@ -90,6 +90,11 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// The route's state this tunnel is counted in.
+    pub fn runtime(&self) -> &Arc<RouteRuntime> {
+        &self.runtime
+    }
+
     /// Counts the tunnel against the backend it reached.
     pub fn set_backend(&mut self, address: &Arc<str>) {
         *self
@@ -186,6 +191,8 @@ pub struct TunnelInfo {
     expires_at: AtomicU64,
     /// Set with `close_at` changes; the relay clears it when it looks.
     pub(crate) signal: std::sync::atomic::AtomicBool,
+    /// Set when a deadline the relay filed with `Timers` is due; cleared likewise.
+    pub(crate) timer: std::sync::atomic::AtomicBool,
     /// The relay task, woken when `signal` is set (a waker, not a future: an idle
     /// tunnel keeps no pending future for it).
     pub(crate) waker: AtomicWaker,
@@ -308,6 +315,17 @@ impl Registry {
         }
     }
 
+    /// The open tunnels among `ids`.
+    pub fn find(&self, ids: &[u64]) -> Vec<Arc<TunnelInfo>> {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let tunnels = self.tunnels.lock().expect("lock");
+        ids.iter()
+            .filter_map(|id| tunnels.get(id).cloned())
+            .collect()
+    }
+
     /// The instant close deadlines are measured from.
     pub fn epoch(&self) -> Instant {
         self.epoch
@@ -339,6 +357,7 @@ impl Registry {
             close_reason: AtomicU64::new(0),
             expires_at: AtomicU64::new(u64::MAX),
             signal: std::sync::atomic::AtomicBool::new(false),
+            timer: std::sync::atomic::AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
         self.tunnels

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::Arc;
 use std::task::Context;
 use std::task::Poll::{self, Pending, Ready};
@@ -25,7 +25,7 @@ use super::frame::{
 };
 use super::protocol::{Extensions, Rules};
 use super::ratelimit::{Exceed, Limiter};
-use super::registry::{Admission, ClientProtocol, CloseReason, RouteRuntime, TunnelInfo};
+use super::registry::{Admission, ClientProtocol, CloseReason, TunnelInfo};
 use super::stream::Stream;
 use super::table::LegPing;
 use crate::metrics::Initiator;
@@ -198,7 +198,8 @@ pub(crate) struct Relay {
     pub client: Stream,
     pub backend: Stream,
     pub info: Arc<TunnelInfo>,
-    pub runtime: Arc<RouteRuntime>,
+    /// The tunnel's place in its route's counts (and the route's state:
+    /// `admission.runtime()`).
     pub admission: Admission,
     /// Extensions the backend's 101 negotiated: which RSV bits frames may carry.
     pub extensions: Extensions,
@@ -206,7 +207,7 @@ pub(crate) struct Relay {
     pub proxy: Arc<super::Proxy>,
 }
 
-struct State {
+pub(crate) struct State {
     c: Leg,
     b: Leg,
     c2b: Dir,
@@ -218,6 +219,11 @@ struct State {
     finished: bool,
     /// The route's rate limits on the client (boxed: most tunnels have none).
     limiter: Option<Box<Limiter>>,
+    /// The tick of the deadline filed with the shared timers (`u64::MAX`: none).
+    filed: u64,
+    /// A throttle pause's end, to the millisecond (the shared timers keep 10 ms
+    /// ticks); only while paused.
+    resume: Option<Pin<Box<Sleep>>>,
 }
 
 impl Leg {
@@ -324,53 +330,42 @@ fn flush(dst: &mut Stream, dir: &mut Dir) -> bool {
     true
 }
 
-pin_project_lite::pin_project! {
-    /// An open tunnel's task, written by hand rather than as `async` code: what
-    /// this future holds, every idle tunnel holds. An `async fn` keeps its
-    /// arguments twice (as arguments and as the locals they move into), and each
-    /// `async` level adds its captured references, the readiness closure and a
-    /// discriminant; as `async` code the task was 1,280 bytes, then 768. This enum
-    /// is the relay, its state and its timer, then the boxed closing steps; tokio's
-    /// task around it is 640 bytes (see the test below).
-    #[project = TunnelProj]
-    #[project_replace = TunnelOwned]
-    pub(crate) enum Tunnel {
-        Relaying { relay: Relay, st: State, #[pin] sleep: Sleep },
-        Finishing { steps: Pin<Box<dyn Future<Output = ()> + Send>> },
-    }
+/// An open tunnel's task, written by hand rather than as `async` code: what
+/// this future holds, every idle tunnel holds. An `async fn` keeps its arguments
+/// twice (as arguments and as the locals they move into), and each `async` level
+/// adds its captured references, the readiness closure and a discriminant; as
+/// `async` code the task was 1,280 bytes, then 768. This is the relay and its
+/// state (its deadlines live in the shared `Timers`), then the boxed closing
+/// steps; tokio's task around it is 512 bytes (see the test below).
+// The large variant is the tunnel for all its life, the small one its last
+// second: boxing the large one would add an allocation per tunnel.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Tunnel {
+    Relaying(Relay, State),
+    Finishing(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
 
 impl Future for Tunnel {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if let TunnelProj::Relaying {
-            relay,
-            st,
-            mut sleep,
-        } = self.as_mut().project()
-        {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if let Tunnel::Relaying(relay, st) = this {
             while !st.done() {
-                relay.arm(st, sleep.as_mut());
-                match relay.poll_wake(st, sleep.as_mut(), cx) {
+                relay.arm(st);
+                match relay.poll_wake(st, cx) {
                     Ready(wake) => relay.on_wake(wake, st),
                     Pending => return Pending,
                 }
             }
-            let placeholder = Tunnel::Finishing {
-                steps: Box::pin(std::future::ready(())),
-            };
-            if let TunnelOwned::Relaying { relay, st, .. } =
-                self.as_mut().project_replace(placeholder)
-            {
-                self.set(Tunnel::Finishing {
-                    steps: Box::pin(relay.finish(st)),
-                });
+            let placeholder = Tunnel::Finishing(Box::pin(std::future::ready(())));
+            if let Tunnel::Relaying(relay, st) = std::mem::replace(this, placeholder) {
+                *this = Tunnel::Finishing(Box::pin(relay.finish(st)));
             }
         }
-        match self.project() {
-            TunnelProj::Finishing { steps } => steps.as_mut().poll(cx),
-            TunnelProj::Relaying { .. } => unreachable!("a tunnel stops relaying only to finish"),
+        match this {
+            Tunnel::Finishing(steps) => steps.as_mut().poll(cx),
+            Tunnel::Relaying(..) => unreachable!("a tunnel stops relaying only to finish"),
         }
     }
 }
@@ -407,6 +402,8 @@ impl Relay {
                 .rate_limit
                 .as_ref()
                 .map(|l| Box::new(Limiter::new(l, now))),
+            filed: u64::MAX,
+            resume: None,
         };
         if !client_early.is_empty() {
             self.ingest(Side::Client, &client_early, &mut st);
@@ -414,21 +411,30 @@ impl Relay {
         if !backend_early.is_empty() {
             self.ingest(Side::Backend, &backend_early, &mut st);
         }
-        let sleep = sleep_until(self.next_deadline(&st).into());
-        Tunnel::Relaying {
-            relay: self,
-            st,
-            sleep,
-        }
+        Tunnel::Relaying(self, st)
     }
 
-    /// Re-arms the timer when the deadline moved earlier (or the timer fired): a
-    /// timer that fires early just re-arms, which is cheaper than touching the
-    /// timer wheel on every read.
-    fn arm(&self, st: &State, sleep: Pin<&mut Sleep>) {
-        let deadline = self.next_deadline(st).into();
-        if deadline < sleep.deadline() || sleep.is_elapsed() {
-            sleep.reset(deadline);
+    /// Files the next deadline with the shared timers when it moved earlier than
+    /// the one filed (or that one fired): a deadline that fires early finds
+    /// nothing due and is filed again, which is cheaper than filing on every read.
+    /// A throttle pause gets a timer of its own.
+    fn arm(&self, st: &mut State) {
+        let timers = &self.proxy.timers;
+        let tick = timers.tick(self.next_deadline(st));
+        if tick < st.filed {
+            timers.file(self.info.id, tick, st.filed);
+            st.filed = tick;
+        }
+        match st.limiter.as_ref().and_then(|l| l.paused_until()) {
+            Some(until) => {
+                let until = until.into();
+                match &mut st.resume {
+                    Some(sleep) if sleep.deadline() == until => {}
+                    Some(sleep) => sleep.as_mut().reset(until),
+                    None => st.resume = Some(Box::pin(sleep_until(until))),
+                }
+            }
+            None => st.resume = None,
         }
     }
 
@@ -448,21 +454,24 @@ impl Relay {
                     self.gone(Side::Client, st);
                 }
             }
-            Wake::Timer => self.on_timer(st),
+            Wake::Timer => {
+                if self.proxy.timers.now() >= st.filed {
+                    st.filed = u64::MAX;
+                }
+                self.on_timer(st);
+            }
         }
     }
 
     /// One hand-written poll instead of `select!` over readiness futures: the
     /// sockets keep the waker, so an idle tunnel's task is a few hundred bytes.
-    fn poll_wake(
-        &mut self,
-        st: &State,
-        sleep: Pin<&mut Sleep>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Wake> {
+    fn poll_wake(&mut self, st: &mut State, cx: &mut Context<'_>) -> Poll<Wake> {
         self.info.waker.register(cx.waker());
         if self.info.signal.swap(false, Relaxed) {
             return Ready(Wake::Signal);
+        }
+        if self.info.timer.load(Relaxed) && self.info.timer.swap(false, Acquire) {
+            return Ready(Wake::Timer);
         }
         for side in [Side::Client, Side::Backend] {
             if !st.can_read(side) {
@@ -491,8 +500,10 @@ impl Relay {
                 });
             }
         }
-        if sleep.poll(cx).is_ready() {
-            return Ready(Wake::Timer);
+        if let Some(resume) = &mut st.resume {
+            if resume.as_mut().poll(cx).is_ready() {
+                return Ready(Wake::Timer);
+            }
         }
         Pending
     }
@@ -529,9 +540,6 @@ impl Relay {
         }
         if let Some(c) = self.info.close_deadline(self.proxy.registry.epoch()) {
             at(c);
-        }
-        if let Some(p) = st.limiter.as_ref().and_then(|l| l.paused_until()) {
-            at(p);
         }
         if st.closing.is_none() {
             if let Some(l) = route.max_lifetime {
@@ -654,14 +662,14 @@ impl Relay {
                 Side::Client => (
                     &self.info.c2b_messages,
                     &self.info.c2b_bytes,
-                    self.runtime.metrics.messages_c2b(),
-                    self.runtime.metrics.bytes_c2b(),
+                    self.admission.runtime().metrics.messages_c2b(),
+                    self.admission.runtime().metrics.bytes_c2b(),
                 ),
                 Side::Backend => (
                     &self.info.b2c_messages,
                     &self.info.b2c_bytes,
-                    self.runtime.metrics.messages_b2c(),
-                    self.runtime.metrics.bytes_b2c(),
+                    self.admission.runtime().metrics.messages_b2c(),
+                    self.admission.runtime().metrics.bytes_b2c(),
                 ),
             };
             m.fetch_add(messages, Relaxed);
@@ -676,11 +684,12 @@ impl Relay {
                     leg.probe = None;
                     let rtt = now.duration_since(probe.last);
                     let (hist, slot) = match side {
-                        Side::Client => {
-                            (self.runtime.metrics.rtt_client(), &self.info.client_rtt_us)
-                        }
+                        Side::Client => (
+                            self.admission.runtime().metrics.rtt_client(),
+                            &self.info.client_rtt_us,
+                        ),
                         Side::Backend => (
-                            self.runtime.metrics.rtt_backend(),
+                            self.admission.runtime().metrics.rtt_backend(),
                             &self.info.backend_rtt_us,
                         ),
                     };
@@ -800,7 +809,7 @@ impl Relay {
             return;
         };
         if limited {
-            self.runtime.metrics.rate_limited("close");
+            self.admission.runtime().metrics.rate_limited("close");
             tracing::info!(tunnel = self.info.id, route = %self.info.route.key, "client above its rate limit; closing tunnel");
             // The refused frame's header was never forwarded, so a Close may start
             // on the backend's stream although the reader is inside that frame.
@@ -816,7 +825,7 @@ impl Relay {
         } else if l.on_exceed() == Exceed::Throttle && !l.paused() {
             if let Some(wait) = l.pause() {
                 l.pause_until(now + wait);
-                self.runtime.metrics.rate_limited("throttle");
+                self.admission.runtime().metrics.rate_limited("throttle");
             }
         }
     }
@@ -825,7 +834,7 @@ impl Relay {
     /// client to reconnect, and it lands on a less-loaded backend; the backend gets
     /// 1001 (Going Away).
     fn rebalance_close(&mut self, st: &mut State) {
-        self.runtime.metrics.rebalanced();
+        self.admission.runtime().metrics.rebalanced();
         st.first_close.get_or_insert((1012, Initiator::Proxy));
         self.send_close(Side::Backend, 1001, "rebalancing", st);
         self.send_close(Side::Client, 1012, "rebalancing: please reconnect", st);
@@ -875,7 +884,7 @@ impl Relay {
             let leg = st.leg(side);
             match leg.unanswered() {
                 Some(probe) if now >= probe.since() + p.timeout => {
-                    let m = &self.runtime.metrics;
+                    let m = &self.admission.runtime().metrics;
                     match side {
                         Side::Client => m.pong_timeouts_client().inc(),
                         Side::Backend => m.pong_timeouts_backend().inc(),
@@ -922,7 +931,7 @@ impl Relay {
         let leg = st.leg(to);
         let since = leg.unanswered().map_or(now, |p| p.since());
         leg.probe = Some(Probe::new(since, now, token));
-        let m = &self.runtime.metrics;
+        let m = &self.admission.runtime().metrics;
         match to {
             Side::Client => m.pings_client().inc(),
             Side::Backend => m.pings_backend().inc(),
@@ -933,6 +942,7 @@ impl Relay {
     }
 
     async fn finish(mut self, st: State) {
+        self.proxy.timers.cancel(self.info.id, st.filed);
         let State {
             mut c2b,
             mut b2c,
@@ -961,7 +971,7 @@ impl Relay {
         })
         .await;
         let (code, initiator) = first_close.unwrap_or((1006, Initiator::Proxy));
-        let m = &self.runtime.metrics;
+        let m = &self.admission.runtime().metrics;
         m.close(code, initiator);
         m.duration()
             .observe(self.info.opened.elapsed().as_secs_f64());
@@ -1003,13 +1013,13 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_tunnels_task_fits_in_640_bytes() {
+    fn an_idle_tunnels_task_fits_in_512_bytes() {
         // tokio puts a spawned future in a cell aligned to 128 bytes with 104 bytes
         // of its own, so this future's size decides each idle tunnel's task in steps
-        // of 128: 536 bytes or less is a 640-byte task (it was 1,280 when `run` was
+        // of 128: 408 bytes or less is a 512-byte task (it was 1,280 when `run` was
         // an `async fn` holding its arguments twice). Grow the relay or its state
         // and every idle tunnel pays the next step.
         let size = size_of_return(Relay::run);
-        assert!(size <= 536, "the relay future is {size} bytes, over 536");
+        assert!(size <= 408, "the relay future is {size} bytes, over 408");
     }
 }

@@ -433,7 +433,6 @@ pub async fn websocket(
             client,
             backend: b.io.into_inner(),
             info,
-            runtime,
             admission,
             extensions,
             proxy,
