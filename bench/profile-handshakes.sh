@@ -5,9 +5,11 @@
 # by what they do and the top functions by their own time. A profile, printed;
 # not a test.
 #
-#   bench/profile-handshakes.sh [--seconds S] [--workers W] [--http2]
+#   bench/profile-handshakes.sh [--seconds S] [--workers W] [--http2 | --messages]
 #
 # --http2 profiles RFC 8441 handshakes on one h2c connection (loadgen h2-handshakes).
+# --messages profiles relayed messages instead: the benchmark's paced load (100
+# tunnels, window 8, 1 KiB echoes, 30,000 messages/s offered).
 # Env: KEEP=1 keeps the work directory (perf.data); WSGATE_BIN (default: cargo
 # build --release), CARGO_TARGET_DIR,
 # WSGATE_CACHE (loadgen is built into $WSGATE_CACHE/bench/bin as by bench/run.sh).
@@ -15,12 +17,13 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
-SECONDS_=10 WORKERS=16 H2=0
+SECONDS_=10 WORKERS=16 H2=0 MESSAGES=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) SECONDS_=$2; shift ;;
     --workers) WORKERS=$2; shift ;;
     --http2) H2=1 ;;
+    --messages) MESSAGES=1 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -62,25 +65,33 @@ WSGATE_PID=$!
 PIDS+=("$WSGATE_PID")
 "$LOADGEN" wait --target "ws://$LISTEN/" --timeout 20s
 
-if [ "$H2" = 1 ]; then
+if [ "$MESSAGES" = 1 ]; then
+  load=(throughput --target "ws://$LISTEN/" --conns 100 --window 8 --rate 30000 --messages 100000000)
+elif [ "$H2" = 1 ]; then
   load=(h2-handshakes --target "$LISTEN")
 else
   load=(handshakes --target "ws://$LISTEN/")
 fi
+[ "$MESSAGES" = 1 ] && WORKERS_ARGS=() || WORKERS_ARGS=(--workers "$WORKERS")
 # Warm-up, then the measured run under perf. DWARF call graphs: the release
 # build keeps line tables (debug = 1) but no frame pointers.
-"$LOADGEN" "${load[@]}" --workers "$WORKERS" --duration 2s >/dev/null
+"$LOADGEN" "${load[@]}" "${WORKERS_ARGS[@]}" --duration 2s >/dev/null
 perf record -q -F 1999 --call-graph dwarf,16384 -p "$WSGATE_PID" -o "$WORK/perf.data" -- sleep "$SECONDS_" 2>"$WORK/perf.log" &
 PERF=$!
 sleep 0.5
-"$LOADGEN" "${load[@]}" --workers "$WORKERS" --duration "$((SECONDS_ - 1))s" --proxy-pid "$WSGATE_PID" >"$WORK/load.json"
+"$LOADGEN" "${load[@]}" "${WORKERS_ARGS[@]}" --duration "$((SECONDS_ - 1))s" --proxy-pid "$WSGATE_PID" >"$WORK/load.json"
 wait "$PERF"
 python3 - "$WORK/load.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(f"handshakes under perf: {r['handshakes']} in {r['seconds']:.1f} s = {r['per_s']:.0f}/s, "
-      f"proxy CPU {r['proxy_cpu_us_per_handshake']:.0f} us each (perf's own sampling included), "
-      f"errors {r['error_count']}")
+if "relayed" in r:
+    print(f"messages under perf: {r['relayed']} relayed in {r['seconds']:.1f} s = {r['relayed_per_s']:.0f}/s, "
+          f"proxy {r['cpu_s_per_million_relayed']:.2f} CPU-s per million (perf's own sampling included), "
+          f"errors {r['error_count']}")
+else:
+    print(f"handshakes under perf: {r['handshakes']} in {r['seconds']:.1f} s = {r['per_s']:.0f}/s, "
+          f"proxy CPU {r['proxy_cpu_us_per_handshake']:.0f} us each (perf's own sampling included), "
+          f"errors {r['error_count']}")
 PY
 
 # Self time by function, then the same samples put in groups by where the
