@@ -203,7 +203,7 @@ pub(crate) struct Relay {
     pub admission: Admission,
     /// Extensions the backend's 101 negotiated: which RSV bits frames may carry.
     pub extensions: Extensions,
-    /// The proxy, to leave its registry when the tunnel ends.
+    /// The proxy: its timers, and its registry (left when the tunnel ends).
     pub proxy: Arc<super::Proxy>,
 }
 
