@@ -32,6 +32,7 @@ e2e-node:
 ## rate for wsgate, NGINX and HAProxy, measured side by side (not a test).
 bench:
 	bash bench/run.sh
+	bash bench/saturated.sh | tee bench/results/saturated.txt
 
 ## bench-controller: the controller with 2,000 WebSocketRoutes in a real kube-apiserver
 bench-controller:
