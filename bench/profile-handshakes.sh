@@ -28,36 +28,13 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-CACHE=${WSGATE_CACHE:-/var/cache/wsgate}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/wsgate/target}
-say() { printf '%s\n' "$*" >&2; }
-ulimit -n 20000 2>/dev/null || true
-
 if ! command -v perf >/dev/null; then
-  say "installing perf (linux-perf)"
+  echo "installing perf (linux-perf)" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
 fi
-LOADGEN=$CACHE/bench/bin/loadgen
-mkdir -p "$(dirname "$LOADGEN")"
-(cd "$HERE/loadgen" && go build -o "$LOADGEN" .)
-if [ -z "${WSGATE_BIN:-}" ]; then
-  (cd "$REPO" && cargo build --release --locked --bin wsgate) >&2
-  WSGATE_BIN=$CARGO_TARGET_DIR/release/wsgate
-fi
-
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -- -"$p" 2>/dev/null || true; done
-  if [ -n "${KEEP:-}" ]; then say "kept $WORK (perf.data, logs)"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BACKEND=127.0.0.1:$(port)
+# shellcheck source=bench/common.sh
+. "$HERE/common.sh"
 LISTEN=127.0.0.1:$(port)
-setsid "$LOADGEN" echo-server --listen "$BACKEND" --max-lifetime 1h >"$WORK/echo.log" 2>&1 </dev/null &
-PIDS+=($!)
-"$LOADGEN" wait --target "ws://$BACKEND/" --timeout 10s
 sed -e "s#@BACKEND@#$BACKEND#g" "$HERE/configs/wsgate.yaml" >"$WORK/wsgate.yaml"
 RUST_LOG=warn setsid "$WSGATE_BIN" serve --config "$WORK/wsgate.yaml" --listen "$LISTEN" \
   --admin-listen "127.0.0.1:$(port)" >"$WORK/wsgate.log" 2>&1 </dev/null &
