@@ -592,7 +592,7 @@ impl Relay {
                         self.process(side, &read[..n], out, st);
                         // A short read drained the socket (tokio has noted it): wait
                         // for readiness rather than read again into EAGAIN.
-                        if n < cap && matches!(side_stream(self, side), Stream::Tcp(_)) {
+                        if n < cap && matches!(self.stream(side), Stream::Tcp(_)) {
                             exhausted = false;
                             break;
                         }
@@ -986,13 +986,6 @@ impl Relay {
         }
         drop(self.admission);
         self.proxy.registry.close(self.info.id, code, initiator);
-    }
-}
-
-fn side_stream(relay: &Relay, side: Side) -> &Stream {
-    match side {
-        Side::Client => &relay.client,
-        Side::Backend => &relay.backend,
     }
 }
 
