@@ -13,9 +13,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::api::{
     Backend, BackendTls, JwksRef, JwtAuth, OnExceed, PathMatchType, Policy, Tls, WebSocketRouteSpec,
 };
-use crate::proxy::auth::{self, KeySet, Keys, RemoteJwks, TokenSource};
-use crate::proxy::backend_tls::{self, Material};
-use crate::proxy::table::{
+use crate::proxy::route::auth::{self, KeySet, Keys, RemoteJwks, TokenSource};
+use crate::proxy::route::backend_tls::{self, Material};
+use crate::proxy::route::table::{
     BackendAddr, Balance, Exceed, HashKey, HostMatch, LegPing, PathRule, RateLimit,
     RebalancePolicy, Route, RouteKey,
 };
@@ -636,7 +636,7 @@ pub fn compile(
             max_fraction: r.max_fraction,
             over: r.over.0,
         }),
-        passive_health: crate::proxy::table::PassiveHealth {
+        passive_health: crate::proxy::route::table::PassiveHealth {
             max_fails: spec.passive_health.max_fails,
             fail_timeout: spec.passive_health.fail_timeout.0,
         },

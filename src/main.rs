@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use wsgate::api::Duration;
 use wsgate::metrics::Metrics;
-use wsgate::proxy::listener_limits::MIN_HEADER_BYTES;
+use wsgate::proxy::listen::limits::MIN_HEADER_BYTES;
 use wsgate::proxy::{self, access_log, AccessLog, HeadLimits, Http2Settings, Listener, Proxy};
 use wsgate::{admin, config, controller};
 

@@ -24,9 +24,9 @@ use libfuzzer_sys::fuzz_target;
 
 // The exact source the relay runs, without building all of wsgate (kube, rustls,
 // hyper) under the fuzzer's instrumentation.
-#[path = "../../src/proxy/frame.rs"]
+#[path = "../../src/proxy/relay/frame.rs"]
 mod frame;
-#[path = "../../src/proxy/protocol.rs"]
+#[path = "../../src/proxy/relay/protocol.rs"]
 mod protocol;
 
 use frame::{FrameError, FrameHeader, FrameReader, FrameSink, OP_CLOSE};

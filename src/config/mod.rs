@@ -15,9 +15,9 @@ use serde::Deserialize;
 
 use crate::api::{Backend, BackendTls, JwksRef, Tls, WebSocketRouteSpec, API_VERSION};
 use crate::compile::{self, FieldError, Resolver};
-use crate::proxy::auth::KeySet;
-use crate::proxy::backend_tls::Material;
-use crate::proxy::table::{BackendAddr, Route, RouteKey, RouteTable};
+use crate::proxy::route::auth::KeySet;
+use crate::proxy::route::backend_tls::Material;
+use crate::proxy::route::table::{BackendAddr, Route, RouteKey, RouteTable};
 
 pub use watch::watch;
 

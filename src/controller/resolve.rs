@@ -14,9 +14,9 @@ use crate::api::{
     Backend, BackendTls, CaKind, JwksRef, PortRef, Tls, WebSocketRoute, DEFAULT_CLASS,
 };
 use crate::compile::{self, FieldError, Resolver};
-use crate::proxy::auth::KeySet;
-use crate::proxy::backend_tls::Material;
-use crate::proxy::table::{BackendAddr, Route, RouteTable};
+use crate::proxy::route::auth::KeySet;
+use crate::proxy::route::backend_tls::Material;
+use crate::proxy::route::table::{BackendAddr, Route, RouteTable};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

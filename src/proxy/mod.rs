@@ -4,27 +4,15 @@
 //! which swaps it in atomically without touching open tunnels.
 
 pub mod access_log;
-pub mod auth;
-pub mod backend_tls;
-mod balance;
-pub mod frame;
-mod h2_guard;
-mod headers;
-mod health;
-mod http_proxy;
-pub mod listener_limits;
-pub mod protocol;
-mod ratelimit;
-mod rebalance;
+pub mod backends;
+pub mod handshake;
+pub mod listen;
 mod registry;
-mod relay;
-mod server;
+pub mod relay;
+pub mod route;
 mod stream;
-pub mod table;
 pub mod timers;
-mod tls;
 pub mod trim;
-mod upgrade;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,12 +22,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 pub use access_log::AccessLog;
-pub use health::{backends_view, RouteBackends};
-pub use listener_limits::HeadLimits;
+pub use backends::health::{backends_view, RouteBackends};
+pub use listen::limits::HeadLimits;
+pub use listen::tls::server_config;
+pub use listen::{serve_listener, Http2Settings, Listener};
 pub use registry::{ClientProtocol, CloseReason, Registry, RouteRuntime, TunnelInfo};
-pub use server::{serve_listener, Http2Settings, Listener};
-pub use table::{Route, RouteKey, RouteTable};
-pub use tls::server_config;
+pub use route::table::{Route, RouteKey, RouteTable};
 
 use crate::metrics::Metrics;
 
@@ -62,7 +50,7 @@ pub struct Proxy {
     loaded: AtomicBool,
     stopping: AtomicBool,
     shutdown: tokio::sync::watch::Sender<bool>,
-    pub(crate) http_client: http_proxy::Client,
+    pub(crate) http_client: handshake::plain_http::Client,
     /// Where refused upgrades and plain HTTP requests are logged (tunnels log
     /// through the registry).
     pub access_log: AccessLog,
@@ -90,7 +78,7 @@ impl Proxy {
             loaded: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             shutdown: tokio::sync::watch::channel(false).0,
-            http_client: http_proxy::client(),
+            http_client: handshake::plain_http::client(),
             access_log,
         })
     }
@@ -107,7 +95,7 @@ impl Proxy {
         let live = self.live.load();
         let route = live
             .table
-            .find(&server::request_host(req), req.uri().path())?
+            .find(&listen::request_host(req), req.uri().path())?
             .clone();
         let runtime = live.runtimes[&route.key].clone();
         Some((route, runtime))
@@ -168,7 +156,7 @@ impl Proxy {
                 }
             }
         }
-        rebalance::on_table_change(&self.registry, &self.live.load().table, &table);
+        backends::rebalance::on_table_change(&self.registry, &self.live.load().table, &table);
         self.live.store(Arc::new(Live { table, runtimes }));
         self.loaded.store(true, Ordering::Release);
         // Runtimes of removed routes live on in their tunnels (and in requests still

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::task::AtomicWaker;
 use serde::Serialize;
 
-use super::access_log::{self, AccessLog, Kind, Record};
-use super::health::BackendHealth;
-use super::table::Route;
 use crate::metrics::{Initiator, RouteMetrics};
+use crate::proxy::access_log::{self, AccessLog, Kind, Record};
+use crate::proxy::backends::health::BackendHealth;
+use crate::proxy::route::table::Route;
 
 /// A route's state that outlives reloads: open-tunnel counts for limits and
 /// balancing, and its metric handles.

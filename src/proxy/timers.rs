@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::Proxy;
+use crate::proxy::Proxy;
 
 /// How finely deadlines are kept.
 const TICK: Duration = Duration::from_millis(10);

@@ -11,8 +11,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::registry::{CloseReason, Registry};
-use super::table::RouteTable;
+use crate::proxy::registry::{CloseReason, Registry};
+use crate::proxy::route::table::RouteTable;
 
 /// A route's `rebalance` settings.
 #[derive(Clone, Copy, Debug, PartialEq)]

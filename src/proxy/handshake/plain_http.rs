@@ -14,15 +14,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use super::auth;
-use super::backend_tls::{self, BackendTls};
-use super::balance;
-use super::headers::{for_http1, set_forwarded, strip_hop_by_hop};
-use super::health;
-use super::server::{status, Body};
-use super::table::Route;
-use super::upgrade::affinity_cookie;
-use super::Proxy;
+use crate::proxy::backends::balance;
+use crate::proxy::backends::health;
+use crate::proxy::handshake::affinity_cookie;
+use crate::proxy::handshake::headers::{for_http1, set_forwarded, strip_hop_by_hop};
+use crate::proxy::listen::{status, Body};
+use crate::proxy::route::auth;
+use crate::proxy::route::backend_tls::{self, BackendTls};
+use crate::proxy::route::table::Route;
+use crate::proxy::Proxy;
 
 /// The pooled HTTP/1.1 client toward backends.
 pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;

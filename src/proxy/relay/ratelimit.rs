@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::frame::{FrameHeader, OP_CONTINUATION};
+use crate::proxy::relay::frame::{FrameHeader, OP_CONTINUATION};
 
 /// What a tunnel above its rate gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,7 +225,7 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::frame::{OP_BINARY, OP_TEXT};
+    use crate::proxy::relay::frame::{OP_BINARY, OP_TEXT};
 
     fn header(opcode: u8, fin: bool, len: u64) -> FrameHeader {
         FrameHeader {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
 
-pub use super::health::PassiveHealth;
-pub use super::ratelimit::{Exceed, RateLimit};
-pub use super::rebalance::RebalancePolicy;
+pub use crate::proxy::backends::health::PassiveHealth;
+pub use crate::proxy::backends::rebalance::RebalancePolicy;
+pub use crate::proxy::relay::ratelimit::{Exceed, RateLimit};
 
 /// A route's identity: namespace and name. Tunnels remember it so a reload can tell
 /// which of them lost their route.
@@ -202,7 +202,7 @@ pub struct Route {
     /// Certificate for the route's hostnames.
     pub tls: Option<Arc<CertifiedKey>>,
     /// Token check of upgrades and plain HTTP requests (`auth.jwt`).
-    pub auth: Option<Arc<super::auth::JwtAuth>>,
+    pub auth: Option<Arc<crate::proxy::route::auth::JwtAuth>>,
     /// Per-tunnel rate limits, client to backend.
     pub rate_limit: Option<RateLimit>,
     /// Rebalancing after backends are added.
@@ -210,7 +210,7 @@ pub struct Route {
     /// When failed connects take a backend out of rotation.
     pub passive_health: PassiveHealth,
     /// TLS toward the backends (`backendTLS`); plain TCP when absent.
-    pub backend_tls: Option<Arc<super::backend_tls::BackendTls>>,
+    pub backend_tls: Option<Arc<crate::proxy::route::backend_tls::BackendTls>>,
 }
 
 impl fmt::Debug for Route {

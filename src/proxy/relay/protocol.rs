@@ -126,7 +126,7 @@ pub fn valid_close_code(code: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::frame::{OP_CLOSE, OP_CONTINUATION, OP_PING};
+    use crate::proxy::relay::frame::{OP_CLOSE, OP_CONTINUATION, OP_PING};
 
     fn header(rsv: u8, opcode: u8, mask: Option<[u8; 4]>) -> FrameHeader {
         FrameHeader {

@@ -1,7 +1,10 @@
 //! The WebSocket handshake (RFC 6455 §4, and RFC 8441 over HTTP/2): validate the
 //! client's upgrade or extended CONNECT, pick and dial a backend, forward an
 //! HTTP/1.1 upgrade, verify the backend's 101, then hand both legs to the
-//! [`Relay`](super::relay::Relay).
+//! [`Relay`](crate::proxy::relay::Relay).
+
+pub(crate) mod headers;
+pub(crate) mod plain_http;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,18 +21,18 @@ use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 
-use super::auth;
-use super::backend_tls;
-use super::balance::{self, Choice};
-use super::headers::{for_http1, set_forwarded, strip_hop_by_hop};
-use super::health;
-use super::protocol::Extensions;
-use super::registry::{ClientProtocol, CloseReason, RouteRuntime};
-use super::relay::Relay;
-use super::server::{status, Body, ClientIo, TunnelOpened};
-use super::stream::{H2Leg, Stream};
-use super::table::{Balance, Route};
-use super::Proxy;
+use crate::proxy::backends::balance::{self, Choice};
+use crate::proxy::backends::health;
+use crate::proxy::handshake::headers::{for_http1, set_forwarded, strip_hop_by_hop};
+use crate::proxy::listen::{status, Body, ClientIo, TunnelOpened};
+use crate::proxy::registry::{ClientProtocol, CloseReason, RouteRuntime};
+use crate::proxy::relay::protocol::Extensions;
+use crate::proxy::relay::Relay;
+use crate::proxy::route::auth;
+use crate::proxy::route::backend_tls;
+use crate::proxy::route::table::{Balance, Route};
+use crate::proxy::stream::{H2Leg, Stream};
+use crate::proxy::Proxy;
 
 /// `Sec-WebSocket-Accept` for a key (§4.2.2).
 pub fn accept_key(key: &[u8]) -> String {

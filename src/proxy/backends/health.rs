@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use super::registry::RouteRuntime;
-use super::table::Route;
-use super::Proxy;
+use crate::proxy::registry::RouteRuntime;
+use crate::proxy::route::table::Route;
+use crate::proxy::Proxy;
 
 /// A route's passive-health settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,7 +195,7 @@ pub fn backends_view(proxy: &Proxy) -> Vec<RouteBackends> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::table::Balance;
+    use crate::proxy::route::table::Balance;
 
     #[test]
     fn ejects_after_max_fails_and_keeps_one_when_all_are_out() {

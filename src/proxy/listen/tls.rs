@@ -9,7 +9,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use super::Proxy;
+use crate::proxy::Proxy;
 
 struct SniResolver {
     proxy: Arc<Proxy>,

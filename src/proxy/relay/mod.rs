@@ -7,6 +7,10 @@
 //! idle tunnel holds no buffer at all and a busy one batches many messages per
 //! system call. Counters are added once per batch, not once per message.
 
+pub mod frame;
+pub mod protocol;
+pub(crate) mod ratelimit;
+
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
@@ -20,15 +24,13 @@ use std::time::{Duration, Instant};
 use thin_vec::ThinVec;
 use tokio::time::{sleep_until, Sleep};
 
-use super::frame::{
-    self, FrameError, FrameHeader, FrameReader, FrameSink, OP_CLOSE, OP_PING, OP_PONG,
-};
-use super::protocol::{Extensions, Rules};
-use super::ratelimit::{Exceed, Limiter};
-use super::registry::{Admission, ClientProtocol, CloseReason, TunnelInfo};
-use super::stream::Stream;
-use super::table::LegPing;
 use crate::metrics::Initiator;
+use crate::proxy::registry::{Admission, ClientProtocol, CloseReason, TunnelInfo};
+use crate::proxy::route::table::LegPing;
+use crate::proxy::stream::Stream;
+use frame::{FrameError, FrameHeader, FrameReader, FrameSink, OP_CLOSE, OP_PING, OP_PONG};
+use protocol::{Extensions, Rules};
+use ratelimit::{Exceed, Limiter};
 
 /// How long a tunnel waits for the far side's Close after a Close went through.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(5);
@@ -204,7 +206,7 @@ pub(crate) struct Relay {
     /// Extensions the backend's 101 negotiated: which RSV bits frames may carry.
     pub extensions: Extensions,
     /// The proxy: its timers, and its registry (left when the tunnel ends).
-    pub proxy: Arc<super::Proxy>,
+    pub proxy: Arc<crate::proxy::Proxy>,
 }
 
 pub(crate) struct State {

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use http::request::Parts;
 
-use super::registry::RouteRuntime;
-use super::table::{fnv1a, Balance, HashKey, Route};
+use crate::proxy::registry::RouteRuntime;
+use crate::proxy::route::table::{fnv1a, Balance, HashKey, Route};
 
 /// The backends to try, best first, and whether the response must (re)set the
 /// affinity cookie.

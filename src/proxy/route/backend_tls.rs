@@ -15,8 +15,8 @@ use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::stream::Stream;
-use super::table::RouteKey;
+use crate::proxy::route::table::RouteKey;
+use crate::proxy::stream::Stream;
 
 /// Why a TLS connection to a backend failed; `reason()` is the log and metric label.
 #[derive(Debug, thiserror::Error)]

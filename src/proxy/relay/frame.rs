@@ -420,7 +420,7 @@ impl FrameReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::protocol::Extensions;
+    use crate::proxy::relay::protocol::Extensions;
     use proptest::prelude::*;
 
     fn client_reader() -> FrameReader {

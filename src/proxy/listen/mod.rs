@@ -2,6 +2,10 @@
 //! each request down the upgrade (an HTTP/1.1 Upgrade or an HTTP/2 extended
 //! CONNECT) or the plain HTTP path.
 
+mod h2_guard;
+pub mod limits;
+pub(crate) mod tls;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,16 +23,17 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::access_log::{loggable_path, Kind, Record};
-use super::auth::TokenSource;
-use super::h2_guard::{FloodGuard, Flooded};
-use super::headers::is_websocket_upgrade;
-use super::listener_limits::{
+use crate::proxy::access_log::{loggable_path, Kind, Record};
+use crate::proxy::handshake::headers::is_websocket_upgrade;
+use crate::proxy::handshake::{self as upgrade, plain_http as http_proxy};
+use crate::proxy::listen::h2_guard::{FloodGuard, Flooded};
+use crate::proxy::listen::limits::{
     reject, FirstHead, HeadLimits, HeadState, Rejection, MIN_HEADER_BYTES,
 };
-use super::registry::ClientProtocol;
-use super::stream::Stream;
-use super::{http_proxy, upgrade, Proxy};
+use crate::proxy::registry::ClientProtocol;
+use crate::proxy::route::auth::TokenSource;
+use crate::proxy::stream::Stream;
+use crate::proxy::Proxy;
 
 /// Response bodies: wsgate's own short texts or a backend's streamed body.
 pub type Body = BoxBody<Bytes, hyper::Error>;

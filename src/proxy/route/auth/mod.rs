@@ -15,9 +15,9 @@ use http::{HeaderMap, StatusCode, Uri};
 use jsonwebtoken::Validation;
 use serde_json::{Map, Value};
 
-use super::server::{status, Body};
-use super::table::Route;
 use crate::metrics::RouteMetrics;
+use crate::proxy::listen::{status, Body};
+use crate::proxy::route::table::Route;
 pub use jwks::{KeySet, Keys, RemoteJwks};
 
 /// The route's token check (when it has `auth`), counted in `wsgate_auth_total`.
