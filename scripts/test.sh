@@ -43,6 +43,7 @@ started "the release build" 'cargo build --release --locked --bin wsgate --examp
 
 step "format and lint"
 cargo fmt --all -- --check
+python3 scripts/check-docs.py
 cargo clippy --locked --all-targets -- -D warnings
 
 step "building the tests"
