@@ -38,11 +38,13 @@ fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/readyz" if proxy.ready() => reply(StatusCode::OK, "text/plain", "ready\n"),
         "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),
         "/connections" => {
-            let json = serde_json::to_vec_pretty(&proxy.registry.views()).expect("serializable");
+            let json =
+                serde_json::to_vec_pretty(&crate::proxy::views::connections(&proxy.registry))
+                    .expect("serializable");
             reply(StatusCode::OK, "application/json", json)
         }
         "/backends" => {
-            let json = serde_json::to_vec_pretty(&crate::proxy::backends_view(proxy))
+            let json = serde_json::to_vec_pretty(&crate::proxy::views::backends_view(proxy))
                 .expect("serializable");
             reply(StatusCode::OK, "application/json", json)
         }

@@ -15,10 +15,10 @@ use crate::api::{
 };
 use crate::proxy::route::auth::{self, KeySet, Keys, RemoteJwks, TokenSource};
 use crate::proxy::route::backend_tls::{self, Material};
-use crate::proxy::route::table::{
-    BackendAddr, Balance, Exceed, HashKey, HostMatch, LegPing, PathRule, RateLimit,
-    RebalancePolicy, Route, RouteKey,
+use crate::proxy::route::policy::{
+    Balance, Exceed, HashKey, LegPing, PassiveHealth, RateLimit, RebalancePolicy,
 };
+use crate::proxy::route::table::{BackendAddr, HostMatch, PathRule, Route, RouteKey};
 
 /// A problem with one field of a route.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -636,7 +636,7 @@ pub fn compile(
             max_fraction: r.max_fraction,
             over: r.over.0,
         }),
-        passive_health: crate::proxy::route::table::PassiveHealth {
+        passive_health: PassiveHealth {
             max_fails: spec.passive_health.max_fails,
             fail_timeout: spec.passive_health.fail_timeout.0,
         },

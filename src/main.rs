@@ -330,7 +330,10 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
     };
     tokio::spawn(admin::serve(proxy.clone(), admin_socket));
     tokio::spawn(proxy::trim::after_waves(proxy.clone()));
-    tokio::spawn(proxy::timers::drive(proxy.clone()));
+    tokio::spawn({
+        let p = proxy.clone();
+        async move { proxy::timers::drive(&p.timers, &p.registry).await }
+    });
     let limits = HeadLimits {
         read_timeout: common.header_read_timeout.0,
         max_bytes: common.max_header_bytes,

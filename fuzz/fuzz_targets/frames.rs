@@ -1,5 +1,5 @@
-//! Fuzzes the relay's frame reader (`src/proxy/frame.rs` with the RFC 6455 rules of
-//! `src/proxy/protocol.rs`) the way the relay drives it: one direction's byte stream
+//! Fuzzes the relay's frame reader (`src/proxy/relay/reader.rs` over `frame.rs`, with
+//! the RFC 6455 rules of `protocol.rs`) the way the relay drives it: one direction's byte stream
 //! arrives in reads split at arbitrary points, and the reader's state carries from
 //! one read to the next.
 //!
@@ -28,8 +28,11 @@ use libfuzzer_sys::fuzz_target;
 mod frame;
 #[path = "../../src/proxy/relay/protocol.rs"]
 mod protocol;
+#[path = "../../src/proxy/relay/reader.rs"]
+mod reader;
 
-use frame::{FrameError, FrameHeader, FrameReader, FrameSink, OP_CLOSE};
+use frame::{FrameError, FrameHeader, OP_CLOSE};
+use reader::{FrameReader, FrameSink};
 use protocol::{Extensions, Rules};
 
 /// What the relay's sink does with a read: forward data bytes and control frames,

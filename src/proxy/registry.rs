@@ -3,134 +3,16 @@
 //! the relay updates its counters with relaxed atomics.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::task::AtomicWaker;
-use serde::Serialize;
 
-use crate::metrics::{Initiator, RouteMetrics};
+use crate::metrics::Initiator;
 use crate::proxy::access_log::{self, AccessLog, Kind, Record};
-use crate::proxy::backends::health::BackendHealth;
 use crate::proxy::route::table::Route;
-
-/// A route's state that outlives reloads: open-tunnel counts for limits and
-/// balancing, and its metric handles.
-pub struct RouteRuntime {
-    /// Metric handles of the route.
-    pub metrics: RouteMetrics,
-    /// Open tunnels.
-    pub active: AtomicU64,
-    /// Round-robin position.
-    pub rr: AtomicU64,
-    per_ip: Mutex<HashMap<IpAddr, u64>>,
-    per_backend: Mutex<HashMap<Arc<str>, u64>>,
-    /// Passive health of the route's backends.
-    pub health: BackendHealth,
-}
-
-impl RouteRuntime {
-    /// State for a route with these metric handles.
-    pub fn new(metrics: RouteMetrics) -> Self {
-        RouteRuntime {
-            metrics,
-            active: AtomicU64::new(0),
-            rr: AtomicU64::new(0),
-            per_ip: Mutex::default(),
-            per_backend: Mutex::default(),
-            health: BackendHealth::default(),
-        }
-    }
-
-    /// Open tunnels to a backend.
-    pub fn backend_load(&self, address: &str) -> u64 {
-        self.per_backend
-            .lock()
-            .expect("lock")
-            .get(address)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Counts a tunnel in, unless a limit forbids it: `Err(503)` for the route's
-    /// `maxConnections`, `Err(429)` for `maxConnectionsPerClientIP`.
-    pub fn admit(self: &Arc<Self>, route: &Route, ip: IpAddr) -> Result<Admission, u16> {
-        let active = self.active.fetch_add(1, Relaxed);
-        if route.max_connections > 0 && active >= route.max_connections {
-            self.active.fetch_sub(1, Relaxed);
-            return Err(503);
-        }
-        let mut per_ip = self.per_ip.lock().expect("lock");
-        let n = per_ip.entry(ip).or_default();
-        if route.max_connections_per_client_ip > 0 && *n >= route.max_connections_per_client_ip {
-            if *n == 0 {
-                per_ip.remove(&ip);
-            }
-            self.active.fetch_sub(1, Relaxed);
-            return Err(429);
-        }
-        *n += 1;
-        drop(per_ip);
-        self.metrics.active().inc();
-        Ok(Admission {
-            runtime: self.clone(),
-            ip,
-            backend: None,
-        })
-    }
-}
-
-/// One admitted tunnel's place in the counts; released on drop.
-pub struct Admission {
-    runtime: Arc<RouteRuntime>,
-    ip: IpAddr,
-    backend: Option<Arc<str>>,
-}
-
-impl Admission {
-    /// The route's state this tunnel is counted in.
-    pub fn runtime(&self) -> &Arc<RouteRuntime> {
-        &self.runtime
-    }
-
-    /// Counts the tunnel against the backend it reached.
-    pub fn set_backend(&mut self, address: &Arc<str>) {
-        *self
-            .runtime
-            .per_backend
-            .lock()
-            .expect("lock")
-            .entry(address.clone())
-            .or_default() += 1;
-        self.backend = Some(address.clone());
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.runtime.active.fetch_sub(1, Relaxed);
-        self.runtime.metrics.active().dec();
-        let mut per_ip = self.runtime.per_ip.lock().expect("lock");
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-        drop(per_ip);
-        if let Some(b) = self.backend.take() {
-            let mut per_backend = self.runtime.per_backend.lock().expect("lock");
-            if let Some(n) = per_backend.get_mut(&b) {
-                *n -= 1;
-                if *n == 0 {
-                    per_backend.remove(&b);
-                }
-            }
-        }
-    }
-}
 
 /// Why a tunnel has a close deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,34 +119,6 @@ impl ClientProtocol {
     }
 }
 
-/// One `/connections` entry.
-#[derive(Serialize)]
-pub struct TunnelView {
-    id: u64,
-    namespace: String,
-    route: String,
-    client: String,
-    client_protocol: &'static str,
-    backend: String,
-    opened_at: String,
-    age_seconds: f64,
-    client_to_backend: Traffic,
-    backend_to_client: Traffic,
-    client_rtt_ms: Option<f64>,
-    backend_rtt_ms: Option<f64>,
-    draining: bool,
-    /// Scheduled to be moved by the rebalancer (Close 1012 at `rebalance_at`).
-    rebalancing: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rebalance_at: Option<String>,
-}
-
-#[derive(Serialize)]
-struct Traffic {
-    messages: u64,
-    bytes: u64,
-}
-
 /// All open tunnels.
 pub struct Registry {
     epoch: Instant,
@@ -298,10 +152,6 @@ fn tunnel_record(t: &TunnelInfo, code: u16, initiator: Initiator) -> Record {
     r.close_code = Some(code);
     r.close_initiator = Some(initiator.as_str());
     r
-}
-
-fn rtt(us: u64) -> Option<f64> {
-    (us != u64::MAX).then(|| us as f64 / 1000.0)
 }
 
 impl Registry {
@@ -450,43 +300,5 @@ impl Registry {
             t.signal.store(true, std::sync::atomic::Ordering::Release);
             t.waker.wake();
         }
-    }
-
-    /// The `/connections` view.
-    pub fn views(&self) -> Vec<TunnelView> {
-        self.snapshot()
-            .iter()
-            .map(|t| TunnelView {
-                id: t.id,
-                namespace: t.route.key.namespace.clone(),
-                route: t.route.key.name.clone(),
-                client: t.client.to_string(),
-                client_protocol: t.client_protocol.as_str(),
-                backend: t.backend.to_string(),
-                opened_at: humantime::format_rfc3339_millis(t.opened_at).to_string(),
-                age_seconds: t.opened.elapsed().as_secs_f64(),
-                client_to_backend: Traffic {
-                    messages: t.c2b_messages.load(Relaxed),
-                    bytes: t.c2b_bytes.load(Relaxed),
-                },
-                backend_to_client: Traffic {
-                    messages: t.b2c_messages.load(Relaxed),
-                    bytes: t.b2c_bytes.load(Relaxed),
-                },
-                client_rtt_ms: rtt(t.client_rtt_us.load(Relaxed)),
-                backend_rtt_ms: rtt(t.backend_rtt_us.load(Relaxed)),
-                draining: t.close_at.load(Relaxed) != u64::MAX
-                    && matches!(t.close_reason(), CloseReason::Drain | CloseReason::Shutdown),
-                rebalancing: t.close_at.load(Relaxed) != u64::MAX
-                    && t.close_reason() == CloseReason::Rebalance,
-                rebalance_at: (t.close_reason() == CloseReason::Rebalance)
-                    .then(|| t.close_deadline(self.epoch))
-                    .flatten()
-                    .map(|at| {
-                        let wall = SystemTime::now() + at.saturating_duration_since(Instant::now());
-                        humantime::format_rfc3339_millis(wall).to_string()
-                    }),
-            })
-            .collect()
     }
 }

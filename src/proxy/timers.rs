@@ -17,12 +17,12 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::Release;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::proxy::Proxy;
+use crate::proxy::registry::Registry;
 
 /// How finely deadlines are kept.
 const TICK: Duration = Duration::from_millis(10);
@@ -99,11 +99,10 @@ impl Timers {
 }
 
 /// Fires the tunnels' deadlines, for as long as the process runs.
-pub async fn drive(proxy: Arc<Proxy>) {
-    let timers = &proxy.timers;
+pub async fn drive(timers: &Timers, registry: &Registry) {
     loop {
         let (fired, next) = timers.take_due(timers.now());
-        for t in proxy.registry.find(&fired) {
+        for t in registry.find(&fired) {
             t.timer.store(true, Release);
             t.waker.wake();
         }

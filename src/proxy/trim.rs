@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
 
-use crate::proxy::Proxy;
+use crate::proxy::live::Proxy;
 
 /// How often the open count is looked at.
 const EVERY: Duration = Duration::from_secs(2);

@@ -5,10 +5,12 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 
+use http::header::HeaderValue;
 use http::request::Parts;
 
-use crate::proxy::registry::RouteRuntime;
-use crate::proxy::route::table::{fnv1a, Balance, HashKey, Route};
+use super::BackendSet;
+use crate::proxy::route::policy::{Balance, HashKey};
+use crate::proxy::route::table::{fnv1a, Route};
 
 /// The backends to try, best first, and whether the response must (re)set the
 /// affinity cookie.
@@ -32,6 +34,21 @@ pub fn cookie<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim_matches('"'))
 }
 
+/// `Set-Cookie` for the affinity cookie of the backend at `address`.
+pub fn affinity_cookie(route: &Route, backend: usize) -> Option<HeaderValue> {
+    let Balance::Cookie { name, ttl } = &route.balance else {
+        return None;
+    };
+    let id = route.backends.get(backend)?.affinity_id();
+    let max_age = ttl
+        .map(|t| format!("; Max-Age={}", t.as_secs()))
+        .unwrap_or_default();
+    HeaderValue::from_str(&format!(
+        "{name}={id}; Path=/; HttpOnly; SameSite=Lax{max_age}"
+    ))
+    .ok()
+}
+
 fn query<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
     parts
         .uri
@@ -52,7 +69,7 @@ fn hash_key(parts: &Parts, client: IpAddr, key: &HashKey) -> Option<Vec<u8>> {
 }
 
 /// Orders the route's backends for this request.
-pub fn choose(route: &Route, runtime: &RouteRuntime, parts: &Parts, client: IpAddr) -> Choice {
+pub fn choose(route: &Route, set: &BackendSet, parts: &Parts, client: IpAddr) -> Choice {
     let eligible: Vec<usize> = (0..route.backends.len())
         .filter(|&i| route.backends[i].weight > 0)
         .collect();
@@ -61,17 +78,17 @@ pub fn choose(route: &Route, runtime: &RouteRuntime, parts: &Parts, client: IpAd
     } else {
         eligible
     };
-    let eligible = runtime.health.live(route, eligible);
+    let eligible = set.health.live(route, eligible);
     let mut set_cookie = false;
     let first = match &route.balance {
         // A rebalancing route sends new tunnels where load is lowest, or the
         // clients it moves could land back where they came from.
-        Balance::RoundRobin if route.rebalance.is_some() => least_loaded(route, runtime, &eligible),
-        Balance::RoundRobin => round_robin(route, runtime, &eligible),
-        Balance::LeastConnections => least_loaded(route, runtime, &eligible),
+        Balance::RoundRobin if route.rebalance.is_some() => least_loaded(route, set, &eligible),
+        Balance::RoundRobin => round_robin(route, set, &eligible),
+        Balance::LeastConnections => least_loaded(route, set, &eligible),
         Balance::ConsistentHash(key) => match hash_key(parts, client, key) {
             Some(k) => rendezvous(route, &eligible, &k),
-            None => round_robin(route, runtime, &eligible),
+            None => round_robin(route, set, &eligible),
         },
         Balance::Cookie { name, .. } => {
             // A pinned backend that passive health took out is replaced (and the
@@ -80,7 +97,7 @@ pub fn choose(route: &Route, runtime: &RouteRuntime, parts: &Parts, client: IpAd
                 .and_then(|v| route.backends.iter().position(|b| b.affinity_id() == v))
                 .filter(|i| eligible.contains(i));
             set_cookie = pinned.is_none();
-            pinned.or_else(|| round_robin(route, runtime, &eligible))
+            pinned.or_else(|| round_robin(route, set, &eligible))
         }
     };
     let mut order: Vec<usize> = first.into_iter().collect();
@@ -98,18 +115,17 @@ pub fn choose(route: &Route, runtime: &RouteRuntime, parts: &Parts, client: IpAd
 }
 
 /// The backend with the fewest open tunnels per unit of weight.
-fn least_loaded(route: &Route, runtime: &RouteRuntime, eligible: &[usize]) -> Option<usize> {
+fn least_loaded(route: &Route, set: &BackendSet, eligible: &[usize]) -> Option<usize> {
     eligible.iter().copied().min_by(|&a, &b| {
         let load = |i: usize| {
-            runtime.backend_load(&route.backends[i].address) as f64
-                / f64::from(route.backends[i].weight.max(1))
+            set.load(&route.backends[i].address) as f64 / f64::from(route.backends[i].weight.max(1))
         };
         load(a).total_cmp(&load(b))
     })
 }
 
 /// Weighted round robin over a shared counter.
-fn round_robin(route: &Route, runtime: &RouteRuntime, eligible: &[usize]) -> Option<usize> {
+fn round_robin(route: &Route, set: &BackendSet, eligible: &[usize]) -> Option<usize> {
     let total: u64 = eligible
         .iter()
         .map(|&i| u64::from(route.backends[i].weight.max(1)))
@@ -117,7 +133,7 @@ fn round_robin(route: &Route, runtime: &RouteRuntime, eligible: &[usize]) -> Opt
     if total == 0 {
         return None;
     }
-    let mut n = runtime.rr.fetch_add(1, Relaxed) % total;
+    let mut n = set.rr.fetch_add(1, Relaxed) % total;
     for &i in eligible {
         let w = u64::from(route.backends[i].weight.max(1));
         if n < w {
@@ -148,7 +164,6 @@ fn rendezvous(route: &Route, eligible: &[usize], key: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
 
     fn route(balance: Balance, backends: &[(&str, u32)]) -> Route {
         Route::for_test("r", balance, backends)
@@ -165,7 +180,7 @@ mod tests {
     #[test]
     fn weighted_round_robin() {
         let r = route(Balance::RoundRobin, &[("a:1", 3), ("b:1", 1), ("c:1", 0)]);
-        let rt = RouteRuntime::new(Metrics::new().route("default", "r"));
+        let rt = BackendSet::default();
         let picks: Vec<_> = (0..8)
             .map(|_| choose(&r, &rt, &parts("/", None), [127, 0, 0, 1].into()).order[0])
             .collect();
@@ -181,7 +196,7 @@ mod tests {
             Balance::ConsistentHash(key.clone()),
             &[("a:1", 1), ("b:1", 1), ("c:1", 1)],
         );
-        let rt = RouteRuntime::new(Metrics::new().route("default", "r"));
+        let rt = BackendSet::default();
         let pick = |r: &Route, room: u32| {
             let i = choose(
                 r,
@@ -215,7 +230,7 @@ mod tests {
             },
             &[("a:1", 1), ("b:1", 1)],
         );
-        let rt = RouteRuntime::new(Metrics::new().route("default", "r"));
+        let rt = BackendSet::default();
         let first = choose(&r, &rt, &parts("/", None), [127, 0, 0, 1].into());
         assert!(first.set_cookie);
         let id = r.backends[1].affinity_id();

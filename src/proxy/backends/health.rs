@@ -12,44 +12,25 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
-use serde::Serialize;
-
-use crate::proxy::registry::RouteRuntime;
+use crate::metrics::RouteMetrics;
 use crate::proxy::route::table::Route;
-use crate::proxy::Proxy;
 
-/// A route's passive-health settings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PassiveHealth {
-    /// Failed connects in a row that eject a backend; 0 turns ejection off.
-    pub max_fails: u32,
-    /// How long an ejected backend is skipped.
-    pub fail_timeout: Duration,
-}
-
-impl Default for PassiveHealth {
-    /// NGINX's defaults: `max_fails=1 fail_timeout=10s`.
-    fn default() -> Self {
-        PassiveHealth {
-            max_fails: 1,
-            fail_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
+/// One backend's failures.
 #[derive(Clone, Copy, Debug)]
-struct Record {
-    fails: u32,
-    ejected_until: Option<Instant>,
+pub(crate) struct FailureRecord {
+    /// Failed connects in a row.
+    pub(crate) fails: u32,
+    /// Skipped until then.
+    pub(crate) ejected_until: Option<Instant>,
 }
 
 /// The failure records of one route's backends, by address. Only backends with
 /// a failure have a record, so a healthy route costs one atomic load per choice.
 #[derive(Default)]
 pub struct BackendHealth {
-    records: Mutex<HashMap<String, Record>>,
+    records: Mutex<HashMap<String, FailureRecord>>,
     /// `records.len()`, readable without the lock.
     failing: AtomicUsize,
 }
@@ -95,7 +76,7 @@ impl BackendHealth {
         if records.len() > 2 * route.backends.len() + 8 {
             records.retain(|a, _| route.backends.iter().any(|b| *b.address == **a));
         }
-        let r = records.entry(address.to_owned()).or_insert(Record {
+        let r = records.entry(address.to_owned()).or_insert(FailureRecord {
             fails: 0,
             ejected_until: None,
         });
@@ -109,7 +90,8 @@ impl BackendHealth {
         eject
     }
 
-    fn get(&self, address: &str) -> Option<Record> {
+    /// The failure record of `address`, if it has one.
+    pub(crate) fn get(&self, address: &str) -> Option<FailureRecord> {
         if self.failing.load(Relaxed) == 0 {
             return None;
         }
@@ -119,11 +101,17 @@ impl BackendHealth {
 
 /// Records a connect's result for `route`'s backend at `address`, counting an
 /// ejection in `wsgate_backend_ejections_total`.
-pub fn record(runtime: &RouteRuntime, route: &Route, address: &str, ok: bool) {
+pub fn record(
+    health: &BackendHealth,
+    metrics: &RouteMetrics,
+    route: &Route,
+    address: &str,
+    ok: bool,
+) {
     if ok {
-        runtime.health.connected(address);
-    } else if runtime.health.failed(route, address) {
-        runtime.metrics.ejected();
+        health.connected(address);
+    } else if health.failed(route, address) {
+        metrics.ejected();
         tracing::warn!(
             route = %route.key,
             backend = address,
@@ -133,69 +121,11 @@ pub fn record(runtime: &RouteRuntime, route: &Route, address: &str, ok: bool) {
     }
 }
 
-/// One route on `/backends`.
-#[derive(Serialize)]
-pub struct RouteBackends {
-    namespace: String,
-    route: String,
-    max_fails: u32,
-    fail_timeout_seconds: f64,
-    backends: Vec<BackendView>,
-}
-
-#[derive(Serialize)]
-struct BackendView {
-    address: String,
-    weight: u32,
-    active_tunnels: u64,
-    consecutive_failures: u32,
-    ejected: bool,
-    ejected_until: Option<String>,
-}
-
-/// The `/backends` view: every route's backends with their open tunnels and
-/// passive-health state.
-pub fn backends_view(proxy: &Proxy) -> Vec<RouteBackends> {
-    let live = proxy.live();
-    let (now, wall) = (Instant::now(), SystemTime::now());
-    live.table
-        .routes()
-        .iter()
-        .map(|route| {
-            let runtime = live.runtimes.get(&route.key);
-            let backends = route
-                .backends
-                .iter()
-                .map(|b| {
-                    let rec = runtime.and_then(|rt| rt.health.get(&b.address));
-                    let until = rec.and_then(|r| r.ejected_until).filter(|u| *u > now);
-                    BackendView {
-                        address: b.address.to_string(),
-                        weight: b.weight,
-                        active_tunnels: runtime.map_or(0, |rt| rt.backend_load(&b.address)),
-                        consecutive_failures: rec.map_or(0, |r| r.fails),
-                        ejected: until.is_some(),
-                        ejected_until: until.map(|u| {
-                            humantime::format_rfc3339_millis(wall + (u - now)).to_string()
-                        }),
-                    }
-                })
-                .collect();
-            RouteBackends {
-                namespace: route.key.namespace.clone(),
-                route: route.key.name.clone(),
-                max_fails: route.passive_health.max_fails,
-                fail_timeout_seconds: route.passive_health.fail_timeout.as_secs_f64(),
-                backends,
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::route::table::Balance;
+    use crate::proxy::route::policy::{Balance, PassiveHealth};
+    use std::time::Duration;
 
     #[test]
     fn ejects_after_max_fails_and_keeps_one_when_all_are_out() {

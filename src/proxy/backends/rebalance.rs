@@ -12,16 +12,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::proxy::registry::{CloseReason, Registry};
+use crate::proxy::route::policy::RebalancePolicy;
 use crate::proxy::route::table::RouteTable;
-
-/// A route's `rebalance` settings.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RebalancePolicy {
-    /// Largest share of an over-loaded backend's tunnels that moves (0 < f ≤ 1).
-    pub max_fraction: f64,
-    /// The window the closes are spread over.
-    pub over: Duration,
-}
 
 /// One backend as the planner sees it.
 #[derive(Clone, Debug, PartialEq)]

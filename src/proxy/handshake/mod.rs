@@ -3,6 +3,7 @@
 //! HTTP/1.1 upgrade, verify the backend's 101, then hand both legs to the
 //! [`Relay`](crate::proxy::relay::Relay).
 
+mod auth;
 pub(crate) mod headers;
 pub(crate) mod plain_http;
 
@@ -19,20 +20,17 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
-use tokio::net::TcpStream;
 
-use crate::proxy::backends::balance::{self, Choice};
-use crate::proxy::backends::health;
-use crate::proxy::handshake::headers::{for_http1, set_forwarded, strip_hop_by_hop};
-use crate::proxy::listen::{status, Body, ClientIo, TunnelOpened};
-use crate::proxy::registry::{ClientProtocol, CloseReason, RouteRuntime};
+use crate::proxy::backends::balance::{self, affinity_cookie};
+use crate::proxy::backends::connect::{connect, report};
+use crate::proxy::first_head::ClientIo;
+use crate::proxy::live::Proxy;
+use crate::proxy::registry::{ClientProtocol, CloseReason};
 use crate::proxy::relay::protocol::Extensions;
 use crate::proxy::relay::Relay;
-use crate::proxy::route::auth;
-use crate::proxy::route::backend_tls;
-use crate::proxy::route::table::{Balance, Route};
+use crate::proxy::response::{status, Body, TunnelOpened};
 use crate::proxy::stream::{H2Leg, Stream};
-use crate::proxy::Proxy;
+use headers::{for_http1, set_forwarded, strip_hop_by_hop};
 
 /// `Sec-WebSocket-Accept` for a key (§4.2.2).
 pub fn accept_key(key: &[u8]) -> String {
@@ -51,59 +49,6 @@ fn protocols(v: Option<&HeaderValue>) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// `Set-Cookie` for the affinity cookie of the backend at `address`.
-pub fn affinity_cookie(route: &Route, backend: usize) -> Option<HeaderValue> {
-    let Balance::Cookie { name, ttl } = &route.balance else {
-        return None;
-    };
-    let id = route.backends.get(backend)?.affinity_id();
-    let max_age = ttl
-        .map(|t| format!("; Max-Age={}", t.as_secs()))
-        .unwrap_or_default();
-    HeaderValue::from_str(&format!(
-        "{name}={id}; Path=/; HttpOnly; SameSite=Lax{max_age}"
-    ))
-    .ok()
-}
-
-/// Dials the backends in order; the first that accepts within the connect timeout
-/// (and, with `backendTLS`, completes a verified TLS handshake in it) wins. Each
-/// attempt's result feeds passive health, a failed TLS handshake included.
-pub async fn connect(
-    route: &Route,
-    runtime: &RouteRuntime,
-    choice: &Choice,
-) -> Option<(usize, Stream)> {
-    for &i in &choice.order {
-        let addr = &route.backends[i].address;
-        let dial = async {
-            let tcp = TcpStream::connect(&**addr)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = tcp.set_nodelay(true);
-            match &route.backend_tls {
-                None => Ok(Stream::Tcp(tcp)),
-                Some(tls) => tls.connect(tcp, addr).await.map_err(|e| {
-                    backend_tls::report(&route.key, addr, &e);
-                    e.to_string()
-                }),
-            }
-        };
-        let result = tokio::time::timeout(route.connect_timeout, dial).await;
-        health::record(runtime, route, addr, matches!(result, Ok(Ok(_))));
-        match result {
-            Ok(Ok(s)) => return Some((i, s)),
-            Ok(Err(e)) => {
-                tracing::warn!(route = %route.key, backend = %addr, error = %e, "backend connect failed")
-            }
-            Err(_) => {
-                tracing::warn!(route = %route.key, backend = %addr, "backend connect timed out")
-            }
-        }
-    }
-    None
 }
 
 /// Handles an upgrade request (HTTP/1.1) or an extended CONNECT (HTTP/2) end to end.
@@ -241,13 +186,15 @@ pub async fn websocket(
     };
 
     let (parts, _) = req.into_parts();
-    let choice = balance::choose(&route, &runtime, &parts, peer.ip());
+    let choice = balance::choose(&route, &runtime.backends, &parts, peer.ip());
     let mut req = Request::from_parts(parts, ());
     let on_client = hyper::upgrade::on(&mut req);
     let (parts, ()) = req.into_parts();
 
     let exchange = async {
-        let Some((index, stream)) = connect(&route, &runtime, &choice).await else {
+        let Some((index, stream)) =
+            connect(&route, &runtime.backends, &runtime.metrics, &choice).await
+        else {
             return Err((
                 StatusCode::BAD_GATEWAY,
                 "backend_unavailable",
@@ -290,7 +237,7 @@ pub async fn websocket(
             let why = route.backend_tls.as_ref().and_then(|t| t.explain(&e, addr));
             match why {
                 Some(why) => {
-                    backend_tls::report(&route.key, addr, &why);
+                    report(&route.key, addr, &why);
                     (
                         StatusCode::BAD_GATEWAY,
                         "backend_unavailable",

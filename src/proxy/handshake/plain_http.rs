@@ -3,39 +3,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, SET_COOKIE, UPGRADE};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
-use crate::proxy::backends::balance;
+use super::headers::{for_http1, set_forwarded, strip_hop_by_hop};
+use crate::proxy::backends::balance::{self, affinity_cookie};
+use crate::proxy::backends::connect::over_tls;
 use crate::proxy::backends::health;
-use crate::proxy::handshake::affinity_cookie;
-use crate::proxy::handshake::headers::{for_http1, set_forwarded, strip_hop_by_hop};
-use crate::proxy::listen::{status, Body};
-use crate::proxy::route::auth;
-use crate::proxy::route::backend_tls::{self, BackendTls};
-use crate::proxy::route::table::Route;
-use crate::proxy::Proxy;
-
-/// The pooled HTTP/1.1 client toward backends.
-pub type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
-
-/// A client with keep-alive pooling.
-pub fn client() -> Client {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
-}
+use crate::proxy::live::Proxy;
+use crate::proxy::response::{status, Body};
 
 /// Proxies one plain HTTP request.
 pub async fn forward(
@@ -66,12 +46,12 @@ pub async fn forward(
     let mut req = req;
     let uri = req.uri().clone();
     for_http1(req.headers_mut(), &uri);
-    if let Err(refusal) = auth::admit(&route, m, &mut req).await {
+    if let Err(refusal) = super::auth::admit(&route, m, &mut req).await {
         m.http(refusal.status().as_u16());
         return refusal;
     }
     let (mut parts, body) = req.into_parts();
-    let choice = balance::choose(&route, &runtime, &parts, peer.ip());
+    let choice = balance::choose(&route, &runtime.backends, &parts, peer.ip());
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, peer, tls);
     // Backends are spoken to in HTTP/1.1 whatever the client used.
@@ -106,7 +86,7 @@ pub async fn forward(
         };
         match result {
             Ok(resp) => {
-                health::record(&runtime, &route, &backend.address, true);
+                health::record(&runtime.backends.health, m, &route, &backend.address, true);
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 if choice.set_cookie {
@@ -120,7 +100,7 @@ pub async fn forward(
             Err((unsent, e)) => {
                 // Not sent: the connect (or the TLS handshake) failed.
                 if unsent {
-                    health::record(&runtime, &route, &backend.address, false);
+                    health::record(&runtime.backends.health, m, &route, &backend.address, false);
                 }
                 tracing::warn!(route = %route.key, backend = %backend.address, error = %e, "backend request failed");
                 if !(bodyless && unsent) || attempt + 1 == choice.order.len() {
@@ -143,42 +123,4 @@ fn body_is_empty(headers: &http::HeaderMap) -> bool {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok());
     !headers.contains_key(http::header::TRANSFER_ENCODING) && cl.is_none_or(|v| v.trim() == "0")
-}
-
-/// One request over a fresh TLS connection to the backend at `address` (`backendTLS`
-/// routes do not use the pooled cleartext client: its connector has no per-route
-/// trust settings). The error says whether the request was never sent (so a
-/// bodyless one may try the next backend).
-async fn over_tls(
-    route: &Route,
-    tls: &BackendTls,
-    address: &str,
-    req: Request<Body>,
-) -> Result<Response<Incoming>, (bool, String)> {
-    let dial = async {
-        let tcp = TcpStream::connect(address)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        tls.connect(tcp, address).await.map_err(|e| {
-            backend_tls::report(&route.key, address, &e);
-            e.to_string()
-        })
-    };
-    let stream = match tokio::time::timeout(route.connect_timeout, dial).await {
-        Ok(r) => r.map_err(|e| (true, e))?,
-        Err(_) => return Err((true, "connect timed out".into())),
-    };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| (true, e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender.send_request(req).await.map_err(|e| {
-        if let Some(why) = tls.explain(&e, address) {
-            backend_tls::report(&route.key, address, &why);
-        }
-        (false, e.to_string())
-    })
 }

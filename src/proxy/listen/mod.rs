@@ -11,10 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http::{Request, Response};
+
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpInfo;
@@ -24,19 +22,17 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::proxy::access_log::{loggable_path, Kind, Record};
+use crate::proxy::first_head::{FirstHead, HeadState};
 use crate::proxy::handshake::headers::is_websocket_upgrade;
 use crate::proxy::handshake::{self as upgrade, plain_http as http_proxy};
 use crate::proxy::listen::h2_guard::{FloodGuard, Flooded};
-use crate::proxy::listen::limits::{
-    reject, FirstHead, HeadLimits, HeadState, Rejection, MIN_HEADER_BYTES,
-};
+use crate::proxy::live::Proxy;
 use crate::proxy::registry::ClientProtocol;
+use crate::proxy::response::{Body, Refusal, TunnelOpened};
 use crate::proxy::route::auth::TokenSource;
+use crate::proxy::route::table::request_host;
 use crate::proxy::stream::Stream;
-use crate::proxy::Proxy;
-
-/// Response bodies: wsgate's own short texts or a backend's streamed body.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+use limits::{reject, HeadLimits, Rejection, MIN_HEADER_BYTES};
 
 /// TLS handshakes must finish within this.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,45 +76,6 @@ const H2_MAX_LOCAL_RESETS: usize = 256;
 /// HTTP/2 PING on an otherwise silent connection, and how long its answer may take:
 /// finds dead clients that hold no tunnel (tunnels have their own WebSocket pings).
 const H2_KEEPALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
-
-/// A client connection as hyper sees it; [`Upgraded`](hyper::upgrade::Upgraded)
-/// downcasts to this.
-pub type ClientIo = TokioIo<FirstHead<Stream>>;
-
-/// wsgate's own explanation on a response it made itself (not a backend's): the
-/// access log reads it.
-#[derive(Clone, Debug)]
-pub struct Refusal(pub String);
-
-/// Marks the response that opened a tunnel (`101`, or `200` to an HTTP/2 extended
-/// CONNECT): the tunnel writes its own access-log line when it closes.
-#[derive(Clone, Copy, Debug)]
-pub struct TunnelOpened;
-
-/// A short plain-text response from wsgate itself.
-pub fn status(code: StatusCode, message: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("{message}\n")))
-        .map_err(|n: Infallible| match n {})
-        .boxed();
-    let mut r = Response::new(body);
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r.extensions_mut().insert(Refusal(message.to_owned()));
-    r
-}
-
-/// The host a request is for: the `Host` header, else the URI authority.
-pub fn request_host<B>(req: &Request<B>) -> String {
-    req.headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default()
-}
 
 /// Accepts connections until shutdown begins.
 pub async fn serve_listener(proxy: Arc<Proxy>, listener: Listener) {

@@ -9,7 +9,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
-use crate::proxy::Proxy;
+use crate::proxy::live::Proxy;
 
 struct SniResolver {
     proxy: Arc<Proxy>,

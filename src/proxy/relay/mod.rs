@@ -10,6 +10,7 @@
 pub mod frame;
 pub mod protocol;
 pub(crate) mod ratelimit;
+pub mod reader;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -25,12 +26,15 @@ use thin_vec::ThinVec;
 use tokio::time::{sleep_until, Sleep};
 
 use crate::metrics::Initiator;
-use crate::proxy::registry::{Admission, ClientProtocol, CloseReason, TunnelInfo};
-use crate::proxy::route::table::LegPing;
+use crate::proxy::live::Proxy;
+use crate::proxy::registry::{ClientProtocol, CloseReason, TunnelInfo};
+use crate::proxy::route::policy::{Exceed, LegPing};
+use crate::proxy::runtime::Admission;
 use crate::proxy::stream::Stream;
-use frame::{FrameError, FrameHeader, FrameReader, FrameSink, OP_CLOSE, OP_PING, OP_PONG};
+use frame::{FrameError, FrameHeader, OP_CLOSE, OP_PING, OP_PONG};
+use reader::{FrameReader, FrameSink};
 use protocol::{Extensions, Rules};
-use ratelimit::{Exceed, Limiter};
+use ratelimit::Limiter;
 
 /// How long a tunnel waits for the far side's Close after a Close went through.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(5);
@@ -206,7 +210,7 @@ pub(crate) struct Relay {
     /// Extensions the backend's 101 negotiated: which RSV bits frames may carry.
     pub extensions: Extensions,
     /// The proxy: its timers, and its registry (left when the tunnel ends).
-    pub proxy: Arc<crate::proxy::Proxy>,
+    pub proxy: Arc<Proxy>,
 }
 
 pub(crate) struct State {

@@ -11,50 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::proxy::relay::frame::{FrameHeader, OP_CONTINUATION};
-
-/// What a tunnel above its rate gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exceed {
-    /// Close 1008 to both sides.
-    Close,
-    /// Stop reading the client until the buckets refill.
-    Throttle,
-}
-
-/// A route's rate limits (each `None` when not set).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RateLimit {
-    /// Messages per second and bucket depth.
-    pub messages: Option<(f64, f64)>,
-    /// Payload bytes per second and bucket depth.
-    pub bytes: Option<(f64, f64)>,
-    /// Close or Throttle.
-    pub on_exceed: Exceed,
-}
-
-impl RateLimit {
-    /// Limits from the route fields; `None` when neither rate is set. A depth of 0
-    /// means one second's worth.
-    pub fn new(
-        messages_per_second: u64,
-        burst: u64,
-        bytes_per_second: u64,
-        burst_bytes: u64,
-        on_exceed: Exceed,
-    ) -> Option<RateLimit> {
-        let bucket = |rate: u64, depth: u64| {
-            let depth = if depth == 0 { rate } else { depth };
-            (rate > 0).then_some((rate as f64, depth as f64))
-        };
-        let limit = RateLimit {
-            messages: bucket(messages_per_second, burst),
-            bytes: bucket(bytes_per_second, burst_bytes),
-            on_exceed,
-        };
-        (limit.messages.is_some() || limit.bytes.is_some()).then_some(limit)
-    }
-}
+use super::frame::{FrameHeader, OP_CONTINUATION};
+use crate::proxy::route::policy::{Exceed, RateLimit};
 
 /// A token bucket. Tokens may go negative (debt) only in throttle mode.
 #[derive(Debug)]

@@ -15,7 +15,6 @@ use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::proxy::route::table::RouteKey;
 use crate::proxy::stream::Stream;
 
 /// Why a TLS connection to a backend failed; `reason()` is the log and metric label.
@@ -300,10 +299,4 @@ fn failure(
         ) => BackendTlsError::NoClientCertificate("bad_certificate alert"),
         other => BackendTlsError::Handshake(other.to_string()),
     })
-}
-
-/// The one place a backend TLS failure is reported: the log line that names the
-/// reason. Passive health (ejection) and the access log hook in here.
-pub fn report(route: &RouteKey, backend: &str, err: &BackendTlsError) {
-    tracing::warn!(route = %route, %backend, reason = err.reason(), error = %err, "backend TLS failed");
 }

@@ -4,4 +4,5 @@
 
 pub mod auth;
 pub mod backend_tls;
+pub mod policy;
 pub mod table;

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
 
-pub use crate::proxy::backends::health::PassiveHealth;
-pub use crate::proxy::backends::rebalance::RebalancePolicy;
-pub use crate::proxy::relay::ratelimit::{Exceed, RateLimit};
+use super::policy::{Balance, LegPing, PassiveHealth, RateLimit, RebalancePolicy};
 
 /// A route's identity: namespace and name. Tunnels remember it so a reload can tell
 /// which of them lost their route.
@@ -120,46 +118,6 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// How a backend is picked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Balance {
-    /// In turn, by weight.
-    RoundRobin,
-    /// Fewest open tunnels.
-    LeastConnections,
-    /// Stable per key.
-    ConsistentHash(HashKey),
-    /// Affinity cookie set and honoured by the proxy.
-    Cookie {
-        /// Cookie name.
-        name: String,
-        /// `Max-Age`, none for a session cookie.
-        ttl: Option<Duration>,
-    },
-}
-
-/// The key of consistent hashing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HashKey {
-    /// The client's IP.
-    ClientIp,
-    /// A request header.
-    Header(String),
-    /// A cookie.
-    Cookie(String),
-    /// A query parameter.
-    Query(String),
-}
-
-/// Keepalive settings of one leg.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LegPing {
-    /// Silence before the proxy pings.
-    pub interval: Duration,
-    /// Silence after the ping before the leg counts as dead.
-    pub timeout: Duration,
-}
-
 /// A compiled route.
 #[derive(Clone)]
 pub struct Route {
@@ -202,7 +160,7 @@ pub struct Route {
     /// Certificate for the route's hostnames.
     pub tls: Option<Arc<CertifiedKey>>,
     /// Token check of upgrades and plain HTTP requests (`auth.jwt`).
-    pub auth: Option<Arc<crate::proxy::route::auth::JwtAuth>>,
+    pub auth: Option<Arc<super::auth::JwtAuth>>,
     /// Per-tunnel rate limits, client to backend.
     pub rate_limit: Option<RateLimit>,
     /// Rebalancing after backends are added.
@@ -210,7 +168,7 @@ pub struct Route {
     /// When failed connects take a backend out of rotation.
     pub passive_health: PassiveHealth,
     /// TLS toward the backends (`backendTLS`); plain TCP when absent.
-    pub backend_tls: Option<Arc<crate::proxy::route::backend_tls::BackendTls>>,
+    pub backend_tls: Option<Arc<super::backend_tls::BackendTls>>,
 }
 
 impl fmt::Debug for Route {
@@ -389,6 +347,16 @@ impl RouteTable {
             None => with_tls().next().and_then(|r| r.tls.clone()),
         }
     }
+}
+
+/// The host a request is for: the `Host` header, else the URI authority.
+pub fn request_host<B>(req: &http::Request<B>) -> String {
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
 }
 
 /// Lower-cases a Host header and removes its port (IPv6 literals keep their brackets).

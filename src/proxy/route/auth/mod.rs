@@ -15,41 +15,8 @@ use http::{HeaderMap, StatusCode, Uri};
 use jsonwebtoken::Validation;
 use serde_json::{Map, Value};
 
-use crate::metrics::RouteMetrics;
-use crate::proxy::listen::{status, Body};
-use crate::proxy::route::table::Route;
+use crate::proxy::response::{status, Body};
 pub use jwks::{KeySet, Keys, RemoteJwks};
-
-/// The route's token check (when it has `auth`), counted in `wsgate_auth_total`.
-/// The request leaves stripped of the token either way; a refusal comes back as
-/// the response to send.
-pub async fn admit<B>(
-    route: &Route,
-    metrics: &RouteMetrics,
-    req: &mut http::Request<B>,
-) -> Result<Verified, http::Response<Body>> {
-    let Some(auth) = &route.auth else {
-        return Ok(Verified::default());
-    };
-    let mut headers = std::mem::take(req.headers_mut());
-    let mut uri = std::mem::take(req.uri_mut());
-    let result = auth.authenticate(&mut headers, &mut uri).await;
-    *req.headers_mut() = headers;
-    *req.uri_mut() = uri;
-    match result {
-        Ok(v) => {
-            metrics.auth("ok");
-            Ok(v)
-        }
-        Err(denial) => {
-            if let Some(r) = denial.result() {
-                metrics.auth(r);
-            }
-            tracing::debug!(route = %route.key, ?denial, "request refused by the token check");
-            Err(denial.response())
-        }
-    }
-}
 
 /// Where a token may be.
 #[derive(Clone, Debug, PartialEq, Eq)]

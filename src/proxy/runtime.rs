@@ -1,0 +1,101 @@
+//! A route's state that outlives reloads: its metric handles, the open-tunnel
+//! counts its limits read, and its [`BackendSet`]. A reload that keeps a route keeps
+//! its runtime, so counts and balancing carry on.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::RouteMetrics;
+use crate::proxy::backends::BackendSet;
+use crate::proxy::route::table::Route;
+
+/// A route's state that outlives reloads: open-tunnel counts for limits and
+/// balancing, and its metric handles.
+pub struct RouteRuntime {
+    /// Metric handles of the route.
+    pub metrics: RouteMetrics,
+    /// Open tunnels.
+    pub active: AtomicU64,
+    per_ip: Mutex<HashMap<IpAddr, u64>>,
+    /// The route's backends as balancing and passive health see them.
+    pub backends: BackendSet,
+}
+
+impl RouteRuntime {
+    /// State for a route with these metric handles.
+    pub fn new(metrics: RouteMetrics) -> Self {
+        RouteRuntime {
+            metrics,
+            active: AtomicU64::new(0),
+            per_ip: Mutex::default(),
+            backends: BackendSet::default(),
+        }
+    }
+
+    /// Counts a tunnel in, unless a limit forbids it: `Err(503)` for the route's
+    /// `maxConnections`, `Err(429)` for `maxConnectionsPerClientIP`.
+    pub fn admit(self: &Arc<Self>, route: &Route, ip: IpAddr) -> Result<Admission, u16> {
+        let active = self.active.fetch_add(1, Relaxed);
+        if route.max_connections > 0 && active >= route.max_connections {
+            self.active.fetch_sub(1, Relaxed);
+            return Err(503);
+        }
+        let mut per_ip = self.per_ip.lock().expect("lock");
+        let n = per_ip.entry(ip).or_default();
+        if route.max_connections_per_client_ip > 0 && *n >= route.max_connections_per_client_ip {
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+            self.active.fetch_sub(1, Relaxed);
+            return Err(429);
+        }
+        *n += 1;
+        drop(per_ip);
+        self.metrics.active().inc();
+        Ok(Admission {
+            runtime: self.clone(),
+            ip,
+            backend: None,
+        })
+    }
+}
+
+/// One admitted tunnel's place in the counts; released on drop.
+pub struct Admission {
+    runtime: Arc<RouteRuntime>,
+    ip: IpAddr,
+    backend: Option<Arc<str>>,
+}
+
+impl Admission {
+    /// The route's state this tunnel is counted in.
+    pub fn runtime(&self) -> &Arc<RouteRuntime> {
+        &self.runtime
+    }
+
+    /// Counts the tunnel against the backend it reached.
+    pub fn set_backend(&mut self, address: &Arc<str>) {
+        self.runtime.backends.count_in(address);
+        self.backend = Some(address.clone());
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.runtime.active.fetch_sub(1, Relaxed);
+        self.runtime.metrics.active().dec();
+        let mut per_ip = self.runtime.per_ip.lock().expect("lock");
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
+        if let Some(b) = self.backend.take() {
+            self.runtime.backends.count_out(&b);
+        }
+    }
+}
