@@ -6,6 +6,7 @@
 mod auth;
 pub(crate) mod headers;
 pub(crate) mod plain_http;
+mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use std::sync::Arc;
 use base64::Engine;
 use bytes::Bytes;
 use http::header::{
-    HeaderValue, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, SET_COOKIE, UPGRADE,
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
+    SET_COOKIE, UPGRADE,
 };
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -31,6 +32,7 @@ use crate::proxy::relay::Relay;
 use crate::proxy::response::{status, Body, TunnelOpened};
 use crate::proxy::stream::{H2Leg, Stream};
 use headers::{for_http1, set_forwarded, strip_hop_by_hop};
+use validate::Invalid;
 
 /// `Sec-WebSocket-Accept` for a key (§4.2.2).
 pub fn accept_key(key: &[u8]) -> String {
@@ -38,17 +40,6 @@ pub fn accept_key(key: &[u8]) -> String {
     sha.update(key);
     sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
-}
-
-fn protocols(v: Option<&HeaderValue>) -> Vec<String> {
-    v.and_then(|v| v.to_str().ok())
-        .map(|s| {
-            s.split(',')
-                .map(|p| p.trim().to_owned())
-                .filter(|p| !p.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Handles an upgrade request (HTTP/1.1) or an extended CONNECT (HTTP/2) end to end.
@@ -77,80 +68,21 @@ pub async fn websocket(
     };
 
     let h2 = protocol == ClientProtocol::H2;
-    let key = if h2 {
-        // RFC 8441 §4: CONNECT with `:protocol websocket`; there is no key on this
-        // leg, so wsgate makes the one the backend's Accept must answer.
-        let websocket = req
-            .extensions()
-            .get::<hyper::ext::Protocol>()
-            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
-        if req.method() != Method::CONNECT || !websocket {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "an HTTP/2 WebSocket is an extended CONNECT with :protocol websocket",
-            );
-        }
-        let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
-        req.headers_mut().insert(
-            SEC_WEBSOCKET_KEY,
-            HeaderValue::from_str(&key).expect("base64 is a valid header value"),
-        );
-        key.into_bytes()
-    } else {
-        // §4.2.1: a GET over HTTP/1.1 with a 16-byte base64 key and version 13.
-        if req.method() != Method::GET || req.version() != Version::HTTP_11 {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "a WebSocket upgrade must be an HTTP/1.1 GET",
-            );
-        }
-        let key = req
-            .headers()
-            .get(SEC_WEBSOCKET_KEY)
-            .map(|k| k.as_bytes().to_vec())
-            .unwrap_or_default();
-        let key_ok = base64::engine::general_purpose::STANDARD
-            .decode(&key)
-            .is_ok_and(|k| k.len() == 16);
-        if !key_ok {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "missing or invalid Sec-WebSocket-Key",
-            );
-        }
-        key
-    };
-    match req
-        .headers()
-        .get(SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-    {
-        None => return reject(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Version"),
-        Some(b"13") => {}
-        Some(_) => {
-            let mut r = reject(
-                StatusCode::UPGRADE_REQUIRED,
-                "unsupported WebSocket version; this server speaks 13",
-            );
+    let refused = |(code, why): Invalid| {
+        let mut r = reject(code, why);
+        if code == StatusCode::UPGRADE_REQUIRED {
             r.headers_mut()
                 .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-            return r;
         }
-    }
-    if !route.allowed_origins.is_empty() {
-        let origin = req
-            .headers()
-            .get(ORIGIN)
-            .and_then(|o| o.to_str().ok())
-            .unwrap_or("");
-        if !route
-            .allowed_origins
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(origin))
-        {
-            return reject(StatusCode::FORBIDDEN, "Origin not allowed");
-        }
-    }
+        r
+    };
+    let key = match validate::key(&mut req, h2).and_then(|key| {
+        validate::origin(&route, req.headers())?;
+        Ok(key)
+    }) {
+        Ok(key) => key,
+        Err(invalid) => return refused(invalid),
+    };
     // Before the subprotocol check: a token entry is not a protocol the backend sees.
     let verified = match auth::admit(&route, m, &mut req).await {
         Ok(v) => v,
@@ -159,22 +91,10 @@ pub async fn websocket(
             return refusal;
         }
     };
-    let offered = protocols(req.headers().get(SEC_WEBSOCKET_PROTOCOL));
-    if !route.subprotocols.is_empty() && !offered.is_empty() {
-        let allowed: Vec<&str> = offered
-            .iter()
-            .filter(|p| route.subprotocols.contains(p))
-            .map(String::as_str)
-            .collect();
-        if allowed.is_empty() {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                "none of the requested subprotocols is allowed",
-            );
-        }
-        let v = HeaderValue::from_str(&allowed.join(", ")).expect("tokens from a header value");
-        req.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, v);
-    }
+    let offered = match validate::subprotocols(&route, &mut req) {
+        Ok(offered) => offered,
+        Err(invalid) => return refused(invalid),
+    };
 
     let mut admission = match runtime.admit(&route, peer.ip()) {
         Ok(a) => a,

@@ -4,7 +4,6 @@
 
 use thiserror::Error;
 
-
 /// Continuation frame.
 pub const OP_CONTINUATION: u8 = 0x0;
 /// Text frame.

@@ -7,7 +7,9 @@
 //! idle tunnel holds no buffer at all and a busy one batches many messages per
 //! system call. Counters are added once per batch, not once per message.
 
+mod direction;
 pub mod frame;
+mod keepalive;
 pub mod protocol;
 pub(crate) mod ratelimit;
 pub mod reader;
@@ -31,8 +33,9 @@ use crate::proxy::registry::{ClientProtocol, CloseReason, TunnelInfo};
 use crate::proxy::route::policy::{Exceed, LegPing};
 use crate::proxy::runtime::Admission;
 use crate::proxy::stream::Stream;
-use frame::{FrameError, FrameHeader, OP_CLOSE, OP_PING, OP_PONG};
-use reader::{FrameReader, FrameSink};
+use direction::{flush, send, Dir, Pass};
+use frame::{FrameError, OP_CLOSE};
+use keepalive::{ping_frame, Due, Leg};
 use protocol::{Extensions, Rules};
 use ratelimit::Limiter;
 
@@ -44,10 +47,6 @@ const PROXY_CLOSE_LINGER: Duration = Duration::from_secs(2);
 const READS_PER_WAKE: usize = 4;
 /// Size of the per-thread read buffer.
 const SCRATCH: usize = 64 * 1024;
-/// Prefix of the proxy's ping payloads, so their pongs can be told from the
-/// application's and consumed.
-const PING_MARK: &[u8; 7] = b"\0wsgate";
-
 struct Scratch {
     read: Vec<u8>,
     out: Vec<u8>,
@@ -71,132 +70,6 @@ enum Wake {
 enum Side {
     Client,
     Backend,
-}
-
-/// The proxy's pings to a leg that has not answered yet.
-#[derive(Clone, Copy)]
-struct Probe {
-    /// When the latest went out: the next follows `interval` later.
-    last: Instant,
-    /// The latest one's token (its pong gives the round trip). Sent as 8 bytes,
-    /// drawn from 32 bits: a `u64` here would make every idle tunnel 16 bytes larger.
-    token: u32,
-    /// How long before `last` the first went out, in ms (the leg is dead at
-    /// `since + timeout`). Not a second `Instant`: every idle tunnel holds two probes.
-    since_ms: u32,
-}
-
-impl Probe {
-    fn new(since: Instant, last: Instant, token: u32) -> Probe {
-        // Rounded up, so `since()` is never after the first ping really went out.
-        let ms = last
-            .saturating_duration_since(since)
-            .as_micros()
-            .div_ceil(1000);
-        Probe {
-            last,
-            token,
-            since_ms: u32::try_from(ms).unwrap_or(u32::MAX),
-        }
-    }
-
-    /// When the first ping went out.
-    fn since(&self) -> Instant {
-        self.last - Duration::from_millis(self.since_ms.into())
-    }
-}
-
-/// One peer's liveness (its ping settings are the route's: see `Relay::ping_of`).
-struct Leg {
-    last_rx: Instant,
-    /// Pings sent since the leg fell silent; anything the leg sends answers them.
-    probe: Option<Probe>,
-    eof: bool,
-    /// Reading stopped before the socket ran dry (TLS may hold decrypted bytes).
-    maybe_more: bool,
-}
-
-/// Bytes flowing toward one peer.
-struct Dir {
-    reader: FrameReader,
-    /// Bytes the destination has not taken yet; empty (unallocated) when idle
-    /// (a `ThinVec`: 8 bytes in every idle tunnel instead of `Vec`'s 24).
-    out: ThinVec<u8>,
-    tls_pending: bool,
-    close_sent: bool,
-}
-
-impl Dir {
-    fn new(rules: Rules) -> Dir {
-        Dir {
-            reader: FrameReader::new(rules),
-            out: ThinVec::new(),
-            tls_pending: false,
-            close_sent: false,
-        }
-    }
-}
-
-/// Frames of one read, on their way to the other leg.
-struct Pass<'a> {
-    out: &'a mut Vec<u8>,
-    discard: bool,
-    messages: u64,
-    bytes: u64,
-    close: Option<u16>,
-    pong: Option<u64>,
-    /// The client's rate limits (client-to-backend only).
-    limit: Option<&'a mut Limiter>,
-    /// A frame was refused for its rate: it and all after it are dropped.
-    limited: bool,
-}
-
-impl FrameSink for Pass<'_> {
-    fn data_frame(&mut self, h: &FrameHeader, done: bool) {
-        if let Some(l) = self.limit.as_deref_mut().filter(|_| !self.discard) {
-            if !l.admit(h) {
-                // Refused before its header is forwarded: the backend's stream stays
-                // at a frame boundary for the Close 1008.
-                self.limited = true;
-                self.discard = true;
-            }
-        }
-        if !self.discard {
-            self.bytes += h.payload_len;
-            self.messages += u64::from(done);
-        }
-    }
-
-    fn forward(&mut self, bytes: &[u8]) {
-        if !self.discard {
-            self.out.extend_from_slice(bytes);
-        }
-    }
-
-    fn control(&mut self, h: &FrameHeader, frame_bytes: &[u8]) {
-        if self.discard {
-            return;
-        }
-        match h.opcode {
-            OP_PONG => {
-                let payload = frame::control_payload(h, frame_bytes);
-                if payload.len() == PING_MARK.len() + 8 && payload.starts_with(PING_MARK) {
-                    let mut t = [0u8; 8];
-                    t.copy_from_slice(&payload[PING_MARK.len()..]);
-                    self.pong = Some(u64::from_be_bytes(t));
-                    return;
-                }
-            }
-            OP_CLOSE => {
-                self.close = Some(frame::close_code(&frame::control_payload(h, frame_bytes)));
-                self.out.extend_from_slice(frame_bytes);
-                self.discard = true;
-                return;
-            }
-            _ => {}
-        }
-        self.out.extend_from_slice(frame_bytes);
-    }
 }
 
 /// A tunnel after both handshakes.
@@ -230,15 +103,6 @@ pub(crate) struct State {
     /// A throttle pause's end, to the millisecond (the shared timers keep 10 ms
     /// ticks); only while paused.
     resume: Option<Pin<Box<Sleep>>>,
-}
-
-impl Leg {
-    /// The probe still waiting for an answer: none once the leg sent anything after
-    /// the first of its pings. (An answered probe is kept until the next ping, so a
-    /// late pong still gives its round trip.)
-    fn unanswered(&self) -> Option<Probe> {
-        self.probe.filter(|p| self.last_rx <= p.since())
-    }
 }
 
 impl State {
@@ -288,52 +152,6 @@ impl State {
             || (self.c.eof && (flushed(&self.c2b) || self.b.eof))
             || (self.b.eof && (flushed(&self.b2c) || self.c.eof))
     }
-}
-
-/// Writes what the stream takes now and keeps the rest; false when the peer is gone.
-fn send(dst: &mut Stream, dir: &mut Dir, mut bytes: &[u8]) -> bool {
-    if dir.out.is_empty() {
-        while !bytes.is_empty() {
-            match dst.try_write(bytes) {
-                Ok(0) => return false,
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => return false,
-            }
-        }
-        if dst.is_tls() {
-            match dst.try_flush() {
-                Ok(done) => dir.tls_pending = !done,
-                Err(_) => return false,
-            }
-        }
-    }
-    dir.out.extend_from_slice(bytes);
-    true
-}
-
-/// Pushes out held bytes; false when the peer is gone.
-fn flush(dst: &mut Stream, dir: &mut Dir) -> bool {
-    let mut written = 0;
-    while written < dir.out.len() {
-        match dst.try_write(&dir.out[written..]) {
-            Ok(0) => return false,
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => return false,
-        }
-    }
-    if written == dir.out.len() {
-        // Give the memory back: an idle tunnel holds no buffer.
-        dir.out = ThinVec::new();
-    } else {
-        dir.out.drain(..written);
-    }
-    match dst.try_flush() {
-        Ok(done) => dir.tls_pending = !done,
-        Err(_) => return false,
-    }
-    true
 }
 
 /// An open tunnel's task, written by hand rather than as `async` code: what
@@ -387,12 +205,7 @@ impl Relay {
             self.http1_connections().inc();
         }
         let now = Instant::now();
-        let leg = || Leg {
-            last_rx: now,
-            probe: None,
-            eof: false,
-            maybe_more: false,
-        };
+        let leg = || Leg::new(now);
         let mut st = State {
             c: leg(),
             b: leg(),
@@ -555,13 +368,8 @@ impl Relay {
                 at(st.last_data + i);
             }
             for (leg, ping) in [(&st.c, route.client_ping), (&st.b, route.backend_ping)] {
-                let Some(p) = ping else { continue };
-                match leg.unanswered() {
-                    Some(probe) => {
-                        at(probe.since() + p.timeout);
-                        at(probe.last + p.interval);
-                    }
-                    None => at(leg.last_rx + p.interval),
+                if let Some(p) = ping {
+                    at(leg.next_due(p));
                 }
             }
         }
@@ -626,7 +434,7 @@ impl Relay {
 
     fn process(&mut self, side: Side, input: &[u8], out: &mut Vec<u8>, st: &mut State) {
         let now = Instant::now();
-        st.leg(side).last_rx = now;
+        st.leg(side).heard(now);
         let max = self.info.route.max_message_bytes;
         out.clear();
         let (dir, mut limit) = match side {
@@ -684,24 +492,19 @@ impl Relay {
             bc.inc_by(bytes);
         }
         if let Some(token) = pong {
-            let leg = st.leg(side);
-            if let Some(probe) = leg.probe {
-                if u64::from(probe.token) == token {
-                    leg.probe = None;
-                    let rtt = now.duration_since(probe.last);
-                    let (hist, slot) = match side {
-                        Side::Client => (
-                            self.admission.runtime().metrics.rtt_client(),
-                            &self.info.client_rtt_us,
-                        ),
-                        Side::Backend => (
-                            self.admission.runtime().metrics.rtt_backend(),
-                            &self.info.backend_rtt_us,
-                        ),
-                    };
-                    hist.observe(rtt.as_secs_f64());
-                    slot.store(rtt.as_micros() as u64, Relaxed);
-                }
+            if let Some(rtt) = st.leg(side).answered(token, now) {
+                let (hist, slot) = match side {
+                    Side::Client => (
+                        self.admission.runtime().metrics.rtt_client(),
+                        &self.info.client_rtt_us,
+                    ),
+                    Side::Backend => (
+                        self.admission.runtime().metrics.rtt_backend(),
+                        &self.info.backend_rtt_us,
+                    ),
+                };
+                hist.observe(rtt.as_secs_f64());
+                slot.store(rtt.as_micros() as u64, Relaxed);
             }
         }
         if let Some(code) = close {
@@ -887,9 +690,8 @@ impl Relay {
             let Some(p) = self.ping_of(side) else {
                 continue;
             };
-            let leg = st.leg(side);
-            match leg.unanswered() {
-                Some(probe) if now >= probe.since() + p.timeout => {
+            match st.leg(side).due(p, now) {
+                Due::Dead => {
                     let m = &self.admission.runtime().metrics;
                     match side {
                         Side::Client => m.pong_timeouts_client().inc(),
@@ -899,12 +701,8 @@ impl Relay {
                     self.proxy_close(1001, "peer did not answer keepalive ping", st);
                     return;
                 }
-                // Pings repeat every interval until the leg answers or the timeout
-                // runs out (which may be longer than the interval).
-                Some(probe) if now >= probe.last + p.interval => self.ping(side, st),
-                Some(_) => {}
-                None if now >= leg.last_rx + p.interval => self.ping(side, st),
-                None => {}
+                Due::Ping => self.ping(side, st),
+                Due::Nothing => {}
             }
         }
     }
@@ -917,26 +715,13 @@ impl Relay {
         if dir.close_sent || !dir.reader.at_boundary() {
             // Mid-frame toward this peer: the timer fires again right after.
             let interval = self.ping_of(to).map_or(Duration::ZERO, |p| p.interval);
-            let leg = st.leg(to);
-            let retry = Instant::now() - interval + Duration::from_millis(20);
-            match leg.unanswered() {
-                Some(probe) => leg.probe = Some(Probe::new(probe.since(), retry, probe.token)),
-                None => {
-                    leg.probe = None;
-                    leg.last_rx = retry;
-                }
-            }
+            st.leg(to).postpone(interval, Instant::now());
             return;
         }
         let token = rand::random::<u32>();
-        let mut payload = PING_MARK.to_vec();
-        payload.extend_from_slice(&u64::from(token).to_be_bytes());
-        let bytes = frame::control_frame(OP_PING, &payload, masked.then(rand::random::<[u8; 4]>));
+        let bytes = ping_frame(token, masked.then(rand::random::<[u8; 4]>));
         let ok = send(dst, dir, &bytes);
-        let now = Instant::now();
-        let leg = st.leg(to);
-        let since = leg.unanswered().map_or(now, |p| p.since());
-        leg.probe = Some(Probe::new(since, now, token));
+        st.leg(to).pinged(token, Instant::now());
         let m = &self.admission.runtime().metrics;
         match to {
             Side::Client => m.pings_client().inc(),
