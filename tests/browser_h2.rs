@@ -4,6 +4,10 @@
 //! CONNECT streams (RFC 8441) of the page's own connection: one TCP connection for
 //! the page, its scripts, Socket.IO/SockJS polling and every tunnel. With
 //! `--http2 false` the same page works over HTTP/1.1, one connection per WebSocket.
+//!
+//! Every close the page sees is checked: Chromium sends END_STREAM with its own
+//! Close frame, and reports 1006 unless the other side's Close still reaches it
+//! (issue 24); the backend's and the proxy's closes must reach it too.
 
 mod common;
 
@@ -55,9 +59,12 @@ impl Site {
         }
         std::fs::write(
             dir.path().join("page.html"),
-            "<!doctype html><title>wsgate over HTTP/2</title>\n\
-             <script src=\"socket.io.min.js\"></script>\n\
-             <script src=\"sockjs.min.js\"></script>\n",
+            format!(
+                "<!doctype html><title>wsgate over HTTP/2</title>\n\
+                 <script>{RECORD_SOCKETS_JS}</script>\n\
+                 <script src=\"socket.io.min.js\"></script>\n\
+                 <script src=\"sockjs.min.js\"></script>\n"
+            ),
         )
         .unwrap();
         let root = dir.path().to_str().unwrap().to_string();
@@ -130,6 +137,22 @@ impl Browser {
         (Browser { peer }, ev["value"].clone())
     }
 
+    /// Evaluates `script` in the open page (awaiting its promise) and returns its
+    /// result.
+    async fn eval(&mut self, script: &str) -> Value {
+        self.peer
+            .send(json!({"op": "eval", "expression": script}))
+            .await;
+        let ev = self
+            .peer
+            .expect_where(30.0, "the page's result", |v| {
+                v["event"] == "result" || v["event"] == "error"
+            })
+            .await;
+        assert_eq!(ev["event"], "result", "{ev}");
+        ev["value"].clone()
+    }
+
     /// Closes Chromium (and with it every connection the page held).
     async fn close(mut self) {
         self.peer.close_stdin();
@@ -143,6 +166,43 @@ fn which(name: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
+}
+
+/// Runs in the page before its libraries load: every WebSocket the page or a
+/// library (Socket.IO, SockJS) opens is kept in `window.allSockets`, and its
+/// `closed` promise resolves with its close event: `{code, reason, wasClean}`.
+const RECORD_SOCKETS_JS: &str = "
+window.allSockets = [];
+window.WebSocket = class extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    this.closed = new Promise((resolve) => this.addEventListener('close',
+      (e) => resolve({ code: e.code, reason: e.reason, wasClean: e.wasClean })));
+    window.allSockets.push(this);
+  }
+};";
+
+/// Closes every socket of `window.sockets` with 1000 and returns their close events.
+const CLOSE_SOCKETS_SCRIPT: &str = "Promise.all(window.sockets.map((ws) => {
+  ws.close(1000, 'page done');
+  return ws.closed;
+}))";
+
+/// A clean close with `code` and `reason`, as the page's `onclose` reports it.
+fn clean(code: u16, reason: &str) -> Value {
+    json!({"code": code, "reason": reason, "wasClean": true})
+}
+
+/// Each backend saw its tunnel closed with 1000 (`reason`) by the page.
+async fn backends_closed_with_1000(backends: &mut [Peer], reason: &str) {
+    for b in backends {
+        let c = b.expect("close", 10.0).await;
+        assert_eq!(
+            (c["code"].as_u64(), c["reason"].as_str()),
+            (Some(1000), Some(reason)),
+            "{c}"
+        );
+    }
 }
 
 /// The page opens one WebSocket to each path, asks the backend its name, sends a
@@ -256,9 +316,9 @@ fn expect_echoes(got: &Value) {
 #[tokio::test]
 async fn chromium_opens_three_websockets_as_streams_of_one_http2_connection() {
     let site = Site::start().await;
-    let (gate, _backends) = three_routes(&site, &[]).await;
+    let (gate, mut backends) = three_routes(&site, &[]).await;
     let script = three_sockets_script(&["/a/ws", "/b/ws", "/c/ws"]);
-    let (browser, got) = Browser::open(&site, &site.page_url(&gate), &script).await;
+    let (mut browser, got) = Browser::open(&site, &site.page_url(&gate), &script).await;
 
     assert_eq!(got["page"], "h2", "the page came over HTTP/2: {got}");
     expect_echoes(&got);
@@ -273,6 +333,14 @@ async fn chromium_opens_three_websockets_as_streams_of_one_http2_connection() {
         1,
         "three tunnels on one client connection: {clients:?}"
     );
+    // The page closes its sockets: each onclose reports the backend's answer, 1000.
+    let closes = browser.eval(CLOSE_SOCKETS_SCRIPT).await;
+    assert_eq!(
+        closes,
+        Value::Array(vec![clean(1000, "page done"); 3]),
+        "the page's onclose"
+    );
+    backends_closed_with_1000(&mut backends, "page done").await;
     h2_connection_until_closed(&gate, browser, "the page").await;
     assert!(gate.connections().await.is_empty());
 }
@@ -280,9 +348,9 @@ async fn chromium_opens_three_websockets_as_streams_of_one_http2_connection() {
 #[tokio::test]
 async fn with_http2_off_the_same_page_uses_one_http1_connection_per_websocket() {
     let site = Site::start().await;
-    let (gate, _backends) = three_routes(&site, &["--http2", "false"]).await;
+    let (gate, mut backends) = three_routes(&site, &["--http2", "false"]).await;
     let script = three_sockets_script(&["/a/ws", "/b/ws", "/c/ws"]);
-    let (browser, got) = Browser::open(&site, &site.page_url(&gate), &script).await;
+    let (mut browser, got) = Browser::open(&site, &site.page_url(&gate), &script).await;
 
     assert_eq!(got["page"], "http/1.1", "{got}");
     expect_echoes(&got);
@@ -300,6 +368,14 @@ async fn with_http2_off_the_same_page_uses_one_http1_connection_per_websocket() 
     );
     assert_eq!(client_connections(&gate, "h2").await, 0.0);
     assert!(client_connections(&gate, "http1").await >= 3.0);
+    // The same closes as over HTTP/2.
+    let closes = browser.eval(CLOSE_SOCKETS_SCRIPT).await;
+    assert_eq!(
+        closes,
+        Value::Array(vec![clean(1000, "page done"); 3]),
+        "the page's onclose"
+    );
+    backends_closed_with_1000(&mut backends, "page done").await;
     browser.close().await;
 }
 
@@ -355,6 +431,18 @@ const POLLING_SCRIPT: &str = "(async () => {
   return out;
 })()";
 
+/// Ends the page's Socket.IO and SockJS sessions; returns how each WebSocket the
+/// page opened closed.
+const END_SESSIONS_SCRIPT: &str = "(async () => {
+  for (const s of window.keep) s.disconnect ? s.disconnect() : s.close();
+  return Promise.all(window.allSockets.map((ws) => ws.closed));
+})()";
+
+/// The (code, wasClean) of the sessions' WebSockets, sorted: SockJS's server
+/// answers the page's Close with 1000; Engine.IO closes its WebSocket without a
+/// code and its server answers the same way (1005: no status code).
+const SESSION_CLOSES: [(u64, bool); 3] = [(1000, true), (1005, true), (1005, true)];
+
 #[tokio::test]
 async fn socketio_and_sockjs_from_chromium_over_http2_stick_to_one_replica() {
     let site = Site::start().await;
@@ -391,7 +479,7 @@ async fn socketio_and_sockjs_from_chromium_over_http2_stick_to_one_replica() {
     // replicas (round robin), and each browser's sessions stay on its replica.
     let mut replicas = BTreeSet::new();
     for run in 0..2 {
-        let (browser, got) = Browser::open(&site, &site.page_url(&gate), POLLING_SCRIPT).await;
+        let (mut browser, got) = Browser::open(&site, &site.page_url(&gate), POLLING_SCRIPT).await;
         let sessions = got["socketio"].as_array().unwrap();
         let name = sessions[0]["name"]
             .as_str()
@@ -440,6 +528,18 @@ async fn socketio_and_sockjs_from_chromium_over_http2_stick_to_one_replica() {
             "browser {run}: /connections"
         );
         assert_eq!(clients.len(), 1, "browser {run}: {clients:?}");
+        // The page ends its sessions: each WebSocket under them (two Socket.IO, one
+        // SockJS) closes with the code its library's server answers with.
+        let closes = browser.eval(END_SESSIONS_SCRIPT).await;
+        eprintln!("browser {run}: the sessions' WebSockets closed with {closes}");
+        let mut codes: Vec<(u64, bool)> = closes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["code"].as_u64().unwrap(), c["wasClean"] == true))
+            .collect();
+        codes.sort();
+        assert_eq!(codes, SESSION_CLOSES, "browser {run}: {closes}");
         h2_connection_until_closed(&gate, browser, &format!("browser {run}")).await;
     }
     assert_eq!(replicas.len(), 2, "both browsers on {replicas:?}");
@@ -464,4 +564,172 @@ async fn socketio_and_sockjs_from_chromium_over_http2_stick_to_one_replica() {
     let (a, b) = (sockjs_sessions(&sjs_a), sockjs_sessions(&sjs_b));
     assert!(a.is_disjoint(&b), "SockJS sessions split: A {a:?}, B {b:?}");
     assert_eq!((a.len(), b.len()), (3, 3), "A {a:?}, B {b:?}");
+}
+
+/// Page helper: `openSocket(path)` resolves with a WebSocket once it has echoed one
+/// message (its `closed` promise comes from [`RECORD_SOCKETS_JS`]).
+const OPEN_SOCKET_JS: &str = "window.openSocket = (path) => new Promise((done, fail) => {
+  const ws = new WebSocket(`wss://${location.host}${path}`);
+  ws.onopen = () => ws.send('hello ' + path);
+  ws.onmessage = () => done(ws);
+  ws.onerror = () => fail(new Error(`WebSocket ${path} failed before its echo`));
+});";
+
+/// wsgate (TLS, HTTP/2) with the page route and `/a` to one `ws` backend started
+/// with `backend_args`; `keepalive` is the route's field.
+async fn one_route(
+    site: &Site,
+    backend_args: &[&str],
+    keepalive: Option<&str>,
+    opts: Options,
+) -> (Wsgate, Peer) {
+    let (backend, addr) = node_backend("A", backend_args).await;
+    let mut route = Route::new("a").host(HOST).prefix("/a").backend(addr);
+    if let Some(k) = keepalive {
+        route = route.set("keepalive", k);
+    }
+    let opts = Options { tls: true, ..opts };
+    let routes = routes_yaml(&[site.page_route(), route]);
+    (Wsgate::start_with(opts, &routes).await, backend)
+}
+
+/// Opens `n` sockets to `/a/ws` in `window.sockets`, each after the one before.
+async fn open_sockets(site: &Site, gate: &Wsgate, n: usize) -> Browser {
+    let script = format!(
+        "(async () => {{
+           {OPEN_SOCKET_JS}
+           window.sockets = [];
+           for (let i = 0; i < {n}; i++) window.sockets.push(await openSocket('/a/ws'));
+           return window.sockets.length;
+         }})()"
+    );
+    let (browser, got) = Browser::open(site, &site.page_url(gate), &script).await;
+    assert_eq!(got, n, "sockets open");
+    browser
+}
+
+/// Waits until wsgate has counted one close with `code` by `initiator` (it counts
+/// a tunnel once the tunnel has ended, a moment after the Close frames).
+async fn closed_once(gate: &Wsgate, code: &str, initiator: &str) {
+    let labels = [("code", code), ("initiator", initiator)];
+    gate.wait_metric(5.0, "wsgate_closes_total", &labels, |v| v == 1.0)
+        .await;
+}
+
+/// Issue 24: Chromium ends its stream with its own Close frame (END_STREAM on that
+/// DATA frame); the backend's answer must still reach the page, which otherwise
+/// reports 1006.
+#[tokio::test]
+async fn the_pages_close_with_1000_and_4000_is_answered_over_http2() {
+    let site = Site::start().await;
+    let (gate, mut backend) = one_route(&site, &[], None, Options::default()).await;
+    let script = format!(
+        "(async () => {{
+           {OPEN_SOCKET_JS}
+           const out = [];
+           for (const code of [1000, 4000]) {{
+             const ws = await openSocket('/a/ws');
+             ws.close(code, 'page bye ' + code);
+             out.push(await ws.closed);
+           }}
+           return out;
+         }})()"
+    );
+    let (browser, got) = Browser::open(&site, &site.page_url(&gate), &script).await;
+    assert_eq!(
+        got,
+        json!([clean(1000, "page bye 1000"), clean(4000, "page bye 4000")]),
+        "the page's onclose"
+    );
+    for code in [1000, 4000] {
+        let c = backend.expect("close", 5.0).await;
+        assert_eq!(
+            (c["code"].as_u64(), c["reason"].as_str()),
+            (Some(code), Some(format!("page bye {code}").as_str())),
+            "the backend: {c}"
+        );
+    }
+    closed_once(&gate, "1000", "client").await;
+    closed_once(&gate, "4000", "client").await;
+    h2_connection_until_closed(&gate, browser, "the page").await;
+}
+
+#[tokio::test]
+async fn the_backends_close_with_1000_and_4001_reaches_the_page_over_http2() {
+    let site = Site::start().await;
+    let (gate, mut backend) = one_route(&site, &[], None, Options::default()).await;
+    let mut browser = open_sockets(&site, &gate, 2).await;
+    let mut ids = vec![];
+    for _ in 0..2 {
+        ids.push(backend.expect("connection", 5.0).await["id"].clone());
+    }
+    backend
+        .send(json!({"op": "close", "id": ids[0], "code": 1000, "reason": "backend bye"}))
+        .await;
+    backend
+        .send(json!({"op": "close", "id": ids[1], "code": 4001, "reason": "backend bye 4001"}))
+        .await;
+    let got = browser
+        .eval("Promise.all(window.sockets.map((ws) => ws.closed))")
+        .await;
+    assert_eq!(
+        got,
+        json!([clean(1000, "backend bye"), clean(4001, "backend bye 4001")]),
+        "the page's onclose"
+    );
+    let mut answers = vec![];
+    for _ in 0..2 {
+        answers.push(backend.expect("close", 5.0).await["code"].clone());
+    }
+    answers.sort_by_key(|c| c.as_u64());
+    assert_eq!(answers, [json!(1000), json!(4001)], "the page's answers");
+    closed_once(&gate, "1000", "backend").await;
+    closed_once(&gate, "4001", "backend").await;
+    h2_connection_until_closed(&gate, browser, "the page").await;
+}
+
+#[tokio::test]
+async fn sigterm_closes_the_pages_socket_with_1001_over_http2() {
+    let site = Site::start().await;
+    let opts = Options {
+        drain_timeout: Some("2s".into()),
+        ..Options::default()
+    };
+    let (mut gate, mut backend) = one_route(&site, &[], None, opts).await;
+    let mut browser = open_sockets(&site, &gate, 1).await;
+    gate.sigterm();
+    let got = browser.eval("window.sockets[0].closed").await;
+    assert_eq!(
+        got,
+        clean(1001, "server shutting down"),
+        "the page's onclose"
+    );
+    let c = backend.expect("close", 5.0).await;
+    assert_eq!(c["code"], 1001, "the backend: {c}");
+    assert_eq!(gate.wait_exit(10.0).await.code(), Some(0));
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn a_backend_missing_keepalive_pings_closes_the_pages_socket_with_1001_over_http2() {
+    let site = Site::start().await;
+    let keepalive = "{interval: 30s, timeout: 10s, backend: {interval: 500ms, timeout: 1s}}";
+    let (gate, mut backend) = one_route(
+        &site,
+        &["--no-auto-pong"],
+        Some(keepalive),
+        Options::default(),
+    )
+    .await;
+    let mut browser = open_sockets(&site, &gate, 1).await;
+    let got = browser.eval("window.sockets[0].closed").await;
+    assert_eq!(
+        got,
+        clean(1001, "peer did not answer keepalive ping"),
+        "the page's onclose"
+    );
+    let c = backend.expect("close", 5.0).await;
+    assert_eq!(c["code"], 1001, "the backend: {c}");
+    closed_once(&gate, "1001", "proxy").await;
+    h2_connection_until_closed(&gate, browser, "the page").await;
 }

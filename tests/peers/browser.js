@@ -8,8 +8,11 @@
 //   node browser.js CHROMIUM PAGE_URL SCRIPT [--hold] [CHROMIUM_FLAG...]
 //
 // --hold keeps the page (and its connections) open after the result until stdin
-// closes, so a test can look at wsgate meanwhile. Other arguments are Chromium
-// flags, e.g. --host-resolver-rules=... or --ignore-certificate-errors-spki-list=...
+// closes, so a test can look at wsgate meanwhile; each stdin line
+// {"op": "eval", "expression": E} evaluates E in the same page and prints its
+// result the same way (e.g. a promise of close events the first script set up).
+// Other arguments are Chromium flags, e.g. --host-resolver-rules=... or
+// --ignore-certificate-errors-spki-list=...
 //
 // Used by tests/auth.rs (a page's `new WebSocket(url, protocols)` cannot set
 // headers, so tokens travel in the subprotocol list or a cookie, as in real
@@ -18,7 +21,7 @@ const { spawn } = require('child_process');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
-const { emit } = require('./lib');
+const { emit, onCommands } = require('./lib');
 
 const [chromium, pageUrl, script, ...rest] = process.argv.slice(2);
 const hold = rest.includes('--hold');
@@ -80,17 +83,23 @@ async function main() {
     if (r.result && r.result.result.value === `${pageUrl} complete`) break;
     await new Promise((r2) => setTimeout(r2, 100));
   }
-  const r = await page('Runtime.evaluate', { expression: script, awaitPromise: true, returnByValue: true });
-  if (r.error || r.result.exceptionDetails) {
-    emit('error', { message: JSON.stringify(r.error || r.result.exceptionDetails) });
-    finish(1);
-  }
-  emit('result', { value: r.result.result.value });
+  const evaluate = async (expression) => {
+    const r = await page('Runtime.evaluate', { expression, awaitPromise: true, returnByValue: true });
+    if (r.error || r.result.exceptionDetails) {
+      emit('error', { message: JSON.stringify(r.error || r.result.exceptionDetails) });
+      finish(1);
+    }
+    emit('result', { value: r.result.result.value });
+  };
+  await evaluate(script);
   if (!hold) finish(0);
   clearTimeout(timer);
-  process.stdin.resume();
-  process.stdin.on('end', () => finish(0));
-  process.stdin.on('close', () => finish(0));
+  // Commands run one at a time, in order; stdin's end closes the browser.
+  let queue = Promise.resolve();
+  onCommands((cmd) => {
+    if (cmd.op === 'eval') queue = queue.then(() => evaluate(cmd.expression));
+    else emit('error', { message: `unknown command ${JSON.stringify(cmd)}` });
+  }, () => finish(0));
 }
 
 main().catch((e) => { emit('error', { message: String(e) }); finish(1); });

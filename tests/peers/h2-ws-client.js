@@ -11,8 +11,10 @@
 // URL is http://… (h2c with prior knowledge) or https://… (ALPN h2). --connect
 // dials HOST:PORT instead of URL's host (the URL still names :authority and SNI).
 // Commands (stdin): {op: text, data, id?} | {op: binary, b64, id?} | {op: ping, data, id?}
-//                   | {op: close, code?, reason?, id?} | {op: open, path?} (one more
-//                     stream, to URL's path or `path`)
+//                   | {op: close, code?, reason?, id?, end?} (with `end` the stream's
+//                     END_STREAM follows the Close frame at once, as Chromium sends
+//                     it, instead of after the server's Close as `ws` does)
+//                   | {op: open, path?} (one more stream, to URL's path or `path`)
 //                   | {op: fragments, parts: [text…], id?} (one text message sent as
 //                     one frame per part: a first frame and continuations)
 //                   | {op: pause, id?} | {op: resume, id?} (stop/start reading the stream)
@@ -22,7 +24,9 @@
 //                     session; reports http-response {status, headers, body})
 // `id` defaults to every open tunnel. Events: session {remoteSettings},
 // response {id, status, headers}, open {id, protocol}, message {id, …}, ping, pong,
-// close {id, code, reason}, goaway {code, lastStreamID}, session-close.
+// close {id, code, reason}, stream-close {id, rstCode} (the HTTP/2 stream closed:
+// rstCode 0 for END_STREAM both ways or RST_STREAM NO_ERROR), goaway {code,
+// lastStreamID}, session-close.
 const http2 = require('http2');
 const fs = require('fs');
 const net = require('net');
@@ -50,6 +54,7 @@ if (args.connect) {
 
 const session = http2.connect(url.origin, connectOptions);
 const sockets = new Map();
+const closedTunnels = new Set();
 let nextId = 0;
 let connectAllowed = null;
 // Commands wait until every initial tunnel has answered (opened or refused).
@@ -103,7 +108,10 @@ function open(path) {
     emit('stream-error', { id, message: e.message });
     answer();
   });
-  stream.on('close', () => answer());
+  stream.on('close', () => {
+    if (sockets.has(id) || closedTunnels.has(id)) emit('stream-close', { id, rstCode: stream.rstCode });
+    answer();
+  });
   stream.on('response', (h) => {
     const status = h[':status'];
     emit('response', { id, status, headers: h });
@@ -135,6 +143,7 @@ function open(path) {
     ws.on('pong', (data) => emit('pong', { id, data: data.toString() }));
     ws.on('close', (code, reason) => {
       sockets.delete(id);
+      closedTunnels.add(id);
       emit('close', { id, code, reason: reason.toString() });
     });
     ws.on('error', (e) => emit('error', { id, message: e.message }));
@@ -197,8 +206,10 @@ function run(cmd) {
     if (cmd.op === 'text') ws.send(cmd.data);
     else if (cmd.op === 'binary') ws.send(Buffer.from(cmd.b64, 'base64'), { binary: true });
     else if (cmd.op === 'ping') ws.ping(cmd.data || '');
-    else if (cmd.op === 'close') ws.close(cmd.code, cmd.reason);
-    else if (cmd.op === 'pause') ws.pause();
+    else if (cmd.op === 'close') {
+      ws.close(cmd.code, cmd.reason);
+      if (cmd.end) ws._socket.end();
+    } else if (cmd.op === 'pause') ws.pause();
     else if (cmd.op === 'resume') ws.resume();
     else if (cmd.op === 'fragments') {
       cmd.parts.forEach((part, i) => ws.send(part, { fin: i === cmd.parts.length - 1 }));

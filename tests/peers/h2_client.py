@@ -5,7 +5,8 @@ sans-I/O `Protocol` in the client role, and abusive clients that write raw frame
 
     python h2_client.py HOST:PORT MODE [--path P] [--authority A] [--origin O]
                         [--header 'K: V']... [--text T] [--seconds S] [--streams N]
-                        [--frames N] [--no-read]
+                        [--frames N] [--no-read] [--code C] [--reason R] [--wait]
+                        [--end-stream]
 
 Modes and their events (one JSON object per stdout line):
   websocket    one extended CONNECT on --path: settings {enable_connect_protocol,
@@ -13,6 +14,15 @@ Modes and their events (one JSON object per stdout line):
                sends --text, reports the echo as message {…}, then Close 1000 and
                close {code, reason} (the server's answer), or stream-end {reset} when
                the stream ended without one.
+  close        the close handshake on one extended CONNECT on --path: settings,
+               response as in `websocket`; on 200 it sends --text and reports the echo
+               as message {…}; then it sends Close --code/--reason, or with --wait it
+               waits (up to --seconds) for the server's Close and answers it. Reports
+               close {code, reason} (the server's Close), goaway {error,
+               last_stream_id} if one comes (a graceful GOAWAY does not end the
+               stream), then stream-end {reset, error?}: END_STREAM or RST_STREAM from
+               the server. With --end-stream the client's Close carries END_STREAM,
+               as Chromium's does (RFC 8441 §5: the orderly close of the stream).
   handshakes   `websocket` on a new connection again and again for --seconds:
                handshake {ok, ms, status?, error?} each, then summary {ok, failed,
                p50_ms, max_ms}.
@@ -40,6 +50,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from hpack import Encoder
 from hyperframe.frame import (
@@ -69,7 +80,9 @@ def error_name(code):
 class Client:
     """One h2c connection driven by the `h2` library."""
 
-    def __init__(self, addr, timeout=10.0):
+    def __init__(self, addr, timeout=10.0, after_goaway=False):
+        self.after_goaway = after_goaway
+        self.buf = b""
         self.sock = socket.create_connection(addr, timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         cfg = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
@@ -85,14 +98,29 @@ class Client:
             self.sock.sendall(data)
 
     def events(self):
-        """The next batch of h2 events (blocks on the socket)."""
+        """The next batch of h2 events (blocks on the socket). With `after_goaway`
+        the streams a graceful GOAWAY covers go on (RFC 9113 §6.8), which `h2`
+        does not allow: it refuses every frame after a GOAWAY, so frames are fed
+        one at a time and the connection reopened after each GOAWAY."""
         if self.pending:
             out, self.pending = self.pending, []
             return out
         data = self.sock.recv(65536)
         if not data:
             raise ConnectionError("the server closed the connection")
-        events = self.conn.receive_data(data)
+        if self.after_goaway:
+            events = []
+            self.buf += data
+            while len(self.buf) >= 9:
+                size = 9 + int.from_bytes(self.buf[:3], "big")
+                if len(self.buf) < size:
+                    break
+                frame, self.buf = self.buf[:size], self.buf[size:]
+                if self.conn.state_machine.state == ConnectionState.CLOSED:
+                    self.conn.state_machine.state = ConnectionState.CLIENT_OPEN
+                events += self.conn.receive_data(frame)
+        else:
+            events = self.conn.receive_data(data)
         for ev in events:
             if isinstance(ev, h2.events.DataReceived):
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -185,6 +213,62 @@ def websocket(args, quiet=False):
         raise TimeoutError("no answer within 10 s")
     finally:
         c.sock.close()
+
+
+def close_handshake(args):
+    """Mode `close`: one tunnel's close handshake, and how its stream ends."""
+    c = Client(args.addr, after_goaway=True)
+    emit("settings", **c.wait_settings())
+    sid = c.connect(args.path, args.authority, args.extra)
+    ws = Protocol(Side.CLIENT, state=State.OPEN, max_size=None)
+    status, close_out, ended = None, False, False
+
+    def send():
+        """Sends what the protocol wrote; END_STREAM with our Close if asked."""
+        nonlocal ended
+        out = b"".join(ws.data_to_send())
+        end = args.end_stream and close_out and not ended
+        if (out or end) and not ended:
+            c.conn.send_data(sid, out, end_stream=end)
+            ended = end
+
+    deadline = time.monotonic() + args.seconds
+    c.sock.settimeout(args.seconds)
+    while time.monotonic() < deadline:
+        for ev in c.events():
+            if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                status = int(dict(ev.headers)[":status"])
+                emit("response", status=status, headers=dict(ev.headers))
+                if status != 200:
+                    return
+                ws.send_text(args.text.encode())
+                send()
+            elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                ws.receive_data(ev.data)
+                for frame in ws.events_received():
+                    if frame.opcode == Opcode.TEXT:
+                        emit("message", **describe(frame.data.decode()))
+                        if not args.wait and not close_out:
+                            ws.send_close(args.code, args.reason)
+                            close_out = True
+                    elif frame.opcode == Opcode.CLOSE:
+                        close = Close.parse(frame.data)
+                        emit("close", code=close.code, reason=close.reason)
+                        # websockets answers the server's Close by itself.
+                        close_out = True
+                send()
+            elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                emit("stream-end", reset=False)
+                return
+            elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == sid:
+                emit("stream-end", reset=True, error=error_name(ev.error_code))
+                return
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                emit("goaway", error=error_name(ev.error_code), last_stream_id=ev.last_stream_id)
+                if ev.error_code != ErrorCodes.NO_ERROR or ev.last_stream_id < sid:
+                    return
+        c.flush()
+    raise TimeoutError(f"the stream did not end within {args.seconds} s")
 
 
 def handshakes(args):
@@ -371,6 +455,10 @@ def main():
     p.add_argument("--streams", type=int, default=6)
     p.add_argument("--frames", type=int, default=10000)
     p.add_argument("--no-read", action="store_true")
+    p.add_argument("--code", type=int, default=1000)
+    p.add_argument("--reason", default="")
+    p.add_argument("--wait", action="store_true")
+    p.add_argument("--end-stream", action="store_true")
     args = p.parse_args()
     host, port = args.addr.rsplit(":", 1)
     args.authority = args.authority or args.addr
@@ -378,7 +466,12 @@ def main():
     args.extra = [(k.strip().lower(), v.strip()) for k, v in (h.split(":", 1) for h in args.header)]
     if args.origin:
         args.extra.append(("origin", args.origin))
-    modes = {"websocket": websocket, "handshakes": handshakes, "over-limit": over_limit}
+    modes = {
+        "websocket": websocket,
+        "close": close_handshake,
+        "handshakes": handshakes,
+        "over-limit": over_limit,
+    }
     if args.mode in modes:
         modes[args.mode](args)
     else:

@@ -25,7 +25,8 @@ function describe(data, isBinary) {
   return out;
 }
 
-function onCommands(handler) {
+// `onClose` runs when stdin closes (default: exit).
+function onCommands(handler, onClose) {
   const rl = readline.createInterface({ input: process.stdin });
   rl.on('line', (line) => {
     if (!line.trim()) return;
@@ -43,7 +44,7 @@ function onCommands(handler) {
     }
   });
   // The test holds our stdin; when it goes away, so do we.
-  rl.on('close', () => process.exit(0));
+  rl.on('close', () => (onClose ? onClose() : process.exit(0)));
 }
 
 // `--key value`, repeated keys collect into arrays; bare `--flag` is true.

@@ -4,7 +4,10 @@
 // JSON lines.
 //
 //   node ws-server.js --name A [--port 0] [--deflate] [--reject-status 403]
-//                     [--tls-cert F --tls-key F [--tls-client-ca F]]
+//                     [--no-auto-pong] [--tls-cert F --tls-key F [--tls-client-ca F]]
+//
+// --no-auto-pong leaves pings unanswered (a backend that hangs: the proxy's
+// keepalive gives up on it).
 //
 // With --tls-cert/--tls-key it serves https and wss; with --tls-client-ca it also
 // requires a client certificate signed by that CA (mTLS) and reports its subject.
@@ -64,6 +67,7 @@ const wss = new WebSocketServer({
   server,
   perMessageDeflate: !!args.deflate,
   maxPayload: 1 << 30,
+  autoPong: !args['no-auto-pong'],
   verifyClient: rejectStatus ? (info, cb) => cb(false, rejectStatus, 'rejected by backend') : undefined,
 });
 

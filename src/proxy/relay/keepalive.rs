@@ -77,6 +77,9 @@ pub(super) struct Leg {
     probe: Option<Probe>,
     /// The leg sent its FIN (or failed).
     pub eof: bool,
+    /// The leg ended its side after its Close went through (an HTTP/2 stream's
+    /// END_STREAM): nothing more to read, but it still takes the other side's Close.
+    pub ended: bool,
     /// Reading stopped before the socket ran dry (TLS may hold decrypted bytes).
     pub maybe_more: bool,
 }
@@ -88,6 +91,7 @@ impl Leg {
             last_rx: now,
             probe: None,
             eof: false,
+            ended: false,
             maybe_more: false,
         }
     }

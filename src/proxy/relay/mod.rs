@@ -134,14 +134,20 @@ impl State {
             Side::Backend => (&self.b, &self.b2c),
         };
         let throttled = side == Side::Client && self.limiter.as_ref().is_some_and(|l| l.paused());
-        !self.finished && !leg.eof && dir.out.is_empty() && !dir.tls_pending && !throttled
+        !self.finished
+            && !leg.eof
+            && !leg.ended
+            && dir.out.is_empty()
+            && !dir.tls_pending
+            && !throttled
     }
 
     fn done(&self) -> bool {
         // A client closed for its rate is still sending: read (and drop) its bytes
         // until it goes or the linger ends, or closing the socket over unread bytes
         // would reset it and the client would lose the Close 1008.
-        if !self.finished && !self.c.eof && self.limiter.as_ref().is_some_and(|l| l.refused()) {
+        let reading = !self.c.eof && !self.c.ended;
+        if !self.finished && reading && self.limiter.as_ref().is_some_and(|l| l.refused()) {
             return false;
         }
         let flushed = |d: &Dir| d.out.is_empty() && !d.tls_pending;
@@ -399,7 +405,7 @@ impl Relay {
                 match src.try_read(&mut read[..cap]) {
                     Ok(0) => {
                         exhausted = false;
-                        self.gone(side, st);
+                        self.ended(side, st);
                         break;
                     }
                     Ok(n) => {
@@ -549,6 +555,19 @@ impl Relay {
         };
         self.send_close(side_other(offender), other, why, st);
         self.linger(st);
+    }
+
+    /// A leg's read side ended. On an HTTP/2 stream that is END_STREAM, a half-close
+    /// (RFC 8441 §5): after the leg's Close went through it is the orderly end of
+    /// its side, and the other side's Close must still reach it (Chromium sends
+    /// END_STREAM with its Close frame, and reports 1006 if no Close comes back).
+    /// Otherwise the leg is gone.
+    fn ended(&mut self, side: Side, st: &mut State) {
+        if matches!(self.stream(side), Stream::H2(_)) && st.from(side).close_sent {
+            st.leg(side).ended = true;
+        } else {
+            self.gone(side, st);
+        }
     }
 
     /// A leg closed its connection or failed.
