@@ -5,6 +5,7 @@
 
 mod auth;
 pub(crate) mod headers;
+pub(crate) mod path;
 pub(crate) mod plain_http;
 mod validate;
 
