@@ -98,21 +98,34 @@ fn validate_jwt(jwt: &JwtAuth, err: &mut impl FnMut(String, String)) {
         );
     }
     if let Some(u) = &j.uri {
+        // Keys fetched in the clear would let anyone on the path sign tokens.
         let ok = u
             .parse::<http::Uri>()
-            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            .is_ok_and(|u| u.scheme_str() == Some("https") && u.host().is_some());
         if !ok {
             err(
                 format!("{JWKS}.uri"),
-                format!("{u:?} is not an http:// or https:// URL"),
+                format!("{u:?} is not an https:// URL (keys are only fetched over TLS)"),
             );
         }
     }
     if j.refresh.is_some() && j.uri.is_none() {
         err(format!("{JWKS}.refresh"), "only applies to uri".into());
     }
-    if j.refresh.is_some_and(|r| r.is_zero()) {
-        err(format!("{JWKS}.refresh"), "must be above 0".into());
+    if j.refresh.is_some_and(|r| r.0 < MIN_JWKS_REFRESH) {
+        err(
+            format!("{JWKS}.refresh"),
+            format!(
+                "must be at least {}s (each replica fetches the URI this often)",
+                MIN_JWKS_REFRESH.as_secs()
+            ),
+        );
+    }
+    if jwt.audiences.is_empty() {
+        err(
+            format!("{JWT}.audiences"),
+            "at least one audience is required: without it a token the issuer minted for any other service opens tunnels".into(),
+        );
     }
     if jwt.token_from.is_empty() {
         err(
@@ -271,6 +284,9 @@ fn default_server_name(namespace: &str, b: &Backend) -> Option<String> {
         (None, None) => None,
     }
 }
+
+/// The shortest `refresh` of a JWKS `uri`.
+const MIN_JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How often a JWKS `uri` is fetched again unless `refresh` says otherwise.
 const DEFAULT_JWKS_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
@@ -436,6 +452,17 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
     }
     if let Some(jwt) = spec.auth.as_ref().and_then(|a| a.jwt.as_ref()) {
         validate_jwt(jwt, &mut err);
+        // A browser sends cookies with any page's WebSocket to this host: without an
+        // Origin check, any site could open a tunnel as the user (cross-site
+        // WebSocket hijacking).
+        for (i, t) in jwt.token_from.iter().enumerate() {
+            if t.cookie.is_some() && spec.allowed_origins.is_empty() {
+                err(
+                    format!("{JWT}.tokenFrom[{i}].cookie"),
+                    "a cookie token needs spec.allowedOrigins: browsers send cookies with cross-site WebSockets".into(),
+                );
+            }
+        }
     } else if spec.auth.is_some() {
         err("spec.auth".into(), "set jwt".into());
     }

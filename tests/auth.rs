@@ -123,13 +123,16 @@ fn write_jwks(path: &Path, signers: &[&Signer]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// The `auth` field of a route with every token source, reading `jwks`.
-fn auth_field(jwks: &Path, extra: &str) -> String {
+/// The token sources of route `chat`: what wscat, a Python client and a page's
+/// subprotocol list send.
+const SOURCES: &str = "[{header: Authorization, prefix: \"Bearer \"}, {query: access_token}, \
+                       {subprotocol: access_token.}]";
+
+/// The `auth` field of a route taking tokens from `sources`, reading `jwks`.
+fn auth_field(jwks: &Path, sources: &str) -> String {
     format!(
         "{{jwt: {{issuer: \"{ISSUER}\", audiences: [chat], jwks: {{file: \"{}\"}}, \
-         tokenFrom: [{{header: Authorization, prefix: \"Bearer \"}}, {{query: access_token}}, \
-         {{cookie: token}}, {{subprotocol: access_token.}}], \
-         claimsToHeaders: [{{claim: sub, header: X-User-Id}}]{extra}}}}}",
+         tokenFrom: {sources}, claimsToHeaders: [{{claim: sub, header: X-User-Id}}]}}}}",
         jwks.display()
     )
 }
@@ -142,21 +145,37 @@ struct Setup {
 }
 
 /// A Node `ws` backend (it reports each request's URL and headers) behind a route
-/// `chat` that takes tokens signed by `signers`; plus an open route `/page` for
-/// the browser's page.
+/// `chat` that takes tokens signed by `signers`, a route `cookie` that takes them
+/// from a cookie (open only to the page's own origin, as a cookie route must be),
+/// and an open route `/page` for the browser's page.
 async fn setup(signers: &[&Signer]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let jwks = dir.path().join("jwks.json");
     write_jwks(&jwks, signers);
     let (backend, addr) = node_backend("chat", &[]).await;
-    let routes = routes_yaml(&[
-        Route::new("chat")
-            .prefix("/chat")
-            .backend(addr)
-            .set("auth", &auth_field(&jwks, "")),
-        Route::new("page").exact("/page").backend(addr),
-    ]);
-    let gate = Wsgate::start(&routes).await;
+    let routes = |origin: Option<String>| {
+        let mut routes = vec![
+            Route::new("chat")
+                .prefix("/chat")
+                .backend(addr)
+                .set("auth", &auth_field(&jwks, SOURCES)),
+            Route::new("page").exact("/page").backend(addr),
+        ];
+        if let Some(origin) = origin {
+            routes.push(
+                Route::new("cookie")
+                    .prefix("/cookie")
+                    .backend(addr)
+                    .set("auth", &auth_field(&jwks, "[{cookie: token}]"))
+                    .set("allowedOrigins", &format!("[\"{origin}\"]")),
+            );
+        }
+        routes_yaml(&routes)
+    };
+    let gate = Wsgate::start(&routes(None)).await;
+    // The page's origin names the port wsgate listens on.
+    gate.reload(&routes(Some(format!("http://{}", gate.listen))), "success")
+        .await;
     Setup {
         gate,
         backend,
@@ -294,13 +313,13 @@ async fn wscat_with_a_bearer_header_and_every_refusal() {
         [3.0, 2.0, 4.0, 1.0, 1.0]
     );
 
-    // Plain HTTP on the route is checked the same way; the token cookie goes, others stay.
-    let r = http_get(gate.listen, "/chat/poll").await.unwrap();
+    // Plain HTTP on a route is checked the same way; the token cookie goes, others stay.
+    let r = http_get(gate.listen, "/cookie/poll").await.unwrap();
     assert_eq!(r.status, 401, "{r:?}");
     let cookie = format!("theme=dark; token={token}; lang=en");
     let r = http_get_with(
         gate.listen,
-        "/chat/poll?x=1",
+        "/cookie/poll?x=1",
         &[("Cookie", cookie.as_str())],
     )
     .await
@@ -491,10 +510,11 @@ async fn chromium_sends_the_token_as_a_subprotocol_or_a_cookie() {
         "{conn}"
     );
 
-    // A cookie set by the page rides on the handshake; only it is removed.
+    // A cookie set by the page rides on the handshake (to the cookie route, which
+    // takes only the page's own origin); only it is removed.
     let script = format!(
         "document.cookie = 'token={token}; path=/'; document.cookie = 'theme=dark; path=/'; {}",
-        open_script(&url, "[]")
+        open_script(&s.gate.url("/cookie"), "[]")
     );
     let got = in_browser(&page, &script).await;
     assert_eq!(got["echo"], "from the browser", "{got}");
@@ -546,15 +566,50 @@ async fn check_names_file_line_and_field_of_bad_auth() {
     );
 }
 
-/// A JWKS endpoint: serves `body` (or 500 while it is empty), one request per connection.
+/// A JWKS endpoint over https (a certificate for `localhost` from a test CA, written
+/// to `ca_file` for wsgate's `SSL_CERT_FILE`): serves `body` (or 500 while it is
+/// empty), one request per connection, and counts the requests.
 async fn jwks_server(
     body: std::sync::Arc<std::sync::Mutex<String>>,
-) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    ca_file: &Path,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(ca_file, ca.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = requests.clone();
     let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut s) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf).await;
             let b = body.lock().unwrap().clone();
@@ -568,9 +623,10 @@ async fn jwks_server(
                 b.len()
             );
             let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.shutdown().await;
         }
     });
-    (addr, task)
+    (addr, requests, task)
 }
 
 #[tokio::test]
@@ -578,36 +634,143 @@ async fn a_jwks_uri_is_refreshed_and_its_last_good_set_kept() {
     let (a, b) = (ed25519("a"), p256("b"));
     let set = |s: &Signer| json!({"keys": [s.jwk.clone()]}).to_string();
     let body = std::sync::Arc::new(std::sync::Mutex::new(set(&a)));
-    let (addr, _server) = jwks_server(body.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let (addr, requests, _server) = jwks_server(body.clone(), &ca).await;
     let (_backend, backend_addr) = node_backend("chat", &[]).await;
-    let route = Route::new("chat").backend(backend_addr).set(
-        "auth",
-        &format!("{{jwt: {{issuer: \"{ISSUER}\", jwks: {{uri: \"http://{addr}/jwks\", refresh: 300ms}}}}}}"),
-    );
-    let gate = Wsgate::start(&route.yaml()).await;
+    // Two routes name the URI (one asking for a longer refresh): it is fetched once
+    // per refresh, at the shorter one (30 s, the shortest allowed).
+    let auth = |refresh: &str| {
+        format!(
+            "{{jwt: {{issuer: \"{ISSUER}\", audiences: [chat], \
+             jwks: {{uri: \"https://localhost:{}/jwks\", refresh: {refresh}}}}}}}",
+            addr.port()
+        )
+    };
+    let routes = routes_yaml(&[
+        Route::new("chat")
+            .prefix("/")
+            .backend(backend_addr)
+            .set("auth", &auth("30s")),
+        Route::new("other")
+            .prefix("/other")
+            .backend(backend_addr)
+            .set("auth", &auth("5m")),
+    ]);
+    let opts = Options {
+        env: vec![("SSL_CERT_FILE".into(), ca.to_str().unwrap().into())],
+        ..Default::default()
+    };
+    let gate = Wsgate::start_with(opts, &routes).await;
     let bearer = |t: String| format!("Bearer {t}");
-    let r = upgrade_status(&gate, "/", &[("Authorization", &bearer(a.token(300)))]).await;
+    for path in ["/", "/other"] {
+        let r = upgrade_status(&gate, path, &[("Authorization", &bearer(a.token(300)))]).await;
+        assert_eq!(
+            r.status, 101,
+            "the first fetch serves the first upgrades: {r:?}"
+        );
+    }
     assert_eq!(
-        r.status, 101,
-        "the first fetch serves the first upgrade: {r:?}"
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "two routes naming one URI fetch it once"
     );
 
     *body.lock().unwrap() = set(&b);
     let tb = b.token(300);
-    eventually(10.0, "the refreshed JWKS to be used", || async {
+    eventually(45.0, "the refreshed JWKS to be used", || async {
         let r = upgrade_status(&gate, "/", &[("Authorization", &bearer(tb.clone()))]).await;
         (r.status == 101).then_some(())
     })
     .await;
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
     // The endpoint fails: the last good set keeps serving.
     body.lock().unwrap().clear();
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    eventually(45.0, "a failed fetch", || async {
+        gate.log_text().contains("JWKS fetch failed").then_some(())
+    })
+    .await;
     let r = upgrade_status(&gate, "/", &[("Authorization", &bearer(b.token(300)))]).await;
     assert_eq!(r.status, 101, "{r:?}");
     let r = upgrade_status(&gate, "/", &[("Authorization", &bearer(a.token(300)))]).await;
     assert_eq!(r.status, 401, "{r:?}");
+}
+
+#[tokio::test]
+async fn check_refuses_the_auth_settings_a_tenant_could_abuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    let jwks = dir.path().join("jwks.json");
+    write_jwks(&jwks, &[&ed25519("a")]);
+    let j = jwks.display();
+    for (field, want) in [
+        (
+            format!("{{jwt: {{issuer: x, jwks: {{file: \"{j}\"}}}}}}"),
+            "spec.auth.jwt.audiences: at least one audience is required",
+        ),
+        (
+            "{jwt: {issuer: x, audiences: [a], jwks: {uri: 'http://id.example.com/jwks'}}}".into(),
+            "spec.auth.jwt.jwks.uri: \"http://id.example.com/jwks\" is not an https:// URL",
+        ),
+        (
+            "{jwt: {issuer: x, audiences: [a], jwks: {uri: 'https://id.example.com/jwks', refresh: 1ms}}}".into(),
+            "spec.auth.jwt.jwks.refresh: must be at least 30s",
+        ),
+        (
+            format!("{{jwt: {{issuer: x, audiences: [a], jwks: {{file: \"{j}\"}}, tokenFrom: [{{cookie: t}}]}}}}"),
+            "spec.auth.jwt.tokenFrom[0].cookie: a cookie token needs spec.allowedOrigins",
+        ),
+    ] {
+        let route = Route::new("chat").backend("127.0.0.1:9").set("auth", &field);
+        std::fs::write(&file, route.yaml()).unwrap();
+        let (code, out) = wsgate_cmd(&["check", "--config", file.to_str().unwrap()]);
+        assert_eq!(code, 1, "{field}: {out}");
+        assert!(out.contains(want), "{field}: wanted {want:?} in {out}");
+    }
+    // The cookie source with the Origin check it needs is accepted.
+    let route = Route::new("chat")
+        .backend("127.0.0.1:9")
+        .set(
+            "auth",
+            &format!("{{jwt: {{issuer: x, audiences: [a], jwks: {{file: \"{j}\"}}, tokenFrom: [{{cookie: t}}]}}}}"),
+        )
+        .set("allowedOrigins", "[\"https://app.example.com\"]");
+    std::fs::write(&file, route.yaml()).unwrap();
+    let (code, out) = wsgate_cmd(&["check", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test]
+async fn a_client_cannot_forge_remove_or_smuggle_what_the_token_check_sets() {
+    let ed = ed25519("ed");
+    let mut s = setup(&[&ed]).await;
+    let token = ed.token(300);
+    let other =
+        ed.sign(json!({"iss": ISSUER, "aud": "chat", "sub": "mallory", "exp": now() + 300}));
+    // The token in the header; a second one in the query (another configured
+    // source); a forged claim header under an underscore spelling; and the claim
+    // header named in Connection so that hop-by-hop stripping would drop it.
+    let r = upgrade_status(
+        &s.gate,
+        &format!("/chat?access_token={other}&room=1"),
+        &[
+            ("Authorization", &format!("Bearer {token}")),
+            ("X_User_Id", "mallory"),
+            ("x-user_id", "mallory"),
+            ("Connection", "Upgrade, X-User-Id"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 101, "{r:?}");
+    let conn = s.backend.expect("connection", 5.0).await;
+    let h = &conn["headers"];
+    assert_eq!(h["x-user-id"], "alice", "the verified subject: {conn}");
     assert!(
-        gate.log_text().contains("JWKS fetch failed"),
-        "a failed fetch is logged"
+        h.get("x_user_id").is_none() && h.get("x-user_id").is_none(),
+        "a forged spelling of the claim header reached the backend: {conn}"
+    );
+    assert_eq!(
+        conn["url"], "/chat?room=1",
+        "the second token reached the backend: {conn}"
     );
 }

@@ -214,6 +214,8 @@ pub struct Options {
     pub config_dir: bool,
     /// More command-line arguments, e.g. `["--header-read-timeout", "1s"]`.
     pub args: Vec<String>,
+    /// More environment variables, e.g. `SSL_CERT_FILE` for a test CA.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `wsgate serve`, killed when dropped (its log is printed when the
@@ -271,6 +273,7 @@ impl Wsgate {
                 cmd.arg("--drain-timeout").arg(d);
             }
             cmd.args(&opts.args);
+            cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
             cmd.env(
                 "RUST_LOG",
                 std::env::var("WSGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),

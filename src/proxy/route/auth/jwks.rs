@@ -4,6 +4,7 @@
 //! fetched and refreshed by a task, keeping the last good set when a fetch fails.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -144,18 +145,20 @@ impl Keys {
     }
 }
 
-/// A JWKS behind a URI, refreshed every `refresh`; a failed fetch keeps the last
-/// good set. One per (URI, refresh) in the process, shared by every route (and
-/// every reload) naming it; the refresh task ends when the last route lets go.
+/// A JWKS behind an `https` URI, refreshed every `refresh`; a failed fetch keeps
+/// the last good set. One per URI in the process, fetched once however many routes
+/// (and reloads) name it, at the shortest `refresh` any of them asked for; the
+/// refresh task ends when the last route lets go.
 #[derive(Debug)]
 pub struct RemoteJwks {
     uri: http::Uri,
-    refresh: Duration,
+    /// Milliseconds; lowered when another route asks for a shorter refresh.
+    refresh_ms: AtomicU64,
     keys: tokio::sync::watch::Sender<Option<Arc<KeySet>>>,
     started: std::sync::Once,
 }
 
-type RemoteMap = Mutex<HashMap<(String, Duration), Weak<RemoteJwks>>>;
+type RemoteMap = Mutex<HashMap<String, Weak<RemoteJwks>>>;
 
 impl RemoteJwks {
     /// The shared source for `uri`.
@@ -163,13 +166,15 @@ impl RemoteJwks {
         static ALL: OnceLock<RemoteMap> = OnceLock::new();
         let mut all = ALL.get_or_init(Default::default).lock().expect("lock");
         all.retain(|_, w| w.strong_count() > 0);
-        let key = (uri.to_string(), refresh);
+        let key = uri.to_string();
+        let ms = u64::try_from(refresh.as_millis()).unwrap_or(u64::MAX);
         if let Some(r) = all.get(&key).and_then(Weak::upgrade) {
+            r.refresh_ms.fetch_min(ms, Relaxed);
             return r;
         }
         let r = Arc::new(RemoteJwks {
             uri,
-            refresh,
+            refresh_ms: AtomicU64::new(ms),
             keys: tokio::sync::watch::channel(None).0,
             started: std::sync::Once::new(),
         });
@@ -206,8 +211,8 @@ async fn refresh_loop(me: Weak<RemoteJwks>) {
     {
         Ok(b) => b,
         Err(e) => {
-            // http:// URIs still work; an https:// one fails verification and says so.
-            tracing::warn!(error = %e, "no system root certificates; https JWKS URIs cannot be verified");
+            // Every fetch then fails verification and says so.
+            tracing::warn!(error = %e, "no system root certificates; JWKS URIs cannot be verified");
             let config = rustls::ClientConfig::builder_with_provider(ring())
                 .with_safe_default_protocol_versions()
                 .expect("ring supports the default protocol versions")
@@ -216,14 +221,14 @@ async fn refresh_loop(me: Weak<RemoteJwks>) {
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
         }
     };
-    let connector = https.https_or_http().enable_http1().build();
+    let connector = https.https_only().enable_http1().build();
     let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector);
     loop {
         let Some(src) = me.upgrade() else { return };
         let uri = src.uri.clone();
-        let refresh = src.refresh;
+        let refresh = Duration::from_millis(src.refresh_ms.load(Relaxed));
         drop(src);
         let result = tokio::time::timeout(FETCH_TIMEOUT, fetch(&client, uri.clone())).await;
         let Some(src) = me.upgrade() else { return };

@@ -10,7 +10,9 @@ pub mod jwks;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderName, HeaderValue, COOKIE, SEC_WEBSOCKET_PROTOCOL, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, COOKIE, SEC_WEBSOCKET_PROTOCOL, WWW_AUTHENTICATE,
+};
 use http::{HeaderMap, StatusCode, Uri};
 use jsonwebtoken::Validation;
 use serde_json::{Map, Value};
@@ -143,9 +145,7 @@ impl JwtAuth {
         headers: &mut HeaderMap,
         uri: &mut Uri,
     ) -> Result<Verified, Denial> {
-        for (_, h) in &self.claims_to_headers {
-            headers.remove(h);
-        }
+        self.remove_claim_copies(headers);
         let found = self.take_token(headers, uri).ok_or(Denial::Missing)?;
         let keys = self.keys.current().await.ok_or(Denial::KeysUnavailable)?;
         let claims = self.verify(&keys, &found.token, SystemTime::now())?;
@@ -170,22 +170,74 @@ impl JwtAuth {
         })
     }
 
-    /// The first present source's token, removed from the request.
+    /// Removes what a client sent in place of wsgate's claim headers: the headers
+    /// under any spelling a backend may fold into the same name (case, `-` or `_`:
+    /// CGI and WSGI turn `X_User_Id` into `HTTP_X_USER_ID` too), and their names in
+    /// `Connection`, through which the hop-by-hop stripping downstream would
+    /// otherwise remove the values wsgate sets.
+    fn remove_claim_copies(&self, headers: &mut HeaderMap) {
+        if self.claims_to_headers.is_empty() {
+            return;
+        }
+        let folded = |n: &str| n.replace('_', "-").to_ascii_lowercase();
+        let claim = |n: &str| {
+            let n = folded(n);
+            self.claims_to_headers
+                .iter()
+                .any(|(_, h)| folded(h.as_str()) == n)
+        };
+        let copies: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| claim(k.as_str()))
+            .cloned()
+            .collect();
+        for k in copies {
+            headers.remove(&k);
+        }
+        let connection: Vec<HeaderValue> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| {
+                let kept: Vec<&str> = v
+                    .to_str()
+                    .ok()?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty() && !claim(t))
+                    .collect();
+                HeaderValue::from_str(&kept.join(", ")).ok()
+            })
+            .filter(|v| !v.is_empty())
+            .collect();
+        headers.remove(CONNECTION);
+        for v in connection {
+            headers.append(CONNECTION, v);
+        }
+    }
+
+    /// The first present source's token. Every configured source is removed from
+    /// the request, so a second token the check never looked at cannot reach the
+    /// backend either.
     fn take_token(&self, headers: &mut HeaderMap, uri: &mut Uri) -> Option<Found> {
-        self.sources.iter().find_map(|s| {
+        let mut first = None;
+        for s in &self.sources {
             let found = |token: String| Found {
                 token,
                 echo_protocol: None,
             };
-            match s {
+            let taken = match s {
                 TokenSource::Header { name, prefix } => {
                     take_header(headers, name, prefix).map(found)
                 }
                 TokenSource::Query(name) => take_query(uri, name).map(found),
                 TokenSource::Cookie(name) => take_cookie(headers, name).map(found),
                 TokenSource::Subprotocol(prefix) => take_subprotocol(headers, prefix),
+            };
+            if first.is_none() {
+                first = taken;
             }
-        })
+        }
+        first
     }
 
     /// Checks signature, `iss`, `exp`, `nbf`, `iat` and `aud`, in that order.
