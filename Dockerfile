@@ -35,7 +35,8 @@ COPY --from=build /wsgate.debug /wsgate.debug
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /wsgate /wsgate
 USER 65532:65532
-# 8080 ws:// and HTTP, 8443 wss:// and HTTPS, 9090 admin (/metrics, /healthz, /readyz).
+# 8080 ws:// and HTTP, 8443 wss:// and HTTPS, 9090 metrics (/metrics, /healthz, /readyz
+# with --metrics-listen; the chart keeps the full admin listener on loopback).
 EXPOSE 8080 8443 9090
 ENTRYPOINT ["/wsgate"]
 CMD ["--help"]

@@ -1,14 +1,18 @@
-//! The admin server: `/metrics`, `/healthz`, `/readyz`, `/connections`, `/backends`.
+//! The admin server: `/metrics`, `/healthz`, `/readyz`, `/connections`, `/backends`
+//! on `--admin-listen` (loopback by default: `/connections` lists every tenant's
+//! clients and backends), and only `/metrics`, `/healthz` and `/readyz` on
+//! `--metrics-listen`, the one a chart exposes to Prometheus and probes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::proxy::Proxy;
@@ -27,8 +31,29 @@ fn reply(
     r
 }
 
-fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match req.uri().path() {
+/// A request head must arrive within this (a slowloris against probes would
+/// otherwise hold connections forever).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Everything (`--admin-listen`).
+    All,
+    /// `/metrics`, `/healthz`, `/readyz` (`--metrics-listen`).
+    Metrics,
+}
+
+fn route(proxy: &Proxy, req: &Request<Incoming>, endpoints: Endpoints) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if endpoints == Endpoints::Metrics && !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: this listener serves /metrics, /healthz and /readyz\n",
+        );
+    }
+    match path {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -56,19 +81,27 @@ fn route(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
 }
 
-/// Serves the admin endpoints until the process ends.
-pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+/// Serves `endpoints` until the process ends.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, endpoints: Endpoints) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let r = route(&proxy, &req);
+                let r = route(&proxy, &req, endpoints);
                 async move { Ok::<_, Infallible>(r) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });

@@ -79,9 +79,14 @@ struct Common {
     /// TLS listener (wss:// and HTTPS); off unless given.
     #[arg(long)]
     tls_listen: Option<SocketAddr>,
-    /// Admin listener: /metrics, /healthz, /readyz, /connections.
+    /// Admin listener: /metrics, /healthz, /readyz, /connections, /backends. Keep it
+    /// on loopback: /connections lists every tenant's clients and backends.
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin_listen: SocketAddr,
+    /// A second listener serving only /metrics, /healthz and /readyz, for
+    /// Prometheus and probes from outside the pod; off unless given.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// On SIGTERM/SIGINT, tunnels are closed spread over this window.
     #[arg(long, default_value = "30s")]
     drain_timeout: Duration,
@@ -323,12 +328,27 @@ async fn serve(config_path: PathBuf, common: Common) -> anyhow::Result<()> {
 /// Binds the listeners, serves until SIGTERM/SIGINT, then drains.
 async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
     let admin_socket = bind(common.admin_listen, "--admin-listen").await?;
+    let metrics_socket = match common.metrics_listen {
+        Some(addr) => Some(bind(addr, "--metrics-listen").await?),
+        None => None,
+    };
     let plain = bind(common.listen, "--listen").await?;
     let tls = match common.tls_listen {
         Some(addr) => Some(bind(addr, "--tls-listen").await?),
         None => None,
     };
-    tokio::spawn(admin::serve(proxy.clone(), admin_socket));
+    tokio::spawn(admin::serve(
+        proxy.clone(),
+        admin_socket,
+        admin::Endpoints::All,
+    ));
+    if let Some(socket) = metrics_socket {
+        tokio::spawn(admin::serve(
+            proxy.clone(),
+            socket,
+            admin::Endpoints::Metrics,
+        ));
+    }
     tokio::spawn(proxy::trim::after_waves(proxy.clone()));
     tokio::spawn({
         let p = proxy.clone();
@@ -362,7 +382,7 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
             },
         )));
     }
-    tracing::info!(listen = %common.listen, tls_listen = ?common.tls_listen, admin = %common.admin_listen, http2 = common.http2, "wsgate serving");
+    tracing::info!(listen = %common.listen, tls_listen = ?common.tls_listen, admin = %common.admin_listen, metrics = ?common.metrics_listen, http2 = common.http2, "wsgate serving");
     shutdown_signal().await;
     proxy.shutdown(common.drain_timeout.0).await;
     for l in listeners {

@@ -151,3 +151,43 @@ async fn a_stalled_http2_preface_costs_no_cpu() {
         String::from_utf8_lossy(&buf)
     );
 }
+
+#[tokio::test]
+async fn the_metrics_listener_serves_metrics_and_probes_only() {
+    let backend = EchoBackend::start("echo").await;
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let opts = Options {
+        args: vec!["--metrics-listen".into(), metrics.to_string()],
+        ..Default::default()
+    };
+    let gate = Wsgate::start_with(opts, &Route::new("echo").backend(backend.addr).yaml()).await;
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let r = http_get(metrics, path).await.unwrap();
+        assert_eq!(r.status, 200, "{path} on --metrics-listen: {r:?}");
+    }
+    for path in ["/connections", "/backends"] {
+        let r = http_get(metrics, path).await.unwrap();
+        assert_eq!(
+            r.status, 404,
+            "{path} must not be on --metrics-listen: {r:?}"
+        );
+        let r = http_get(gate.admin, path).await.unwrap();
+        assert_eq!(r.status, 200, "{path} on --admin-listen: {r:?}");
+    }
+    // A client that never finishes its request head is dropped, on both listeners.
+    for addr in [metrics, gate.admin] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        // It answers 408 or just closes; either way within the header timeout (5 s).
+        let mut buf = Vec::new();
+        within(
+            10.0,
+            "the admin server to drop a slow head",
+            s.read_to_end(&mut buf),
+        )
+        .await
+        .ok();
+    }
+}

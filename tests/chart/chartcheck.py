@@ -126,8 +126,8 @@ def cmd_render(values_file, rendered, chart):
             if check(len(pm) == 1, "PodMonitor rendered"):
                 check(pm[0]["spec"]["selector"]["matchLabels"] == v["sidecar"]["podSelector"],
                       "PodMonitor selects sidecar.podSelector")
-                check(pm[0]["spec"]["podMetricsEndpoints"][0]["port"] == "wsgate-admin",
-                      "PodMonitor scrapes port wsgate-admin (the container snippet's admin port name)")
+                check(pm[0]["spec"]["podMetricsEndpoints"][0]["port"] == "wsgate-metrics",
+                      "PodMonitor scrapes port wsgate-metrics (the container snippet's metrics port name)")
         check_rules(docs, v, gateway=False)
         check_dashboards(docs, v, chart)
         return
@@ -144,7 +144,7 @@ def cmd_render(values_file, rendered, chart):
     drain = v["drainTimeoutSeconds"]
     pre = v["lifecycle"]["preStopSleepSeconds"]
     check(args[0] == "run", "container runs `wsgate run`")
-    for a in ["--listen=0.0.0.0:8080", "--admin-listen=0.0.0.0:9090", f"--drain-timeout={drain}s",
+    for a in ["--listen=0.0.0.0:8080", "--metrics-listen=0.0.0.0:9090", "--admin-listen=127.0.0.1:9091", f"--drain-timeout={drain}s",
               f"--class={v['className']}", f"--log-format={v['logFormat']}",
               f"--access-log={v['accessLog']}"]:
         check(a in args, f"arg {a}")
@@ -152,10 +152,10 @@ def cmd_render(values_file, rendered, chart):
     ns_args = [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")]
     check(ns_args == v["watchNamespaces"], f"--namespace flags {ns_args} == watchNamespaces")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    want_ports = {"http": 8080, "admin": 9090, **({"https": 8443} if v["tls"]["enabled"] else {})}
+    want_ports = {"http": 8080, "metrics": 9090, **({"https": 8443} if v["tls"]["enabled"] else {})}
     check(ports == want_ports, f"container ports {ports}")
-    check(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}, "liveness GET /healthz on admin")
-    check(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}, "readiness GET /readyz on admin")
+    check(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, "liveness GET /healthz on metrics")
+    check(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, "readiness GET /readyz on metrics")
     env = {e["name"]: e for e in c["env"]}
     check(env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
           "POD_NAME from the downward API")
@@ -207,8 +207,8 @@ def cmd_render(values_file, rendered, chart):
               f"proxy Service ports {names} (admin not exposed)")
         check(all(pod_labels.get(k) == val for k, val in s["selector"].items()), "proxy Service selects the Pods")
         ms = msvc[0]["spec"]
-        check(ms["type"] == "ClusterIP" and [p["targetPort"] for p in ms["ports"]] == ["admin"],
-              "metrics Service: ClusterIP to port admin")
+        check(ms["type"] == "ClusterIP" and [p["targetPort"] for p in ms["ports"]] == ["metrics"],
+              "metrics Service: ClusterIP to port metrics")
 
     # RBAC from the rule files
     def subjects_ok(b):
@@ -261,7 +261,7 @@ def cmd_render(values_file, rendered, chart):
             check(all(mlabels.get(k) == val for k, val in sel.items()), "ServiceMonitor selects the metrics Service")
             check(not all(svc[0]["metadata"]["labels"].get(k) == val for k, val in sel.items()),
                   "ServiceMonitor does not select the proxy Service")
-            check(sm[0]["spec"]["endpoints"][0]["port"] == "admin", "ServiceMonitor scrapes port admin")
+            check(sm[0]["spec"]["endpoints"][0]["port"] == "metrics", "ServiceMonitor scrapes port metrics")
             check(sm[0]["spec"]["endpoints"][0]["honorLabels"] is True, "honorLabels keeps the route namespace")
     else:
         check(not sm, "no ServiceMonitor")

@@ -181,7 +181,7 @@ run_like_deployment() { # DEPLOYMENT NS SA_KUBECONFIG LOG
   read -r L T A < <(python3 "${CC}" free-ports 3)
   mapfile -t RUN_ARGS < <(jq -r '.spec.template.spec.containers[0].args[]' <<<"${json}" |
     sed -e "s/^--listen=.*/--listen=127.0.0.1:${L}/" -e "s/^--tls-listen=.*/--tls-listen=127.0.0.1:${T}/" \
-      -e "s/^--admin-listen=.*/--admin-listen=127.0.0.1:${A}/")
+      -e "s/^--admin-listen=.*/--admin-listen=127.0.0.1:${A}/" -e "/^--metrics-listen=/d")
   RUN_ARGS+=("--kubeconfig=${kc}")
   local rust_log
   rust_log="$(jq -r '.spec.template.spec.containers[0].env[] | select(.name == "RUST_LOG") | .value' <<<"${json}")"

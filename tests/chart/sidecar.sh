@@ -175,7 +175,7 @@ EOF
 )
 app_port="$(sed -n 's/.*address: "127.0.0.1:\([0-9]*\)".*/\1/p' "${WORK}/example/routes.yaml")"
 ex_listen="$(printf '%s\n' "${ex_args[@]}" | sed -n 's/^--listen=0.0.0.0:\([0-9]*\)$/\1/p')"
-ex_admin="$(printf '%s\n' "${ex_args[@]}" | sed -n 's/^--admin-listen=0.0.0.0:\([0-9]*\)$/\1/p')"
+ex_admin="$(printf '%s\n' "${ex_args[@]}" | sed -n 's/^--metrics-listen=0.0.0.0:\([0-9]*\)$/\1/p')"
 if [[ ${#ex_args[@]} -gt 0 && -n "${app_port}" && -n "${ex_listen}" && -n "${ex_admin}" ]]; then
   EXCM="${WORK}/example-etc"
   cm_write "${EXCM}" "${WORK}/example/routes.yaml"

@@ -177,12 +177,23 @@ hold_start() {
 closes() { grep -c '"close"' "$1" || true; }
 closed_at_least() { (( $(closes "$1") >= $2 )); }
 
+# GET on a wsgate pod's admin listener, which the chart keeps on the pod's loopback
+# (127.0.0.1:9091): from the node, inside the pod's network namespace.
+admin_get() { # POD PATH
+  local pid
+  pid="$(container_pid "${NS}" "$1" wsgate)" || return 1
+  nsenter -t "${pid}" -n curl -fsS --max-time 5 "http://127.0.0.1:9091$2"
+}
+
 scenario_backend_gone() {
   local name ip f="${STATE}/backend-gone.jsonl" conns victim victim_ip other_ip n_victim n_other t0 hp
   read -r name ip < <(wsgate_pods | head -n1)
   hold_start "${f}" "ws://${ip}:8080/echo" 12 || no "could not open 12 tunnels: $(cat "${f}.err")"
   hp=${HOLD_PID}
-  conns="$(curl -fsS "http://${ip}:9090/connections")" || no "no /connections"
+  conns="$(admin_get "${name}" /connections)" || no "no /connections"
+  # The pod's own address serves metrics and probes only.
+  [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://${ip}:9090/connections")" == 404 ]] ||
+    no "/connections answered on ${ip}:9090: the admin listener must stay on loopback"
   mapfile -t backends < <(jq -r '[.[] | select(.route == "echo") | .backend | sub(":[0-9]+$"; "")] | group_by(.) | map("\(.[0]) \(length)") | .[]' <<<"${conns}")
   [[ ${#backends[@]} -eq 2 ]] || no "tunnels not spread over both backends: ${backends[*]}"
   read -r victim_ip n_victim <<<"${backends[0]}"
@@ -200,7 +211,7 @@ scenario_backend_gone() {
     no "closes not all 1001 after the ${GRACE}s grace period: $(jq -sc --argjson t0 "${t0}" '[.[] | select(.event=="close") | {code, after: (.t - $t0)}]' "${f}")"
   log "closes (code, seconds after delete): $(jq -sc --argjson t0 "${t0}" '[.[] | select(.event=="close") | [.code, ((.t - $t0) * 10 | round / 10)]]' "${f}")"
   local still
-  still="$(curl -fsS "http://${ip}:9090/connections" | jq --arg b "${other_ip}" '[.[] | select(.backend | startswith($b + ":"))] | length')"
+  still="$(admin_get "${name}" /connections | jq --arg b "${other_ip}" '[.[] | select(.backend | startswith($b + ":"))] | length')"
   [[ "${still}" -eq "${n_other}" ]] || no "${still} tunnels left on ${other_ip}, expected ${n_other}"
   kill "${hp}" 2>/dev/null || true
   "${K[@]}" -n "${APP}" rollout status deploy/echo --timeout=60s >/dev/null || no "echo did not recover"

@@ -102,7 +102,8 @@ spec:
     - serve
     - --config=/etc/wsgate/routes.yaml
     - --listen=0.0.0.0:{{ .Values.sidecar.listenPort }}
-    - --admin-listen=0.0.0.0:{{ .Values.sidecar.adminPort }}
+    - --metrics-listen=0.0.0.0:{{ .Values.sidecar.adminPort }}
+    - --admin-listen=127.0.0.1:{{ add .Values.sidecar.adminPort 1 }}
     - --drain-timeout={{ .Values.drainTimeoutSeconds }}s
     - --log-format={{ .Values.logFormat }}
     - --access-log={{ .Values.accessLog }}
@@ -111,11 +112,11 @@ spec:
       value: {{ .Values.logLevel | quote }}
   ports:
     - {name: ws, containerPort: {{ .Values.sidecar.listenPort }}, protocol: TCP}
-    - {name: wsgate-admin, containerPort: {{ .Values.sidecar.adminPort }}, protocol: TCP}
+    - {name: wsgate-metrics, containerPort: {{ .Values.sidecar.adminPort }}, protocol: TCP}
   livenessProbe:
-    httpGet: {path: /healthz, port: wsgate-admin}
+    httpGet: {path: /healthz, port: wsgate-metrics}
   readinessProbe:
-    httpGet: {path: /readyz, port: wsgate-admin}
+    httpGet: {path: /readyz, port: wsgate-metrics}
   resources:
     {{- toYaml .Values.resources | nindent 4 }}
   securityContext:
