@@ -306,6 +306,7 @@ async fn serve(config_path: PathBuf, common: Common) -> anyhow::Result<()> {
         .chain(&loaded.jwks_files)
         .cloned()
         .collect();
+    let loaded_from = config::fingerprint(&config_path, &watched);
     let n = loaded.table.routes().len();
     proxy.apply(loaded.table);
     proxy
@@ -317,7 +318,7 @@ async fn serve(config_path: PathBuf, common: Common) -> anyhow::Result<()> {
     tokio::spawn({
         let proxy = proxy.clone();
         async move {
-            if let Err(e) = config::watch(proxy, config_path, watched).await {
+            if let Err(e) = config::watch(proxy, config_path, watched, loaded_from).await {
                 tracing::error!(error = %e, "cannot watch the configuration; changes will not be applied");
             }
         }

@@ -19,7 +19,7 @@ use crate::proxy::route::auth::KeySet;
 use crate::proxy::route::backend_tls::Material;
 use crate::proxy::route::table::{BackendAddr, Route, RouteKey, RouteTable};
 
-pub use watch::watch;
+pub use watch::{fingerprint, watch};
 
 /// One problem in a route file, printed as `file:line: field: message`.
 #[derive(Clone, Debug, PartialEq, Eq)]

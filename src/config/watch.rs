@@ -34,13 +34,17 @@ pub fn reload(proxy: &Proxy, path: &Path) -> Option<Vec<PathBuf>> {
 
 /// Watches `path` (and its certificate files) and re-applies on change until the
 /// process ends. Directories are watched, not files, so editors that replace a
-/// file by renaming are seen too.
+/// file by renaming are seen too. `loaded` is the [`fingerprint`] of what the
+/// table being served was read from: a change made before the watch began (right
+/// after start) is applied as soon as it does.
 pub async fn watch(
     proxy: Arc<Proxy>,
     path: PathBuf,
     mut watched: Vec<PathBuf>,
+    loaded: u64,
 ) -> notify::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let tx_now = tx.clone();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev {
             if !matches!(ev.kind, notify::EventKind::Access(_))
@@ -83,7 +87,9 @@ pub async fn watch(
             *dirs = want;
         };
     rewatch(&mut watcher, &watched, &mut dirs);
-    let mut last = fingerprint(&path, &watched);
+    let mut last = loaded;
+    // Looks once now, for what changed between the first load and the watch.
+    let _ = tx_now.send(());
     while rx.recv().await.is_some() {
         // Editors write in bursts: settle, then reload once.
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -116,7 +122,7 @@ fn relevant(p: &Path) -> bool {
 }
 
 /// A digest of everything a reload reads: route files and certificate files.
-fn fingerprint(path: &Path, watched: &[PathBuf]) -> u64 {
+pub fn fingerprint(path: &Path, watched: &[PathBuf]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let files = super::route_files(path).unwrap_or_default();
