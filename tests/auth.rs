@@ -554,9 +554,10 @@ async fn check_names_file_line_and_field_of_bad_auth() {
         "{out}"
     );
     // A JWKS file that is not there is refused with its path.
-    let route = Route::new("chat")
-        .backend("127.0.0.1:9")
-        .set("auth", "{jwt: {issuer: x, jwks: {file: missing.json}}}");
+    let route = Route::new("chat").backend("127.0.0.1:9").set(
+        "auth",
+        "{jwt: {issuer: x, audiences: [a], jwks: {file: missing.json}}}",
+    );
     std::fs::write(&file, route.yaml()).unwrap();
     let (code, out) = wsgate_cmd(&["check", "--config", file.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");

@@ -163,7 +163,10 @@ impl JwtAuth {
             .get("exp")
             .and_then(Value::as_f64)
             .filter(|_| self.close_on_expiry)
-            .map(|exp| UNIX_EPOCH + Duration::from_secs_f64(exp.max(0.0)));
+            // A validly signed `exp` past what a clock holds (1e300) means "never":
+            // no panic in the connection task.
+            .and_then(|exp| Duration::try_from_secs_f64(exp.max(0.0)).ok())
+            .and_then(|d| UNIX_EPOCH.checked_add(d));
         Ok(Verified {
             expires,
             echo_protocol: found.echo_protocol,

@@ -209,3 +209,35 @@ fn unusable_keys_are_left_out() {
     assert_eq!(keys.candidates(None, Algorithm::HS256).count(), 0);
     assert!(KeySet::parse(br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#).is_err());
 }
+
+#[tokio::test]
+async fn an_exp_past_what_a_clock_holds_means_never_not_a_panic() {
+    use crate::proxy::registry::{ClientProtocol, Registry};
+    use crate::proxy::route::policy::Balance;
+    use crate::proxy::route::table::Route;
+    let ed = ed25519("ed");
+    let a = auth(&[&ed], vec![TokenSource::Query("t".into())]);
+    let registry = Registry::default();
+    let route = Arc::new(Route::for_test(
+        "r",
+        Balance::RoundRobin,
+        &[("127.0.0.1:1", 1)],
+    ));
+    for exp in [9e18, 1.8e19, 1e300, f64::MAX] {
+        let token = ed.sign(json!({"iss": "https://id.example.com", "aud": "chat", "exp": exp}));
+        let mut h = HeaderMap::new();
+        let mut uri: Uri = format!("/chat?t={token}").parse().unwrap();
+        let v = a.authenticate(&mut h, &mut uri).await.unwrap();
+        // Whatever it is, the tunnel's registry holds it without overflowing.
+        if let Some(at) = v.expires {
+            let t = registry.open(
+                route.clone(),
+                "127.0.0.1:1".parse().unwrap(),
+                ClientProtocol::Http1,
+                "127.0.0.1:1".into(),
+            );
+            registry.expire_at(&t, at);
+            assert_eq!(t.close_deadline(registry.epoch()), None, "exp {exp}");
+        }
+    }
+}
