@@ -110,6 +110,11 @@ struct Common {
     /// Streams (tunnels and requests) at once on one HTTP/2 connection.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     http2_max_concurrent_streams: u32,
+    /// Bytes wsgate queues per HTTP/2 stream toward a client that reads slowly (16
+    /// KiB to 16 MiB). A client that stops reading pins at most this times
+    /// --http2-max-concurrent-streams per connection.
+    #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(16 * 1024..=16 * 1024 * 1024))]
+    http2_stream_send_buffer: u32,
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
@@ -361,6 +366,7 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
     };
     let http2 = common.http2.then_some(Http2Settings {
         max_concurrent_streams: common.http2_max_concurrent_streams,
+        stream_send_buffer: common.http2_stream_send_buffer as usize,
     });
     let mut listeners = vec![tokio::spawn(proxy::serve_listener(
         proxy.clone(),

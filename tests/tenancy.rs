@@ -191,3 +191,35 @@ async fn the_metrics_listener_serves_metrics_and_probes_only() {
         .ok();
     }
 }
+
+#[tokio::test]
+async fn the_http2_send_buffer_per_stream_is_a_bounded_setting() {
+    // What a client that stops reading can pin per connection is this × the
+    // concurrent streams; a value outside 16 KiB..16 MiB is refused by name.
+    for bad in ["1024", "33554432"] {
+        let (code, out) = wsgate_cmd(&[
+            "serve",
+            "--config",
+            "/nonexistent",
+            "--http2-stream-send-buffer",
+            bad,
+        ]);
+        assert_eq!(code, 2, "{bad}: {out}");
+        assert!(out.contains("--http2-stream-send-buffer"), "{bad}: {out}");
+    }
+    // A smaller buffer still relays WebSockets over HTTP/2 (h2c, Node's http2).
+    let backend = EchoBackend::start("echo").await;
+    let opts = Options {
+        args: vec!["--http2-stream-send-buffer".into(), "16384".into()],
+        ..Default::default()
+    };
+    let gate = Wsgate::start_with(opts, &Route::new("echo").backend(backend.addr).yaml()).await;
+    let mut client = Peer::node(
+        "h2-ws-client.js",
+        &[&format!("http://{}/chat", gate.listen)],
+    );
+    client.expect("open", 10.0).await;
+    client.send(text(&"x".repeat(100_000))).await;
+    let echo = client.expect("message", 10.0).await;
+    assert_eq!(echo["len"], 100_000, "{echo}");
+}

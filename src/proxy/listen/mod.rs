@@ -60,6 +60,10 @@ pub struct Http2Settings {
     /// `--http2-max-concurrent-streams`: streams (tunnels and requests) at once on
     /// one connection.
     pub max_concurrent_streams: u32,
+    /// `--http2-stream-send-buffer`: what wsgate buffers per stream toward a client
+    /// that reads slowly; a connection that stops reading pins at most this times
+    /// `max_concurrent_streams`.
+    pub stream_send_buffer: usize,
 }
 
 /// Each stream's receive window. A tunnel whose backend reads slowly holds at most
@@ -68,8 +72,6 @@ const H2_STREAM_WINDOW: u32 = 256 * 1024;
 /// The connection's receive window: sixteen stalled streams' worth, so a few slow
 /// tunnels never stall the rest of a connection.
 const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
-/// What wsgate buffers per stream toward a client that reads slowly.
-const H2_SEND_BUFFER: usize = 256 * 1024;
 /// Streams a client may reset before wsgate accepted them (rapid reset,
 /// CVE-2023-44487); h2's default, stated so it does not drift.
 const H2_MAX_PENDING_RESETS: usize = 20;
@@ -273,7 +275,7 @@ where
         .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .max_send_buf_size(H2_SEND_BUFFER)
+        .max_send_buf_size(settings.stream_send_buffer)
         .keep_alive_interval(H2_KEEPALIVE.0)
         .keep_alive_timeout(H2_KEEPALIVE.1);
     let conn = builder.serve_connection(TokioIo::new(io), service);
