@@ -45,6 +45,7 @@ step "format and lint"
 cargo fmt --all -- --check
 python3 scripts/check-docs.py
 cargo clippy --locked --all-targets -- -D warnings
+"${WSGATE_CACHE}/tools/bin/cargo-deny" --locked check licenses bans sources
 
 step "building the tests"
 cargo test --locked --no-run

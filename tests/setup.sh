@@ -11,6 +11,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${WSGATE_CACHE:-/var/cache/wsgate}
 websocat_version=1.14.1
+cargo_deny_version=0.20.2
 mkdir -p "$cache"
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -84,10 +85,19 @@ if ! "$tools/bin/websocat" --version 2>/dev/null | grep -qF "$websocat_version";
   rm -rf "$cache/tools-target"
 fi
 
+# cargo-deny: licenses, bans and sources of every dependency (scripts/test.sh).
+if ! "$tools/bin/cargo-deny" --version 2>/dev/null | grep -qF "$cargo_deny_version"; then
+  log "building cargo-deny $cargo_deny_version into $tools (a few minutes, once)"
+  CARGO_TARGET_DIR=$cache/tools-target cargo install --quiet --locked \
+    --root "$tools" --version "$cargo_deny_version" cargo-deny
+  rm -rf "$cache/tools-target"
+fi
+
 cat >&2 <<INFO
 setup: peers ready
   node modules  $node_dir/node_modules   (NODE_PATH for tests/peers/*.js)
   wscat         $node_dir/node_modules/.bin/wscat
   python        $venv/bin/python         ($("$venv/bin/python" -c 'import websockets; print("websockets", websockets.__version__)'))
   websocat      $tools/bin/websocat      ($("$tools/bin/websocat" --version))
+  cargo-deny    $tools/bin/cargo-deny    ($("$tools/bin/cargo-deny" --version))
 INFO
