@@ -79,6 +79,10 @@ struct Common {
     /// TLS listener (wss:// and HTTPS); off unless given.
     #[arg(long)]
     tls_listen: Option<SocketAddr>,
+    /// Connections the kernel queues on each proxy listener before wsgate accepts
+    /// them (capped by net.core.somaxconn): room for a reconnect storm.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    listen_backlog: u32,
     /// Admin listener: /metrics, /healthz, /readyz, /connections, /backends. Keep it
     /// on loopback: /connections lists every tenant's clients and backends.
     #[arg(long, default_value = "127.0.0.1:9090")]
@@ -280,6 +284,32 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
+/// A proxy listener with a listen queue of `backlog` connections: a reconnect
+/// storm (every client of a restarted pod at once) waits in the queue instead of
+/// overflowing it and retrying after a second. The kernel caps the queue at
+/// `net.core.somaxconn`, which is said once at start when it is lower.
+fn bind_proxy(addr: SocketAddr, backlog: u32, what: &str) -> anyhow::Result<TcpListener> {
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std's bind does: a restart need not wait for TIME_WAIT to pass.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    let listener = listen().with_context(|| format!("cannot listen on {addr} ({what})"))?;
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    if let Some(max) = somaxconn.filter(|&max| max < backlog) {
+        tracing::warn!(%addr, backlog, somaxconn = max, "the kernel caps this listener's queue at net.core.somaxconn; raise it (sysctl) for reconnect storms");
+    }
+    Ok(listener)
+}
+
 fn open_access_log(common: &Common) -> anyhow::Result<AccessLog> {
     AccessLog::open(&common.access_log).with_context(|| match &common.access_log {
         access_log::Target::File(path) => format!(
@@ -338,9 +368,9 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
         Some(addr) => Some(bind(addr, "--metrics-listen").await?),
         None => None,
     };
-    let plain = bind(common.listen, "--listen").await?;
+    let plain = bind_proxy(common.listen, common.listen_backlog, "--listen")?;
     let tls = match common.tls_listen {
-        Some(addr) => Some(bind(addr, "--tls-listen").await?),
+        Some(addr) => Some(bind_proxy(addr, common.listen_backlog, "--tls-listen")?),
         None => None,
     };
     tokio::spawn(admin::serve(

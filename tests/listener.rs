@@ -192,3 +192,46 @@ async fn bad_limits_are_refused_at_start() {
         assert!(err.contains(flag), "the error names {flag}: {err}");
     }
 }
+
+/// The listen queue the kernel keeps for a listening port (`ss`'s Send-Q).
+fn listen_queue(port: u16) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("run ss (iproute2; tests/setup.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no listener on :{port}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_listen_queue_has_room_for_a_reconnect_storm() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let backend = EchoBackend::start("echo").await;
+    let route = Route::new("echo").backend(backend.addr).yaml();
+    // The listeners had a queue of 128, which a storm of 8,000 reconnects
+    // overflowed 1,131 times; the default is 4096 (the kernel caps it at somaxconn).
+    let gate = Wsgate::start_with(
+        Options {
+            tls: true,
+            ..Default::default()
+        },
+        &route,
+    )
+    .await;
+    assert_eq!(listen_queue(gate.listen.port()), 4096.min(somaxconn));
+    assert_eq!(listen_queue(gate.tls.unwrap().port()), 4096.min(somaxconn));
+    let opts = Options {
+        args: vec!["--listen-backlog".into(), "100".into()],
+        ..Default::default()
+    };
+    let gate = Wsgate::start_with(opts, &route).await;
+    assert_eq!(listen_queue(gate.listen.port()), 100);
+}
