@@ -34,8 +34,7 @@ impl ResolvesServerCert for SniResolver {
 /// The TLS settings of the `--tls-listen` listener: ALPN `h2` (WebSockets over
 /// HTTP/2 streams, RFC 8441) before `http/1.1` unless HTTP/2 is off.
 pub fn server_config(proxy: Arc<Proxy>, http2: bool) -> Arc<ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    let mut cfg = ServerConfig::builder_with_provider(crate::proxy::crypto::provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()

@@ -205,7 +205,7 @@ impl RemoteJwks {
 }
 
 async fn refresh_loop(me: Weak<RemoteJwks>) {
-    let ring = || Arc::new(rustls::crypto::ring::default_provider());
+    let ring = crate::proxy::crypto::provider;
     let https = match hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_native_roots(ring())
     {
