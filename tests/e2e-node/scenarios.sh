@@ -47,6 +47,8 @@ extraEnv:
   - {name: KUBERNETES_SERVICE_PORT, value: "${APISERVER_PORT}"}
 metrics:
   serviceMonitor: {interval: 5s, scrapeTimeout: 4s}
+# The echo route has no hostnames (a catch-all): its namespace must be allowed one.
+catchAllNamespaces: [${APP}]
 EOF
 }
 

@@ -245,28 +245,27 @@ impl Cluster {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "wsgate-leader-election"},
             "subjects": subject}))
             .await?;
-        // The identity really is least-privilege: not even Secrets of its own namespace.
-        let out = self
-            .kubectl(
-                &[
-                    "--kubeconfig",
-                    kc,
-                    "auth",
-                    "can-i",
-                    "get",
-                    "secrets",
-                    "-n",
-                    WSGATE_NS,
-                ],
-                None,
-            )
-            .await?;
-        if out.stdout.trim() != "no" {
-            bail!(
-                "the wsgate ServiceAccount may get secrets: {}{}",
-                out.stdout,
-                out.stderr
-            );
+        // The identity really is least-privilege: Secrets and ConfigMaps by name
+        // only, never listed or watched (H2).
+        for (verb, what, ns) in [
+            ("list", "secrets", "kube-system"),
+            ("watch", "secrets", WSGATE_NS),
+            ("list", "configmaps", "kube-system"),
+            ("watch", "configmaps", WSGATE_NS),
+        ] {
+            let out = self
+                .kubectl(
+                    &["--kubeconfig", kc, "auth", "can-i", verb, what, "-n", ns],
+                    None,
+                )
+                .await?;
+            if out.stdout.trim() != "no" {
+                bail!(
+                    "the wsgate ServiceAccount may {verb} {what} in {ns}: {}{}",
+                    out.stdout,
+                    out.stderr
+                );
+            }
         }
         Ok(())
     }
