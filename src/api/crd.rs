@@ -37,15 +37,17 @@ fn add(schema: &mut Value, pointer: &str, key: &str, value: Value) {
 }
 
 /// Gives every unsigned integer the maximum of its Rust type, so the API server
-/// refuses what wsgate could not read (a `u32` of 2^32, a `u64` beyond what the
-/// API server's int64 holds) instead of storing a route that no replica parses.
+/// refuses what wsgate could not read (a `u32` of 2^32, a `u64` beyond what a
+/// JSON float holds exactly) instead of storing a route that no replica parses.
 fn cap_integers(v: &mut Value) {
     if let Value::Object(o) = v {
         let max = match o.get("format").and_then(Value::as_str) {
             Some("uint8") => Some(json!(u8::MAX)),
             Some("uint16") => Some(json!(u16::MAX)),
             Some("uint32") => Some(json!(u32::MAX)),
-            Some("uint64") => Some(json!(i64::MAX)),
+            // 2^53 - 1: the schema's numbers are JSON floats, and the largest
+            // integer a float holds exactly (i64::MAX rounds up past int64 in Go).
+            Some("uint64") => Some(json!(9_007_199_254_740_991u64)),
             _ => None,
         };
         if let Some(max) = max {

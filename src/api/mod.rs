@@ -234,13 +234,13 @@ impl JsonSchema for PortRef {
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         // Kubernetes' structural form of "number or name" (like a Service's targetPort).
-        // A number must be a port; a name is any string (the Service says which).
+        // A number must be a port (the bounds apply to numbers only); a name is a
+        // Service port name (IANA_SVC_NAME: at most 15 characters).
         schemars::json_schema!({
             "x-kubernetes-int-or-string": true,
-            "x-kubernetes-validations": [{
-                "rule": "type(self) != int || (self >= 1 && self <= 65535)",
-                "message": "port must be from 1 to 65535"
-            }]
+            "minimum": 1,
+            "maximum": 65535,
+            "maxLength": 15
         })
     }
 }

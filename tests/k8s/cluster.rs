@@ -386,6 +386,11 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// The API server's URL (`https://127.0.0.1:PORT`).
+    pub fn apiserver_url(&self) -> Result<String> {
+        env_var(&self.state, "APISERVER_URL")
+    }
+
     /// Keeps the state dir (control plane and wsgate logs) after the run.
     pub fn keep_logs(&mut self) {
         self.control_plane.keep = true;
