@@ -359,6 +359,20 @@ PY
 else
   k get wsr secure -n apps -o yaml | indent; flunk "route apps/secure not Programmed"
 fi
+# ...and 10 MiB of ConfigMaps no route names change neither its memory nor its table.
+rss() { awk '/^VmRSS/ {print $2}' "/proc/${A_PID}/status"; }
+reconciles() { curl -s --max-time 5 "http://${A_ADMIN}/metrics" | awk '/^wsgate_controller_reconciles_total/ {s += $2} END {print s + 0}'; }
+rss0="$(rss)" rec0="$(reconciles)"
+head -c 600000 /dev/urandom | base64 -w 0 >"${STATE}/blob.txt"
+for i in $(seq 1 13); do
+  k create configmap "noise-${i}" -n apps --from-file=blob="${STATE}/blob.txt" >/dev/null || flunk "create ConfigMap apps/noise-${i}"
+done
+sleep 2
+rss1="$(rss)" rec1="$(reconciles)"
+(( rss1 - rss0 < 2048 )) && pass "13 ConfigMaps of 800 KiB (10 MiB) no route names: RSS ${rss0} → ${rss1} KiB" ||
+  flunk "13 ConfigMaps of 800 KiB no route names: RSS ${rss0} → ${rss1} KiB (grew by 2 MiB or more)"
+(( rec1 - rec0 <= 1 )) && pass "... and rebuilt nothing: wsgate_controller_reconciles_total ${rec0} → ${rec1} (the 60 s resync may add 1)" ||
+  flunk "unrelated ConfigMaps rebuilt the routes: wsgate_controller_reconciles_total ${rec0} → ${rec1}"
 expect_can no "${SA}" create leases.coordination.k8s.io apps "${WHO}"
 expect_can yes "${SA}" update leases.coordination.k8s.io "${RNS}" "${WHO}"
 expect_can no "${SA}" list pods -A "${WHO}"
