@@ -144,6 +144,24 @@ where
     }
 }
 
+/// The Services (namespace, name) the routes name, shared with the watches' filters.
+#[derive(Clone, Default)]
+struct NamedServices(Arc<RwLock<HashSet<(String, String)>>>);
+
+impl NamedServices {
+    fn set(&self, names: HashSet<(String, String)>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+
+    fn contains(&self, namespace: Option<&str>, name: Option<&str>) -> bool {
+        let (Some(ns), Some(name)) = (namespace, name) else {
+            return false;
+        };
+        let names = self.0.read().unwrap_or_else(|p| p.into_inner());
+        names.contains(&(ns.to_owned(), name.to_owned()))
+    }
+}
+
 /// Runs the controller until the process ends.
 pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
     let trigger = Arc::new(Notify::new());
@@ -155,24 +173,26 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
     };
     // The Services the routes name; only their changes (and their EndpointSlices')
     // trigger a rebuild.
-    let wanted: Arc<RwLock<HashSet<(String, String)>>> = Arc::default();
+    let wanted = NamedServices::default();
     let service_named = {
         let wanted = wanted.clone();
         move |s: &DeserializeGuard<Service>| {
-            let (ns, name) = match &s.0 {
-                Ok(s) => (s.namespace(), s.metadata.name.clone()),
-                Err(e) => (e.metadata.namespace.clone(), e.metadata.name.clone()),
+            let meta = match &s.0 {
+                Ok(s) => &s.metadata,
+                Err(e) => &e.metadata,
             };
-            let w = wanted.read().unwrap_or_else(|p| p.into_inner());
-            matches!((ns, name), (Some(ns), Some(name)) if w.contains(&(ns.clone(), name.clone())))
+            wanted.contains(meta.namespace.as_deref(), meta.name.as_deref())
         }
     };
     let slice_named = {
         let wanted = wanted.clone();
         move |s: &DeserializeGuard<EndpointSlice>| {
-            let Ok(s) = &s.0 else { return false };
-            let w = wanted.read().unwrap_or_else(|p| p.into_inner());
-            matches!((s.namespace(), s.labels().get(SERVICE_NAME_LABEL)), (Some(ns), Some(svc)) if w.contains(&(ns.clone(), svc.clone())))
+            let meta = match &s.0 {
+                Ok(s) => &s.metadata,
+                Err(e) => &e.metadata,
+            };
+            let service = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
+            wanted.contains(meta.namespace.as_deref(), service.map(String::as_str))
         }
     };
     let route_resource = ApiResource::erase::<WebSocketRoute>(&());
@@ -255,7 +275,7 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
 
     loop {
         let routes = resolve::routes(&cluster, &opts.class);
-        *wanted.write().unwrap_or_else(|p| p.into_inner()) = resolve::wanted_services(&routes);
+        wanted.set(resolve::wanted_services(&routes));
         cluster.refs = Arc::new(refs.ensure(&resolve::wanted_refs(&routes)).await);
         // `address` backends may be names: resolved here, off the async workers.
         let build = tokio::task::block_in_place(|| resolve::build(&cluster, routes));

@@ -10,10 +10,18 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::{stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
+
+/// Reads in flight at once: a thousand routes with certificates must not become a
+/// thousand simultaneous requests to the API server every refresh.
+const CONCURRENT_READS: usize = 16;
+/// One read's bound: an API server that stopped answering must not hold up the
+/// rebuild (the last good copy keeps serving).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The two kinds routes name by reference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,24 +89,39 @@ impl Refs {
 
     async fn get(&self, key: &RefKey) -> Fetched {
         let ns = &key.namespace;
-        let res = match key.kind {
-            RefKind::Secret => Api::<Secret>::namespaced(self.client.clone(), ns)
-                .get_opt(&key.name)
-                .await
-                .map(|o| o.map(|s| Fetched::Secret(Arc::new(s)))),
-            RefKind::ConfigMap => Api::<ConfigMap>::namespaced(self.client.clone(), ns)
-                .get_opt(&key.name)
-                .await
-                .map(|o| o.map(|c| Fetched::ConfigMap(Arc::new(c)))),
+        let read = async {
+            match key.kind {
+                RefKind::Secret => Api::<Secret>::namespaced(self.client.clone(), ns)
+                    .get_opt(&key.name)
+                    .await
+                    .map(|o| o.map(|s| Fetched::Secret(Arc::new(s)))),
+                RefKind::ConfigMap => Api::<ConfigMap>::namespaced(self.client.clone(), ns)
+                    .get_opt(&key.name)
+                    .await
+                    .map(|o| o.map(|c| Fetched::ConfigMap(Arc::new(c)))),
+            }
+            .map_err(|e| e.to_string())
         };
+        let res = tokio::time::timeout(READ_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {READ_TIMEOUT:?}")));
         match res {
             Ok(Some(f)) => f,
             Ok(None) => Fetched::Missing,
             Err(e) => {
                 tracing::warn!(kind = ?key.kind, namespace = %ns, name = %key.name, error = %e, "cannot read a referenced object");
-                Fetched::Failed(e.to_string())
+                Fetched::Failed(e)
             }
         }
+    }
+
+    /// Reads `keys`, a few at a time; the results in the same order.
+    async fn read_all(&self, keys: &[RefKey]) -> Vec<Fetched> {
+        let reads: Vec<_> = keys.iter().map(|k| self.get(k)).collect();
+        stream::iter(reads)
+            .buffered(CONCURRENT_READS)
+            .collect()
+            .await
     }
 
     /// Reads the objects of `wanted` not read yet and forgets those no route names
@@ -112,7 +135,7 @@ impl Refs {
                 .cloned()
                 .collect()
         };
-        let got = join_all(missing.iter().map(|k| self.get(k))).await;
+        let got = self.read_all(&missing).await;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.extend(missing.into_iter().zip(got));
         cache.retain(|k, _| wanted.contains(k));
@@ -126,7 +149,7 @@ impl Refs {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             cache.keys().cloned().collect()
         };
-        let got = join_all(keys.iter().map(|k| self.get(k))).await;
+        let got = self.read_all(&keys).await;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let mut changed = false;
         for (k, new) in keys.into_iter().zip(got) {
