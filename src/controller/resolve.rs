@@ -88,10 +88,6 @@ impl Cluster {
     }
 }
 
-fn addr_string(a: SocketAddr) -> String {
-    a.to_string()
-}
-
 impl Resolver for Cluster {
     fn backends(
         &self,
@@ -109,7 +105,7 @@ impl Resolver for Cluster {
             return Ok(resolved
                 .into_iter()
                 .map(|r| BackendAddr {
-                    address: addr_string(r).into(),
+                    address: r.to_string().into(),
                     weight: b.weight,
                 })
                 .collect());
@@ -183,14 +179,17 @@ impl Resolver for Cluster {
                         let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
                             continue;
                         };
-                        let sa = SocketAddr::new(ip, u16::try_from(number).unwrap_or(0));
+                        let Ok(port) = u16::try_from(number) else {
+                            continue;
+                        };
+                        let sa = SocketAddr::new(ip, port);
                         // A hand-made EndpointSlice may name anything; loopback and
                         // wsgate's own listeners are never dialled whatever names them.
                         if let Some(why) = self.tenancy.never_dialled(sa) {
                             tracing::warn!(namespace = %ns, service = %svc_ref.name, %why, "endpoint skipped");
                             continue;
                         }
-                        let address = addr_string(sa);
+                        let address = sa.to_string();
                         if !out.iter().any(|b: &BackendAddr| *b.address == *address) {
                             out.push(BackendAddr {
                                 address: address.into(),
@@ -752,6 +751,44 @@ mod tests {
             .find(|(k, _)| k == key)
             .map(|(_, o)| reason(o).to_owned())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_secret_that_is_no_key_set_is_reported_without_its_value() {
+        use k8s_openapi::ByteString;
+        let mut secret = Secret::default();
+        secret.metadata.resource_version = Some("1".into());
+        secret.data = Some(
+            [
+                ("pin".to_owned(), ByteString(b"4242".to_vec())),
+                ("word".to_owned(), ByteString(br#""hunter2""#.to_vec())),
+            ]
+            .into(),
+        );
+        let key = RefKey {
+            kind: RefKind::Secret,
+            namespace: "t".into(),
+            name: "creds".into(),
+        };
+        let c = Cluster {
+            refs: Arc::new([(key, Fetched::Secret(Arc::new(secret)))].into()),
+            ..Cluster::default()
+        };
+        for k in ["pin", "word"] {
+            let jwks = JwksRef {
+                secret_name: Some("creds".into()),
+                key: Some(k.into()),
+                ..JwksRef::default()
+            };
+            let Err(e) = c.jwks("t", &jwks) else {
+                panic!("{k}: parsed as a key set")
+            };
+            assert!(
+                !e.message.contains("4242") && !e.message.contains("hunter2"),
+                "{e}"
+            );
+            assert!(e.message.contains("Secret t/creds"), "{e}");
+        }
     }
 
     #[test]
