@@ -276,6 +276,22 @@ mod tests {
     }
 
     #[test]
+    fn this_hosts_addresses_are_read_from_the_kernel() {
+        let ips = local_ips();
+        assert!(ips.contains(&"127.0.0.1".parse().unwrap()), "{ips:?}");
+        // Listening on 0.0.0.0:8080: every local address on that port is wsgate itself.
+        let t = Tenancy {
+            own_listeners: vec!["0.0.0.0:8080".parse().unwrap()],
+            local_ips: ips.clone(),
+            ..Tenancy::default()
+        };
+        for ip in &ips {
+            let a = SocketAddr::new(*ip, 8080);
+            assert!(t.never_dialled(a).is_some(), "{a} would be dialled");
+        }
+    }
+
+    #[test]
     fn the_oldest_route_owns_a_hostname() {
         let a = ["chat.example.com".to_owned(), "*.example.com".to_owned()];
         let b = ["Chat.example.com".to_owned()];
