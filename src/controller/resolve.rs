@@ -517,17 +517,25 @@ fn not_allowed(
             )],
         });
     }
-    if !tenancy.shared_hostnames {
+    // With --shared-hostnames other namespaces may route paths of a hostname, but
+    // its certificate still comes only from its owner: a route bringing its own
+    // `tls` for a hostname it does not own is refused either way.
+    if !tenancy.shared_hostnames || spec.tls.is_some() {
         let errors: Vec<FieldError> = spec
             .hostnames
             .iter()
             .enumerate()
             .filter_map(|(i, h)| {
                 let (owner_ns, owner) = owners.get(&h.to_ascii_lowercase())?;
+                let why = if tenancy.shared_hostnames {
+                    "its certificate comes only from that namespace's routes; remove tls"
+                } else {
+                    "routes of other namespaces may not name it"
+                };
                 (owner_ns != ns).then(|| {
                     FieldError::new(
                         format!("spec.hostnames[{i}]"),
-                        format!("{h} belongs to namespace {owner_ns} (route {owner_ns}/{owner} named it first)"),
+                        format!("{h} belongs to namespace {owner_ns} (route {owner_ns}/{owner} named it first); {why}"),
                     )
                 })
             })
@@ -744,6 +752,11 @@ mod tests {
         });
         let out = outcomes(&shared, &objs);
         assert_eq!(reason_of(&out, "b/late"), "Programmed");
+        // Shared paths, never a shared certificate.
+        let mut with_tls = object("b", "late", 5, spec("/x"));
+        with_tls.data["spec"]["tls"] = json!({"secretName": "b-cert"});
+        let out = outcomes(&shared, &[objs[1].clone(), with_tls]);
+        assert_eq!(reason_of(&out, "b/late"), HOSTNAME_CONFLICT);
     }
 
     fn reason_of(out: &[(String, Outcome)], key: &str) -> String {

@@ -341,10 +341,7 @@ impl RouteTable {
                         let score = r.hosts.iter().filter_map(|h| h.score(&name)).max();
                         score.or(r.hosts.is_empty().then_some(0)).map(|s| (s, r))
                     })
-                    // The first best match: the table is oldest first, so a newer
-                    // route with a certificate never replaces an older one's
-                    // (`max_by_key` would return the last).
-                    .min_by_key(|(s, _)| std::cmp::Reverse(*s))
+                    .max_by_key(|(s, _)| *s)
                     .and_then(|(_, r)| r.tls.clone())
             }
             None => with_tls().next().and_then(|r| r.tls.clone()),
