@@ -58,6 +58,23 @@ enum Command {
         /// This replica's identity in the Lease; the pod name when set, else host name and pid.
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
+        /// Allow `address` backends resolving into this block (repeatable); without
+        /// it a route's `address` backends are refused (AddressNotAllowed). Loopback,
+        /// link-local and wsgate's own listeners are refused whatever is allowed.
+        #[arg(long = "allow-address-backends", value_name = "CIDR")]
+        allow_address_backends: Vec<controller::Cidr>,
+        /// Let routes of any namespace name any hostname (by default a hostname
+        /// belongs to the namespace of the oldest route naming it).
+        #[arg(long)]
+        shared_hostnames: bool,
+        /// A namespace whose routes may omit `hostnames` (a catch-all); repeatable.
+        /// Routes without hostnames from other namespaces are refused.
+        #[arg(long = "catch-all-namespace", value_name = "NAMESPACE")]
+        catch_all_namespaces: Vec<String>,
+        /// How often the Secrets and ConfigMaps routes name are read again (a
+        /// rotated certificate is served within this).
+        #[arg(long, default_value = "10s", value_parser = positive_duration)]
+        refs_refresh: Duration,
         #[command(flatten)]
         common: Common,
     },
@@ -185,6 +202,10 @@ fn main() -> ExitCode {
             lease_namespace,
             lease_name,
             identity,
+            allow_address_backends,
+            shared_hostnames,
+            catch_all_namespaces,
+            refs_refresh,
             common,
         } => {
             let identity = identity.unwrap_or_else(|| {
@@ -193,12 +214,22 @@ fn main() -> ExitCode {
                 format!("{}-{}", host.trim(), std::process::id())
             });
             let lease_name = lease_name.unwrap_or_else(|| format!("wsgate-{class}"));
+            let mut own_listeners = vec![common.listen, common.admin_listen];
+            own_listeners.extend(common.tls_listen);
             let opts = controller::Options {
                 namespaces,
                 class,
                 lease_namespace,
                 lease_name,
                 identity,
+                tenancy: controller::Tenancy {
+                    allow_address_backends,
+                    shared_hostnames,
+                    catch_all_namespaces,
+                    own_listeners,
+                    local_ips: controller::tenancy::local_ips(),
+                },
+                refs_refresh: refs_refresh.0,
             };
             block_on(run(kubeconfig, opts, common))
         }

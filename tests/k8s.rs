@@ -35,6 +35,8 @@ mod objects;
 mod rebalance;
 #[path = "k8s/routes.rs"]
 mod routes;
+#[path = "k8s/tenancy.rs"]
+mod tenancy;
 
 use std::future::Future;
 use std::io::Write;
@@ -91,6 +93,10 @@ const ALL: &[Scenario] = &[
         rebalance::rebalance_by_endpoints,
     ),
     ("14 backend-tls-refs", backend_tls::missing_backend_tls_refs),
+    ("15 poison-pills", tenancy::poison_pills),
+    ("16 address-backends-refused", tenancy::address_backends),
+    ("17 hostname-ownership", tenancy::hostname_ownership),
+    ("18 unrelated-churn-no-rebuild", tenancy::unrelated_churn),
 ];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.

@@ -36,6 +36,31 @@ fn add(schema: &mut Value, pointer: &str, key: &str, value: Value) {
     }
 }
 
+/// Gives every unsigned integer the maximum of its Rust type, so the API server
+/// refuses what wsgate could not read (a `u32` of 2^32, a `u64` beyond what a
+/// JSON float holds exactly) instead of storing a route that no replica parses.
+fn cap_integers(v: &mut Value) {
+    if let Value::Object(o) = v {
+        let max = match o.get("format").and_then(Value::as_str) {
+            Some("uint8") => Some(json!(u8::MAX)),
+            Some("uint16") => Some(json!(u16::MAX)),
+            Some("uint32") => Some(json!(u32::MAX)),
+            // 2^53 - 1: the schema's numbers are JSON floats, and the largest
+            // integer a float holds exactly (i64::MAX rounds up past int64 in Go).
+            Some("uint64") => Some(json!(9_007_199_254_740_991u64)),
+            _ => None,
+        };
+        if let Some(max) = max {
+            o.entry("maximum").or_insert(max);
+        }
+        for child in o.values_mut() {
+            cap_integers(child);
+        }
+    } else if let Value::Array(a) = v {
+        a.iter_mut().for_each(cap_integers);
+    }
+}
+
 /// Caps string lengths inside a schema so CEL cost estimation stays bounded.
 fn cap_strings(v: &mut Value) {
     if let Value::Object(o) = v {
@@ -101,6 +126,7 @@ pub fn crd() -> CustomResourceDefinition {
     let s = crd.pointer_mut(spec).expect("spec schema").clone();
     let mut s = s;
     cap_strings(&mut s);
+    cap_integers(&mut s);
     *crd.pointer_mut(spec).expect("spec schema") = s;
     let v = |k: &str| "x-kubernetes-validations".to_owned() + k;
     let xv = v("");
@@ -320,8 +346,14 @@ pub fn crd() -> CustomResourceDefinition {
                 &format!("{spec}/properties/{path}/properties/{f}"),
                 &xv,
                 json!([rule(
-                    "duration(self) >= duration('0s')",
-                    &format!("{f} must be a duration such as 500ms, 30s or 1h")
+                    &format!(
+                        "duration(self) >= duration('0s') && duration(self) <= duration('{}')",
+                        super::duration::MAX_TEXT
+                    ),
+                    &format!(
+                        "{f} must be a duration such as 500ms, 30s or 1h, at most {}",
+                        super::duration::MAX_TEXT
+                    )
                 )]),
             );
         }

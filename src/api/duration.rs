@@ -13,6 +13,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(pub std::time::Duration);
 
+/// The longest duration wsgate accepts (ten years); the CRD refuses longer ones too.
+pub const MAX: std::time::Duration = std::time::Duration::from_secs(87_600 * 3600);
+/// [`MAX`] as the CRD's CEL rule writes it.
+pub const MAX_TEXT: &str = "87600h";
+
 /// The pattern the CRD schema enforces; the same grammar `FromStr` accepts.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
@@ -69,8 +74,10 @@ impl FromStr for Duration {
             total += value * scale;
             rest = &rest[unit_end..];
         }
-        if !total.is_finite() || total > 10.0 * 365.0 * 86400.0 {
-            return Err(bad());
+        if !total.is_finite() || total > MAX.as_secs_f64() {
+            return Err(format!(
+                "duration {s:?} is above {MAX_TEXT}, the longest wsgate holds"
+            ));
         }
         Ok(Duration(std::time::Duration::from_secs_f64(total)))
     }

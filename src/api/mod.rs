@@ -176,13 +176,51 @@ pub struct ServiceRef {
 }
 
 /// A Service port given by number or by name.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum PortRef {
     /// The port number.
     Number(u16),
     /// The port's name.
     Name(String),
+}
+
+impl<'de> Deserialize<'de> for PortRef {
+    /// By hand rather than `untagged`, so a number out of range says so (and a
+    /// route's status names it) instead of "did not match any variant".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = PortRef;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port number from 1 to 65535 or a port name")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<PortRef, E> {
+                match u16::try_from(n) {
+                    Ok(p) if p > 0 => Ok(PortRef::Number(p)),
+                    _ => Err(E::custom(format!(
+                        "port {n} is out of range: a port is from 1 to 65535"
+                    ))),
+                }
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<PortRef, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::custom(format!(
+                        "port {n} is out of range: a port is from 1 to 65535"
+                    ))),
+                }
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<PortRef, E> {
+                Ok(PortRef::Name(s.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl JsonSchema for PortRef {
@@ -196,7 +234,14 @@ impl JsonSchema for PortRef {
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         // Kubernetes' structural form of "number or name" (like a Service's targetPort).
-        schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+        // A number must be a port (the bounds apply to numbers only); a name is a
+        // Service port name (IANA_SVC_NAME: at most 15 characters).
+        schemars::json_schema!({
+            "x-kubernetes-int-or-string": true,
+            "minimum": 1,
+            "maximum": 65535,
+            "maxLength": 15
+        })
     }
 }
 

@@ -1,20 +1,25 @@
-//! Controller mode: watches WebSocketRoutes and the Services, EndpointSlices and
-//! Secrets they name, compiles them (with [`crate::compile`], like the file source)
-//! into the proxy's table, and reports status. The proxy keeps serving the last
-//! good table whenever the API server is away; watches resume with backoff.
+//! Controller mode: watches WebSocketRoutes, the Services and EndpointSlices they
+//! name, reads the Secrets and ConfigMaps they name (by name, [`refs`]), compiles
+//! them (with [`crate::compile`], like the file source) into the proxy's table, and
+//! reports status. The proxy keeps serving the last good table whenever the API
+//! server is away; watches resume with backoff.
 
 mod leader;
+pub mod refs;
 pub mod resolve;
 pub mod status;
+pub mod tenancy;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::DynamicObject;
+use kube::core::{ApiResource, DeserializeGuard};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -26,7 +31,9 @@ use crate::api::WebSocketRoute;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 pub use leader::Leadership;
+use refs::Refs;
 use resolve::{Cluster, Outcome, SERVICE_NAME_LABEL};
+pub use tenancy::{Cidr, Tenancy};
 
 /// What `wsgate run` was told.
 #[derive(Clone, Debug)]
@@ -41,6 +48,10 @@ pub struct Options {
     pub lease_name: String,
     /// This replica's identity (pod name).
     pub identity: String,
+    /// What a route author may ask for (addresses, hostnames, catch-alls).
+    pub tenancy: Tenancy,
+    /// How often the Secrets and ConfigMaps routes name are read again.
+    pub refs_refresh: Duration,
 }
 
 /// Quiet time after a change before the table is rebuilt (bursts become one build).
@@ -80,11 +91,24 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     }
 }
 
-fn reflect<K>(api: Api<K>, cfg: watcher::Config, trigger: Arc<Notify>, metrics: Metrics) -> Store<K>
+/// Whether a change to an object matters to the table (M7: a tenant updating an
+/// unrelated object in a loop must not drive rebuilds).
+type Relevant<K> = Arc<dyn Fn(&K) -> bool + Send + Sync>;
+
+fn reflect<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    dyntype: K::DynamicType,
+    relevant: Relevant<K>,
+    trigger: Arc<Notify>,
+    metrics: Metrics,
+) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
+    let writer = reflector::store::Writer::new(dyntype.clone());
+    let reader = writer.as_reader();
     let stream = watcher(api, cfg)
         .backoff(WatchBackoff::default())
         .reflect(writer);
@@ -92,10 +116,17 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(_) => trigger.notify_one(),
+                Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
+                    if relevant(&o) {
+                        trigger.notify_one();
+                    }
+                }
+                // A relist: objects may have changed while the watch was away.
+                Ok(watcher::Event::InitDone) => trigger.notify_one(),
+                Ok(_) => {}
                 Err(e) => {
                     metrics.controller_watch_restarts_total.inc();
-                    tracing::warn!(kind = %K::kind(&()), error = %e, "watch failed; retrying with backoff (serving the last good table)");
+                    tracing::warn!(kind = %K::kind(&dyntype), error = %e, "watch failed; retrying with backoff (serving the last good table)");
                 }
             }
         }
@@ -113,6 +144,24 @@ where
     }
 }
 
+/// The Services (namespace, name) the routes name, shared with the watches' filters.
+#[derive(Clone, Default)]
+struct NamedServices(Arc<RwLock<HashSet<(String, String)>>>);
+
+impl NamedServices {
+    fn set(&self, names: HashSet<(String, String)>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+
+    fn contains(&self, namespace: Option<&str>, name: Option<&str>) -> bool {
+        let (Some(ns), Some(name)) = (namespace, name) else {
+            return false;
+        };
+        let names = self.0.read().unwrap_or_else(|p| p.into_inner());
+        names.contains(&(ns.to_owned(), name.to_owned()))
+    }
+}
+
 /// Runs the controller until the process ends.
 pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
     let trigger = Arc::new(Notify::new());
@@ -122,48 +171,67 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
     } else {
         opts.namespaces.iter().map(|n| Some(n.as_str())).collect()
     };
-    let mut cluster = Cluster::default();
+    // The Services the routes name; only their changes (and their EndpointSlices')
+    // trigger a rebuild.
+    let wanted = NamedServices::default();
+    let service_named = {
+        let wanted = wanted.clone();
+        move |s: &DeserializeGuard<Service>| {
+            let meta = match &s.0 {
+                Ok(s) => &s.metadata,
+                Err(e) => &e.metadata,
+            };
+            wanted.contains(meta.namespace.as_deref(), meta.name.as_deref())
+        }
+    };
+    let slice_named = {
+        let wanted = wanted.clone();
+        move |s: &DeserializeGuard<EndpointSlice>| {
+            let meta = match &s.0 {
+                Ok(s) => &s.metadata,
+                Err(e) => &e.metadata,
+            };
+            let service = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL));
+            wanted.contains(meta.namespace.as_deref(), service.map(String::as_str))
+        }
+    };
+    let route_resource = ApiResource::erase::<WebSocketRoute>(&());
+    let mut cluster = Cluster {
+        tenancy: Arc::new(opts.tenancy.clone()),
+        ..Cluster::default()
+    };
     for ns in scopes {
         let t = || trigger.clone();
+        let routes: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &route_resource),
+            None => Api::all_with(client.clone(), &route_resource),
+        };
         cluster.routes.push(reflect(
-            api::<WebSocketRoute>(&client, ns),
+            routes,
             watcher::Config::default(),
+            route_resource.clone(),
+            Arc::new(|_: &DynamicObject| true),
             t(),
             m.clone(),
         ));
         cluster.services.push(reflect(
-            api::<Service>(&client, ns),
+            api::<DeserializeGuard<Service>>(&client, ns),
             watcher::Config::default(),
+            (),
+            Arc::new(service_named.clone()),
             t(),
             m.clone(),
         ));
         cluster.slices.push(reflect(
-            api::<EndpointSlice>(&client, ns),
+            api::<DeserializeGuard<EndpointSlice>>(&client, ns),
             watcher::Config::default().labels(SERVICE_NAME_LABEL),
-            t(),
-            m.clone(),
-        ));
-        cluster.secrets.push(reflect(
-            api::<Secret>(&client, ns),
-            watcher::Config::default().fields("type=kubernetes.io/tls"),
-            t(),
-            m.clone(),
-        ));
-        // JWKS of `auth.jwt` (the TLS store above only holds kubernetes.io/tls).
-        cluster.opaque_secrets.push(reflect(
-            api::<Secret>(&client, ns),
-            watcher::Config::default().fields("type=Opaque"),
-            t(),
-            m.clone(),
-        ));
-        cluster.config_maps.push(reflect(
-            api::<ConfigMap>(&client, ns),
-            watcher::Config::default(),
+            (),
+            Arc::new(slice_named.clone()),
             t(),
             m.clone(),
         ));
     }
-    tracing::info!(namespaces = ?opts.namespaces, class = %opts.class, "waiting for the initial list of routes, Services, EndpointSlices, Secrets and ConfigMaps");
+    tracing::info!(namespaces = ?opts.namespaces, class = %opts.class, "waiting for the initial list of routes, Services and EndpointSlices");
     for s in &cluster.routes {
         let _ = s.wait_until_ready().await;
     }
@@ -173,12 +241,19 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
     for s in &cluster.slices {
         let _ = s.wait_until_ready().await;
     }
-    for s in cluster.secrets.iter().chain(&cluster.opaque_secrets) {
-        let _ = s.wait_until_ready().await;
-    }
-    for s in &cluster.config_maps {
-        let _ = s.wait_until_ready().await;
-    }
+    // Secrets and ConfigMaps: read by name, again every `refs_refresh`.
+    let refs = Arc::new(Refs::new(client.clone()));
+    tokio::spawn({
+        let (refs, trigger, every) = (refs.clone(), trigger.clone(), opts.refs_refresh);
+        async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if refs.refresh().await {
+                    trigger.notify_one();
+                }
+            }
+        }
+    });
 
     let leadership = Leadership::default();
     tokio::spawn(leader::run(
@@ -199,7 +274,11 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
     let mut last_programmed: HashMap<(String, String), String> = HashMap::new();
 
     loop {
-        let build = resolve::build(&cluster, &opts.class);
+        let routes = resolve::routes(&cluster, &opts.class);
+        wanted.set(resolve::wanted_services(&routes));
+        cluster.refs = Arc::new(refs.ensure(&resolve::wanted_refs(&routes)).await);
+        // `address` backends may be names: resolved here, off the async workers.
+        let build = tokio::task::block_in_place(|| resolve::build(&cluster, routes));
         let served = build.table.routes().len();
         proxy.apply(build.table);
         m.controller_last_sync_timestamp_seconds
@@ -297,5 +376,6 @@ fn refusal(outcome: &Outcome) -> Option<(&'static str, String)> {
             format!("route {winner} already serves these hostnames and path"),
         )),
         Outcome::Unresolved(e) => Some(("UnresolvedRefs", join(e))),
+        Outcome::NotAllowed { reason, errors } => Some((reason, join(errors))),
     }
 }

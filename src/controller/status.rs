@@ -94,6 +94,24 @@ pub fn desired(route: &WebSocketRoute, outcome: &Outcome) -> WebSocketRouteStatu
             ),
             None,
         ),
+        Outcome::NotAllowed { reason, errors } => (
+            cond("Accepted", false, reason, join(errors), g),
+            cond(
+                "ResolvedRefs",
+                false,
+                reason,
+                "route is not accepted".into(),
+                g,
+            ),
+            cond(
+                "Programmed",
+                false,
+                reason,
+                "route is not accepted".into(),
+                g,
+            ),
+            None,
+        ),
         Outcome::Unresolved(errs) => {
             let reason = if errs.iter().any(|e| e.field.starts_with("spec.tls")) {
                 "InvalidCertificateRef"

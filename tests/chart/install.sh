@@ -190,7 +190,7 @@ run_like_deployment() { # DEPLOYMENT NS SA_KUBECONFIG LOG
   POD_NAMESPACE="${ns}" POD_NAME="${dep}-test-0" RUST_LOG="${rust_log}" "${WSGATE}" "${RUN_ARGS[@]}" 2>"${RUN_LOG}" &
   RUN_PID=$!
   pids+=("${RUN_PID}")
-  RUN_LISTEN="127.0.0.1:${L}" RUN_ADMIN="127.0.0.1:${A}"
+  RUN_LISTEN="127.0.0.1:${L}" RUN_ADMIN="127.0.0.1:${A}" RUN_TLS="127.0.0.1:${T}"
   wait_http "http://${RUN_ADMIN}/readyz" 60
 }
 
@@ -274,7 +274,7 @@ if run_like_deployment "${REL}" "${RNS}" "${STATE}/sa-${REL}.kubeconfig" "${STAT
 else
   tail -n 30 "${RUN_LOG}" | indent; abort "wsgate run never became ready"
 fi
-A_PID=${RUN_PID} A_LISTEN=${RUN_LISTEN} A_ADMIN=${RUN_ADMIN} A_LOG=${RUN_LOG}
+A_PID=${RUN_PID} A_LISTEN=${RUN_LISTEN} A_ADMIN=${RUN_ADMIN} A_LOG=${RUN_LOG} A_TLS=${RUN_TLS}
 if wait_programmed apps echo 60; then
   pass "route apps/echo Programmed=True (status written by the binary): $(k get wsr echo -n apps -o jsonpath='{.status.conditions[?(@.type=="Programmed")].message}')"
 else
@@ -322,7 +322,57 @@ expect_can yes "${SA}" list websocketroutes.wsgate.io -A "${WHO}"
 expect_can yes "${SA}" patch websocketroutes.wsgate.io/status apps "${WHO}"
 expect_can no "${SA}" update websocketroutes.wsgate.io apps "${WHO}"
 expect_can no "${SA}" delete websocketroutes.wsgate.io apps "${WHO}"
-expect_can no "${SA}" get secrets apps "${WHO}"
+# Least privilege (H2): Secrets and ConfigMaps by name only, never listed or watched.
+expect_can no "${SA}" list secrets kube-system "${WHO}"
+expect_can no "${SA}" list secrets -A "${WHO}"
+expect_can no "${SA}" watch secrets -A "${WHO}"
+expect_can no "${SA}" list configmaps -A "${WHO}"
+expect_can no "${SA}" watch configmaps -A "${WHO}"
+expect_can no "${SA}" create secrets apps "${WHO}"
+# ...and a route's TLS Secret, read by name, still serves its certificate.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=secure.apps.test -addext subjectAltName=DNS:secure.apps.test \
+  -keyout "${STATE}/secure.key" -out "${STATE}/secure.crt" 2>/dev/null || flunk "openssl req"
+k create secret tls secure -n apps --cert="${STATE}/secure.crt" --key="${STATE}/secure.key" >/dev/null || flunk "create Secret apps/secure"
+k apply -f - >/dev/null <<'EOF'
+apiVersion: wsgate.io/v1alpha1
+kind: WebSocketRoute
+metadata: {name: secure, namespace: apps}
+spec:
+  hostnames: [secure.apps.test]
+  tls: {secretName: secure}
+  backends: [{service: {name: echo, port: 80}}]
+EOF
+if wait_programmed apps secure 30; then
+  want="$(openssl x509 -in "${STATE}/secure.crt" -outform der | sha256sum | cut -d' ' -f1)"
+  got="$(python3 - "${A_TLS}" <<'PY'
+import hashlib, socket, ssl, sys
+host, port = sys.argv[1].rsplit(":", 1)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+with socket.create_connection((host, int(port)), timeout=5) as s, ctx.wrap_socket(s, server_hostname="secure.apps.test") as t:
+    print(hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest())
+PY
+)"
+  [[ "${got}" == "${want}" ]] && pass "the TLS Secret apps/secure (read by name, no list/watch) serves SNI secure.apps.test" ||
+    flunk "SNI secure.apps.test presented ${got:-nothing}, want the Secret's certificate ${want}"
+else
+  k get wsr secure -n apps -o yaml | indent; flunk "route apps/secure not Programmed"
+fi
+# ...and 10 MiB of ConfigMaps no route names change neither its memory nor its table.
+rss() { awk '/^VmRSS/ {print $2}' "/proc/${A_PID}/status"; }
+reconciles() { curl -s --max-time 5 "http://${A_ADMIN}/metrics" | awk '/^wsgate_controller_reconciles_total/ {s += $2} END {print s + 0}'; }
+rss0="$(rss)" rec0="$(reconciles)"
+head -c 600000 /dev/urandom | base64 -w 0 >"${STATE}/blob.txt"
+for i in $(seq 1 13); do
+  k create configmap "noise-${i}" -n apps --from-file=blob="${STATE}/blob.txt" >/dev/null || flunk "create ConfigMap apps/noise-${i}"
+done
+sleep 2
+rss1="$(rss)" rec1="$(reconciles)"
+(( rss1 - rss0 < 2048 )) && pass "13 ConfigMaps of 800 KiB (10 MiB) no route names: RSS ${rss0} → ${rss1} KiB" ||
+  flunk "13 ConfigMaps of 800 KiB no route names: RSS ${rss0} → ${rss1} KiB (grew by 2 MiB or more)"
+(( rec1 - rec0 <= 1 )) && pass "... and rebuilt nothing: wsgate_controller_reconciles_total ${rec0} → ${rec1} (the 60 s resync may add 1)" ||
+  flunk "unrelated ConfigMaps rebuilt the routes: wsgate_controller_reconciles_total ${rec0} → ${rec1}"
 expect_can no "${SA}" create leases.coordination.k8s.io apps "${WHO}"
 expect_can yes "${SA}" update leases.coordination.k8s.io "${RNS}" "${WHO}"
 expect_can no "${SA}" list pods -A "${WHO}"
@@ -481,8 +531,9 @@ for args in "team-a:ok" "team-b:ok" "team-c:forbidden" "apps:forbidden" "-A:forb
   [[ "${got}" == "${want}" ]] && pass "namespaced SA: kubectl get websocketroutes ${nsarg[*]}: ${got}$([[ ${got} == forbidden ]] && echo " ($(head -n1 <<<"${out}" | cut -c1-110)...)")" ||
     flunk "namespaced SA: kubectl get websocketroutes ${nsarg[*]}: ${got}, want ${want}"
 done
-expect_can no "${SB}" list secrets team-c "system:serviceaccount:${NSB}:${RELB}"
-expect_can yes "${SB}" list secrets team-a "system:serviceaccount:${NSB}:${RELB}"
+expect_can no "${SB}" get secrets team-c "system:serviceaccount:${NSB}:${RELB}"
+expect_can yes "${SB}" get secrets team-a "system:serviceaccount:${NSB}:${RELB}"
+expect_can no "${SB}" list secrets team-a "system:serviceaccount:${NSB}:${RELB}"
 expect_can no "${SB}" update leases.coordination.k8s.io team-a "system:serviceaccount:${NSB}:${RELB}"
 if out="$(h uninstall "${RELB}" -n "${NSB}" 2>&1)"; then
   pass "helm uninstall ${RELB}"

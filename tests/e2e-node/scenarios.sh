@@ -47,6 +47,8 @@ extraEnv:
   - {name: KUBERNETES_SERVICE_PORT, value: "${APISERVER_PORT}"}
 metrics:
   serviceMonitor: {interval: 5s, scrapeTimeout: 4s}
+# The echo route has no hostnames (a catch-all): its namespace must be allowed one.
+catchAllNamespaces: [${APP}]
 EOF
 }
 
@@ -249,6 +251,61 @@ EOF
   grep -E '^wsgate_connections_total\{' "${STATE}/sidecar-metrics.txt" | grep 'namespace="default"' | grep -c 'route="chat"' >/dev/null ||
     no "the sidecar's metrics show no tunnel on route chat: $(grep wsgate_connections_total "${STATE}/sidecar-metrics.txt" | head -n 3)"
   log "${name} ${ip}: app + wsgate containers; echo through wsgate on :8080"
+}
+
+# ---- poison pill (issue 18, H3) --------------------------------------------------
+# A route no wsgate can read (service.port 70000), stored by a CRD without the
+# port bound as an older CRD admitted it; then a wsgate pod deleted: its
+# replacement is Ready within 10 s, serves the echo route, and the pill gets
+# Accepted=False naming the field.
+scenario_poison_pill() {
+  local crd=websocketroutes.wsgate.io pill=e2e-pill old old_ip new="" ip="" i name pip created readyt secs msg
+  "${K[@]}" create namespace "${pill}" >/dev/null 2>&1 || true
+  local route="apiVersion: wsgate.io/v1alpha1
+kind: WebSocketRoute
+metadata: {name: port, namespace: ${pill}}
+spec:
+  hostnames: [port.pill.test]
+  backends: [{service: {name: x, port: 70000}}]"
+  "${K[@]}" apply -f - <<<"${route}" >/dev/null 2>&1 && no "kubectl apply admitted service.port 70000"
+  "${K[@]}" get crd "${crd}" -o json |
+    jq 'del(.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.backends.items.properties.service.properties.port.maximum)' |
+    "${K[@]}" replace -f - >/dev/null || no "cannot loosen the CRD"
+  for ((i = 0; i < 50; i++)); do
+    "${K[@]}" apply -f - <<<"${route}" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  "${K[@]}" -n "${pill}" get wsr port >/dev/null 2>&1 || no "the loosened CRD did not store the pill"
+  "${K[@]}" apply --server-side --force-conflicts -f "${ROOT}/charts/wsgate/crds/" >/dev/null || no "cannot restore the CRD"
+  local before
+  before=" $(wsgate_pods | cut -d' ' -f1 | tr '\n' ' ') "
+  read -r old old_ip < <(wsgate_pods | head -n1)
+  [[ -n "${old}" ]] || no "no Ready wsgate pod"
+  "${K[@]}" -n "${NS}" delete pod "${old}" --wait=false >/dev/null || no "cannot delete ${old}"
+  for ((i = 0; i < 300; i++)); do
+    while read -r name pip; do
+      [[ -n "${name}" && "${before}" != *" ${name} "* ]] && { new="${name}" ip="${pip}"; }
+    done < <(wsgate_pods)
+    [[ -n "${new}" ]] && break
+    sleep 0.2
+  done
+  [[ -n "${new}" ]] || no "no replacement pod became Ready within 60 s of deleting ${old}"
+  created="$("${K[@]}" -n "${NS}" get pod "${new}" -o jsonpath='{.metadata.creationTimestamp}')"
+  readyt="$("${K[@]}" -n "${NS}" get pod "${new}" -o jsonpath='{.status.conditions[?(@.type=="Ready")].lastTransitionTime}')"
+  secs=$(($(date -d "${readyt}" +%s) - $(date -d "${created}" +%s)))
+  ((secs <= 10)) || no "${new} Ready ${secs}s after it was created"
+  websocat_echo "ws://${ip}:8080/echo" || no "the replacement ${new} does not serve the echo route"
+  for ((i = 0; i < 150; i++)); do
+    msg="$("${K[@]}" -n "${pill}" get wsr port -o jsonpath='{.status.conditions[?(@.type=="Accepted")].status} {.status.conditions[?(@.type=="Accepted")].reason}: {.status.conditions[?(@.type=="Accepted")].message}')"
+    [[ "${msg}" == "False Invalid: spec.backends[0].service.port"* ]] && break
+    sleep 0.2
+  done
+  [[ "${msg}" == "False Invalid: spec.backends[0].service.port"* ]] || no "the pill's Accepted condition: ${msg}"
+  local restarts
+  restarts="$(curl -fsS "http://${ip}:9090/metrics" | awk '/^wsgate_controller_watch_restarts_total/ {s += $2} END {print s + 0}')"
+  [[ "${restarts}" == 0 ]] || no "${new}: wsgate_controller_watch_restarts_total ${restarts}"
+  "${K[@]}" -n "${pill}" delete wsr port >/dev/null
+  log "kubectl apply refused port 70000; stored by a loosened CRD; ${old} deleted → ${new} Ready ${secs}s after creation, echoes; pill: ${msg}; watch restarts 0"
 }
 
 # ---- rollout --------------------------------------------------------------------------------------

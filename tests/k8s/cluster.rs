@@ -245,28 +245,27 @@ impl Cluster {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "wsgate-leader-election"},
             "subjects": subject}))
             .await?;
-        // The identity really is least-privilege: not even Secrets of its own namespace.
-        let out = self
-            .kubectl(
-                &[
-                    "--kubeconfig",
-                    kc,
-                    "auth",
-                    "can-i",
-                    "get",
-                    "secrets",
-                    "-n",
-                    WSGATE_NS,
-                ],
-                None,
-            )
-            .await?;
-        if out.stdout.trim() != "no" {
-            bail!(
-                "the wsgate ServiceAccount may get secrets: {}{}",
-                out.stdout,
-                out.stderr
-            );
+        // The identity really is least-privilege: Secrets and ConfigMaps by name
+        // only, never listed or watched (H2).
+        for (verb, what, ns) in [
+            ("list", "secrets", "kube-system"),
+            ("watch", "secrets", WSGATE_NS),
+            ("list", "configmaps", "kube-system"),
+            ("watch", "configmaps", WSGATE_NS),
+        ] {
+            let out = self
+                .kubectl(
+                    &["--kubeconfig", kc, "auth", "can-i", verb, what, "-n", ns],
+                    None,
+                )
+                .await?;
+            if out.stdout.trim() != "no" {
+                bail!(
+                    "the wsgate ServiceAccount may {verb} {what} in {ns}: {}{}",
+                    out.stdout,
+                    out.stderr
+                );
+            }
         }
         Ok(())
     }
@@ -387,6 +386,11 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// The API server's URL (`https://127.0.0.1:PORT`).
+    pub fn apiserver_url(&self) -> Result<String> {
+        env_var(&self.state, "APISERVER_URL")
+    }
+
     /// Keeps the state dir (control plane and wsgate logs) after the run.
     pub fn keep_logs(&mut self) {
         self.control_plane.keep = true;

@@ -155,12 +155,12 @@ pub fn endpoint_drain(env: &mut Env) -> Run<'_> {
 }
 
 /// A test CA and certificates it signs.
-struct Pki {
+pub struct Pki {
     ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Pki {
-    fn new() -> Result<Pki> {
+    pub fn new() -> Result<Pki> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -171,12 +171,12 @@ impl Pki {
         })
     }
 
-    fn ca_der(&self) -> CertificateDer<'static> {
+    pub fn ca_der(&self) -> CertificateDer<'static> {
         AsRef::<rcgen::Certificate>::as_ref(&self.ca).der().clone()
     }
 
     /// A fresh key and certificate for `host`: (cert PEM, key PEM, cert DER).
-    fn leaf(&self, host: &str) -> Result<(String, String, CertificateDer<'static>)> {
+    pub fn leaf(&self, host: &str) -> Result<(String, String, CertificateDer<'static>)> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(vec![host.to_owned()])?;
         params.distinguished_name.push(DnType::CommonName, host);

@@ -65,6 +65,11 @@ impl Gateway {
                 "--drain-timeout",
                 "1s",
             ])
+            // The fake pods' block (scenarios 10 and 13 route to `address`es there);
+            // loopback, where wsgate's own listeners are, stays refused.
+            .args(["--allow-address-backends", "192.0.2.0/24"])
+            // Rotated Secrets within the scenarios' bounds (read by name, polled).
+            .args(["--refs-refresh", "1s"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
