@@ -216,6 +216,7 @@ fn main() -> ExitCode {
             let lease_name = lease_name.unwrap_or_else(|| format!("wsgate-{class}"));
             let mut own_listeners = vec![common.listen, common.admin_listen];
             own_listeners.extend(common.tls_listen);
+            own_listeners.extend(common.metrics_listen);
             let opts = controller::Options {
                 namespaces,
                 class,
