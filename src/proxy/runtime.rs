@@ -37,6 +37,7 @@ impl RouteRuntime {
     /// Counts a tunnel in, unless a limit forbids it: `Err(503)` for the route's
     /// `maxConnections`, `Err(429)` for `maxConnectionsPerClientIP`.
     pub fn admit(self: &Arc<Self>, route: &Route, ip: IpAddr) -> Result<Admission, u16> {
+        let ip = client_key(ip);
         let active = self.active.fetch_add(1, Relaxed);
         if route.max_connections > 0 && active >= route.max_connections {
             self.active.fetch_sub(1, Relaxed);
@@ -59,6 +60,20 @@ impl RouteRuntime {
             ip,
             backend: None,
         })
+    }
+}
+
+/// The key a client's tunnels are counted under for `maxConnectionsPerClientIP`:
+/// its IPv4 address, or the /64 of an IPv6 one. One IPv6 host is handed a whole
+/// /64 and picks addresses from it at will, so per-address counting would cap
+/// nothing; an IPv4-mapped address counts as the IPv4 one.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
     }
 }
 
@@ -97,5 +112,33 @@ impl Drop for Admission {
         if let Some(b) = self.backend.take() {
             self.runtime.backends.count_out(&b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::proxy::route::policy::Balance;
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64() {
+        let mut route = Route::for_test("r", Balance::RoundRobin, &[("127.0.0.1:1", 1)]);
+        route.max_connections_per_client_ip = 2;
+        let rt = Arc::new(RouteRuntime::new(Metrics::new().route("default", "r")));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = rt.admit(&route, ip("2001:db8:1:2::1")).unwrap();
+        let b = rt.admit(&route, ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(
+            rt.admit(&route, ip("2001:db8:1:2:abcd::7")).err(),
+            Some(429)
+        );
+        // Another /64, and IPv4 (also as an IPv4-mapped IPv6 address), count apart.
+        let _c = rt.admit(&route, ip("2001:db8:1:3::1")).unwrap();
+        let _d = rt.admit(&route, ip("192.0.2.1")).unwrap();
+        let _e = rt.admit(&route, ip("::ffff:192.0.2.1")).unwrap();
+        assert_eq!(rt.admit(&route, ip("192.0.2.1")).err(), Some(429));
+        drop((a, b));
+        assert!(rt.admit(&route, ip("2001:db8:1:2::5")).is_ok());
     }
 }
