@@ -39,7 +39,7 @@ async fn path_variants_never_reach_the_weaker_route() {
         "/%2e%2e/ws",
         "/%2E/ws",
         "/%77s",
-        "/ws/x/..",
+        "/a/b/../../ws",
         "/ws%2f..",
         "/ws%5C",
     ];

@@ -46,7 +46,7 @@ impl Key {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let mut h = Header::new(Algorithm::EdDSA);
         h.kid = Some(self.kid.clone());
-        let claims = json!({"iss": ISSUER, "sub": "alice", "exp": now + 600});
+        let claims = json!({"iss": ISSUER, "aud": "chat", "sub": "alice", "exp": now + 600});
         Ok(jsonwebtoken::encode(
             &h,
             &claims,
@@ -62,7 +62,7 @@ fn jwks_secret(ns: &str, name: &str, key: &Key) -> Value {
 
 fn spec(host: &str, secret: &str) -> Value {
     json!({"hostnames": [host], "backends": [{"service": {"name": "chat", "port": 80}}],
-        "auth": {"jwt": {"issuer": ISSUER, "jwks": {"secretName": secret, "key": "jwks.json"},
+        "auth": {"jwt": {"issuer": ISSUER, "audiences": ["chat"], "jwks": {"secretName": secret, "key": "jwks.json"},
             "tokenFrom": [{"query": "access_token"}]}}})
 }
 
