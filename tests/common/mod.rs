@@ -7,6 +7,7 @@
 //! were waiting for when it runs out.
 #![allow(dead_code)]
 
+pub mod edge;
 pub mod frames;
 pub mod http;
 pub mod metrics;
@@ -18,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
+pub use edge::*;
 #[allow(unused_imports)]
 pub use frames::*;
 #[allow(unused_imports)]
