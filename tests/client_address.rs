@@ -631,3 +631,138 @@ async fn an_invalid_cidr_is_refused_and_the_old_list_still_applies() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("spec.clientAccess.deny[0]"), "{text}");
 }
+
+// ---- TLS: terminated by the load balancer, or by wsgate behind it --------------
+
+/// A self-signed certificate for `host`: (cert PEM, key PEM, DER to trust).
+fn self_signed(host: &str) -> (String, String, rustls_pki_types::CertificateDer<'static>) {
+    let c = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    (
+        c.cert.pem(),
+        c.signing_key.serialize_pem(),
+        c.cert.der().clone(),
+    )
+}
+
+/// TLS with SNI `host` over `tcp`, trusting only `cert`.
+async fn tls_over(
+    tcp: TcpStream,
+    host: &str,
+    cert: &rustls_pki_types::CertificateDer<'static>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(host.to_string()).unwrap();
+    within(
+        10.0,
+        "the TLS handshake",
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake")
+}
+
+/// The backend's view of a `wss` upgrade over `tls` (tokio-tungstenite client).
+async fn wss_headers<S>(tls: S, host: &str) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, resp) = within(
+        10.0,
+        "the wss upgrade",
+        tokio_tungstenite::client_async(format!("wss://{host}/ws"), tls),
+    )
+    .await
+    .expect("wss upgrade");
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("__headers__")).await.unwrap();
+    let m = within(5.0, "the headers", ws.next())
+        .await
+        .unwrap()
+        .unwrap();
+    serde_json::from_str(m.to_text().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn behind_haproxy_tls_termination_the_ssl_tlv_makes_it_https() {
+    let host = "chat.example.test";
+    let (cert, key, der) = self_signed(host);
+    let (_backend, backend) = node_backend("echo", &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gate = gate_behind_lb("v2", &log, &[], &Route::new("echo").backend(backend).yaml()).await;
+    let pem = dir.path().join("haproxy.pem");
+    std::fs::write(&pem, format!("{cert}{key}")).unwrap();
+    let front = free_port();
+    let _haproxy = EdgeProxy::haproxy(
+        &format!(
+            "listen nlb_tls\n  mode tcp\n  bind 127.0.0.1:{front} ssl crt {}\n  \
+             server w1 {} send-proxy-v2-ssl-cn proxy-v2-options authority,ssl-cipher,unique-id\n",
+            pem.display(),
+            gate.listen
+        ),
+        &[front],
+    )
+    .await;
+    let tcp = connect_from(Some(ip("127.0.0.3")), ([127, 0, 0, 1], front).into()).await;
+    let tls = tls_over(tcp, host, &der).await;
+    let h = wss_headers(tls, host).await;
+    assert_eq!(h["x-forwarded-proto"], "https", "{h}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.3", "{h}");
+    // The AUTHORITY TLV (the SNI HAProxy saw) reaches the access log.
+    let l = log_line(&log, "a line from 127.0.0.3", |l| {
+        l["client_addr"] == "127.0.0.3"
+    })
+    .await;
+    assert_eq!(l["proxy_authority"], host, "{l}");
+}
+
+#[tokio::test]
+async fn wsgates_own_tls_listener_reads_the_header_before_the_client_hello() {
+    let host = "chat.example.test";
+    let (cert, key, der) = self_signed(host);
+    let (_backend, backend) = node_backend("echo", &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, keyf) = (dir.path().join("c.crt"), dir.path().join("c.key"));
+    std::fs::write(&crt, cert).unwrap();
+    std::fs::write(&keyf, key).unwrap();
+    let route = Route::new("secure").host(host).backend(backend).set(
+        "tls",
+        &format!(
+            "{{certFile: \"{}\", keyFile: \"{}\"}}",
+            crt.display(),
+            keyf.display()
+        ),
+    );
+    let opts = Options {
+        tls: true,
+        args: [
+            "--proxy-protocol",
+            "any",
+            "--proxy-protocol-trusted",
+            "127.0.0.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        ..Default::default()
+    };
+    let gate = Wsgate::start_with(opts, &route.yaml()).await;
+    let mut tcp = connect_from(None, gate.tls.unwrap()).await;
+    tcp.write_all(&v2_header("198.51.100.9:41000", true))
+        .await
+        .unwrap();
+    let tls = tls_over(tcp, host, &der).await;
+    let h = wss_headers(tls, host).await;
+    assert_eq!(h["x-forwarded-for"], "198.51.100.9", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "https", "{h}");
+}
