@@ -766,3 +766,51 @@ async fn wsgates_own_tls_listener_reads_the_header_before_the_client_hello() {
     assert_eq!(h["x-forwarded-for"], "198.51.100.9", "{h}");
     assert_eq!(h["x-forwarded-proto"], "https", "{h}");
 }
+
+#[tokio::test]
+async fn every_http2_stream_of_a_connection_has_the_proxy_headers_client() {
+    let (_backend, backend) = node_backend("echo", &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = gate_behind_lb(
+        "v2",
+        &dir.path().join("a.log"),
+        &[],
+        &Route::new("echo").backend(backend).no_keepalive().yaml(),
+    )
+    .await;
+    let front = free_port();
+    let _haproxy = EdgeProxy::haproxy(
+        &format!(
+            "listen nlb\n  mode tcp\n  bind 127.0.0.1:{front}\n  server w1 {} send-proxy-v2\n",
+            gate.listen
+        ),
+        &[front],
+    )
+    .await;
+    // Node's http2 client, h2c with prior knowledge through HAProxy from
+    // 127.0.0.2: three WebSockets as streams of one connection.
+    let url = format!("http://127.0.0.1:{front}/ws");
+    let mut client = Peer::node(
+        "h2-ws-client.js",
+        &[url.as_str(), "--count", "3", "--local-address", "127.0.0.2"],
+    );
+    for i in 0..3 {
+        client
+            .expect_where(15.0, &format!("tunnel {i} to open"), |v| {
+                v["event"] == "open"
+            })
+            .await;
+    }
+    let conns = gate.connections().await;
+    assert_eq!(conns.len(), 3, "{conns:?}");
+    let first = conns[0]["client"].as_str().unwrap().to_string();
+    assert!(first.starts_with("127.0.0.2:"), "{conns:?}");
+    for c in &conns {
+        assert_eq!(c["client_protocol"], "h2", "{c}");
+        assert_eq!(
+            c["client"],
+            first.as_str(),
+            "one address for every stream: {conns:?}"
+        );
+    }
+}
