@@ -814,3 +814,32 @@ async fn every_http2_stream_of_a_connection_has_the_proxy_headers_client() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_dual_stack_listener_judges_ipv4_clients_by_their_ipv4_address() {
+    let (_backend, addr) = node_backend("echo", &[]).await;
+    let route = Route::new("chat")
+        .backend(addr)
+        .set("clientAccess", "{deny: [127.0.0.3/32]}");
+    let opts = Options {
+        dual_stack: true,
+        ..Default::default()
+    };
+    let gate = Wsgate::start_with(opts, &route.yaml()).await;
+    // The socket says ::ffff:127.0.0.3; the IPv4 entry still matches.
+    let up = raw_upgrade_from(Some(ip("127.0.0.3")), gate.listen, "/ws", &[]).await;
+    assert_eq!(up.response.status, 403, "{:?}", up.response);
+    let mut ws = tunnel_from(&gate, "127.0.0.2").await;
+    assert_eq!(
+        backend_headers(&mut ws).await["x-forwarded-for"],
+        "127.0.0.2"
+    );
+    let conns = gate.connections().await;
+    assert!(
+        conns[0]["client"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.2:"),
+        "{conns:?}"
+    );
+}

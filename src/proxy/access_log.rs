@@ -259,8 +259,8 @@ impl Record {
             route: None,
             client: client.to_string(),
             client_addr: client.ip.to_string(),
-            peer_addr: client.conn.peer.to_string(),
-            proxy_authority: client.conn.authority.as_deref().map(str::to_owned),
+            peer_addr: client.peer.to_string(),
+            proxy_authority: client.authority.as_deref().map(str::to_owned),
             backend: None,
             method: None,
             path: None,
@@ -359,10 +359,10 @@ mod tests {
     fn a_line_is_one_json_object_with_every_key() {
         let mut r = Record::new(
             Kind::Upgrade,
-            &ClientAddr::of(std::sync::Arc::new(crate::proxy::client::ConnAddr::direct(
+            &ClientAddr::of(&crate::proxy::client::ConnAddr::direct(
                 "127.0.0.1:5".parse().unwrap(),
                 false,
-            ))),
+            )),
             403,
             "rejected",
         );

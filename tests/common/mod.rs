@@ -217,6 +217,9 @@ pub struct Options {
     pub config_dir: bool,
     /// More command-line arguments, e.g. `["--header-read-timeout", "1s"]`.
     pub args: Vec<String>,
+    /// Bind the plain listener to `[::]` (dual-stack: IPv4 clients arrive as
+    /// IPv4-mapped IPv6 addresses); `listen` stays 127.0.0.1 for connecting.
+    pub dual_stack: bool,
 }
 
 /// A running `wsgate serve`, killed when dropped (its log is printed when the
@@ -264,7 +267,11 @@ impl Wsgate {
                 .arg("--config")
                 .arg(&config)
                 .arg("--listen")
-                .arg(listen.to_string())
+                .arg(if opts.dual_stack {
+                    format!("[::]:{}", listen.port())
+                } else {
+                    listen.to_string()
+                })
                 .arg("--admin-listen")
                 .arg(admin.to_string());
             if let Some(tls) = tls {

@@ -6,10 +6,8 @@
 //! can neither name an address (ingress-nginx#1000, traefik#3646) nor reach the
 //! backend.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-
 use http::header::{HeaderMap, HeaderName};
+use std::net::{IpAddr, SocketAddr};
 
 use crate::proxy::client::{Cidrs, ClientAddr, ConnAddr};
 
@@ -34,10 +32,10 @@ impl ForwardedTrust {
     /// that is not trusted.
     pub fn client_of(
         &self,
-        conn: &Arc<ConnAddr>,
+        conn: &ConnAddr,
         headers: &mut HeaderMap,
     ) -> Result<ClientAddr, TooFewHops> {
-        let mut client = ClientAddr::of(conn.clone());
+        let mut client = ClientAddr::of(conn);
         let trusted = self.hops > 0 || self.proxies.contains(conn.source.ip());
         if !trusted {
             strip_forwarding(headers);
@@ -117,8 +115,8 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
-    fn conn(peer: &str) -> Arc<ConnAddr> {
-        Arc::new(ConnAddr::direct(peer.parse().unwrap(), false))
+    fn conn(peer: &str) -> ConnAddr {
+        ConnAddr::direct(peer.parse().unwrap(), false)
     }
 
     fn headers(xff: &[&str]) -> HeaderMap {

@@ -90,7 +90,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientAddr) {
         headers.insert("x-real-ip", v);
     }
     if !headers.contains_key("x-forwarded-proto") {
-        let proto = if client.conn.tls { "https" } else { "http" };
+        let proto = if client.tls { "https" } else { "http" };
         headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     }
     if !headers.contains_key("x-forwarded-host") {
@@ -125,7 +125,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         h.insert("host", HeaderValue::from_static("chat.example.com"));
         let conn = crate::proxy::client::ConnAddr::direct("127.0.0.2:5000".parse().unwrap(), true);
-        set_forwarded(&mut h, &ClientAddr::of(std::sync::Arc::new(conn)));
+        set_forwarded(&mut h, &ClientAddr::of(&conn));
         assert_eq!(h["x-forwarded-for"], "127.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "chat.example.com");

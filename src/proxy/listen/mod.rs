@@ -143,7 +143,6 @@ async fn connection(
             }
         }
     }
-    let conn = Arc::new(conn);
     let stream = match tls {
         Some(cfg) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, TlsAcceptor::from(cfg).accept(tcp))
