@@ -108,9 +108,18 @@ pub async fn read_header(tcp: &mut TcpStream, versions: Versions) -> Result<Head
         allow_v1: versions != Versions::V2,
         allow_v2: versions != Versions::V1,
     };
-    let mut buf = vec![0u8; V2_MAX_BYTES];
+    // Most headers fit here (v1 is at most 107 bytes; HAProxy's v2 with TLVs, 80 to
+    // 200): no allocation per connection. A longer v2 header gets a buffer of its
+    // own size.
+    let mut small = [0u8; 256];
+    let mut large = Vec::new();
     loop {
-        let n = tcp.peek(&mut buf).await.map_err(|_| Refused::Invalid)?;
+        let buf: &mut [u8] = if large.is_empty() {
+            &mut small
+        } else {
+            &mut large
+        };
+        let n = tcp.peek(buf).await.map_err(|_| Refused::Invalid)?;
         if n == 0 {
             return Err(Refused::Invalid);
         }
@@ -122,6 +131,10 @@ pub async fn read_header(tcp: &mut TcpStream, versions: Versions) -> Result<Head
             let len = 16 + usize::from(u16::from_be_bytes([seen[14], seen[15]]));
             if len > V2_MAX_BYTES {
                 return Err(Refused::TooLarge);
+            }
+            if len > buf.len() {
+                large = vec![0u8; len];
+                continue;
             }
         }
         match ProxyHeader::parse(seen, config) {
@@ -291,6 +304,25 @@ mod tests {
             read(vec![b"PROX".to_vec()], Versions::Any).await.0,
             Err(Refused::Timeout)
         );
+    }
+
+    #[tokio::test]
+    async fn a_v2_header_of_a_few_kilobytes_is_read_whole() {
+        let mut h = proxy_header::ProxyHeader::with_address(proxy_header::ProxiedAddress::stream(
+            "198.51.100.7:4000".parse().unwrap(),
+            "127.0.0.1:443".parse().unwrap(),
+        ));
+        h.append_tlv(proxy_header::Tlv::Noop(3000));
+        let mut bytes = Vec::new();
+        h.encode_v2(&mut bytes).unwrap();
+        bytes.extend_from_slice(b"GET");
+        let (r, rest) = read(
+            vec![bytes[..100].to_vec(), bytes[100..].to_vec()],
+            Versions::V2,
+        )
+        .await;
+        assert_eq!(r.unwrap().source.unwrap().port(), 4000);
+        assert_eq!(rest, b"GET");
     }
 
     #[tokio::test]
