@@ -23,6 +23,8 @@ mod backend;
 mod backend_tls;
 #[path = "k8s/client.rs"]
 mod client;
+#[path = "k8s/client_access.rs"]
+mod client_access;
 #[path = "k8s/cluster.rs"]
 mod cluster;
 #[path = "k8s/endpoints.rs"]
@@ -91,6 +93,10 @@ const ALL: &[Scenario] = &[
         rebalance::rebalance_by_endpoints,
     ),
     ("14 backend-tls-refs", backend_tls::missing_backend_tls_refs),
+    (
+        "15 client-access-from-the-crd",
+        client_access::client_access_from_the_crd,
+    ),
 ];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.
