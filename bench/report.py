@@ -156,6 +156,59 @@ def h2_collect(work):
     return out
 
 
+EDGE = ["wsgate", "wsgate-pp2", "wsgate-cidr"]
+
+
+def edge_collect(work):
+    """run.sh's edge step: handshakes of wsgate as is, with PROXY protocol v2
+    (wsgate-pp2) and with a 1,000-entry clientAccess list (wsgate-cidr); medians
+    of the passes."""
+    out = {}
+    for name in EDGE:
+        d = os.path.join(work, "edge", name)
+        if not os.path.isdir(d):
+            continue
+        runs = [load(os.path.join(d, f)) for f in sorted(os.listdir(d))
+                if f.startswith("handshakes-") and f.endswith(".json")]
+        runs = [r for r in runs if r]
+        st = load(os.path.join(d, "status.json")) or {}
+        if not runs:
+            out[name] = {"status": st.get("status", "failed"), "reason": st.get("reason")}
+            continue
+        out[name] = {"status": "ok", "passes": len(runs),
+                     "per_s": round(median([r["per_s"] for r in runs])),
+                     "proxy_cpu_us_per_handshake": round(median([r["proxy_cpu_us_per_handshake"] for r in runs]), 1),
+                     "errors": sum(r["error_count"] for r in runs)}
+    base = out.get("wsgate") or {}
+    for name in ("wsgate-pp2", "wsgate-cidr"):
+        r = out.get(name) or {}
+        if r.get("status") == "ok" and base.get("status") == "ok":
+            r["handshakes_vs_wsgate"] = round(r["per_s"] / base["per_s"] - 1, 4)
+            r["cpu_per_handshake_vs_wsgate"] = round(r["proxy_cpu_us_per_handshake"] / base["proxy_cpu_us_per_handshake"] - 1, 4)
+    return out
+
+
+def edge_lines(edge):
+    """The client's-address table, as printed."""
+    if not edge:
+        return []
+    lines = ["", "The client's address (issue 19): handshakes/s and CPU µs per handshake, median of the passes"]
+    what = {"wsgate": "as is", "wsgate-pp2": "--proxy-protocol v2 (a v2 header on every connection)",
+            "wsgate-cidr": "clientAccess deny list of 1,000 CIDRs (no match: the whole list walked)"}
+    for name, r in edge.items():
+        if r.get("status") != "ok":
+            lines.append(f"  {name:<12} {r.get('status')}: {(r.get('reason') or '')[:150]}")
+            continue
+        vs = ""
+        if "handshakes_vs_wsgate" in r:
+            ok = abs(r["handshakes_vs_wsgate"]) <= 0.05 and r["cpu_per_handshake_vs_wsgate"] <= 0.05
+            vs = (f"  ({r['handshakes_vs_wsgate']:+.1%} handshakes/s, {r['cpu_per_handshake_vs_wsgate']:+.1%} CPU; "
+                  f"target within 5% -> {'met' if ok else 'MISSED'})")
+        err = f", {r['errors']} errors" if r.get("errors") else ""
+        lines.append(f"  {name:<12} {r['per_s']:>6}/s  {r['proxy_cpu_us_per_handshake']:>6.1f} µs  {what[name]}{err}{vs}")
+    return lines
+
+
 def h2_lines(h2):
     """The HTTP/2 table, as printed."""
     if not h2:
@@ -262,6 +315,7 @@ def main():
     meta = load(os.path.join(work, "meta.json")) or {}
     res, per_round = collect_rounds(work)
     h2 = h2_collect(work)
+    edge = edge_collect(work)
 
     W = "wsgate"
     routes = load(os.path.join(work, "routes.json"))
@@ -340,6 +394,7 @@ def main():
         "targets": targets,
         "routes": routes,
         "http2": h2,
+        "client_address": edge,
     }
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
@@ -428,6 +483,8 @@ def main():
         p(line(row))
     p()
     for line in h2_lines(h2):
+        p(line)
+    for line in edge_lines(edge):
         p(line)
     p()
     p("PRODUCT.md targets for wsgate (keepalive on)")

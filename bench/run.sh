@@ -6,7 +6,7 @@
 #   bench/run.sh [--quick] [--n N] [--proxies wsgate,nginx,haproxy-http,haproxy-tcp,wsgate-limited,wsgate-nolog]
 #                [--no-build] [--keep] [--wait-quiet SECONDS] [--rounds R]
 #                [--routes N] [--ramp DURATION] [--h2 wsgate,haproxy-h2|none]
-#                [--h2-conns C] [--h2-streams S]
+#                [--h2-conns C] [--h2-streams S] [--edge wsgate,wsgate-pp2,wsgate-cidr|none]
 #
 # --proxies none skips the HTTP/1.1 rows (e.g. with --h2 for the HTTP/2 rows alone).
 #
@@ -15,6 +15,12 @@
 # idle tunnel with C connections x S streams (default 40 x 100), handshakes/s on one
 # connection, CPU per relayed message with 100 streams on one connection. haproxy-h2
 # is HAProxy with `bind ... proto h2`; NGINX has no RFC 8441 and gets "n/a".
+#
+# --edge LIST: what the client's-address features cost (issue 19), after the HTTP/2
+# rows: upgrade handshakes per second and CPU per handshake of wsgate as is,
+# wsgate-pp2 (--proxy-protocol v2; loadgen sends a v2 header on every connection)
+# and wsgate-cidr (the route has a clientAccess deny list of 1,000 CIDRs that do not
+# match the clients), in that order and then reversed, medians reported.
 #
 # --routes N: the routes-at-scale step (wsgate only): N routes in one file,
 # memory per route, /metrics size, load and reload time (default 5000, 0 = off).
@@ -74,6 +80,7 @@ WAIT_QUIET=
 H2=wsgate,haproxy-h2
 H2_CONNS=40
 H2_STREAMS=100
+EDGE=wsgate,wsgate-pp2,wsgate-cidr
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -92,6 +99,8 @@ while [ $# -gt 0 ]; do
     --ramp=*) RAMP=${1#--ramp=} ;;
     --h2) H2=$2; shift ;;
     --h2=*) H2=${1#--h2=} ;;
+    --edge) EDGE=$2; shift ;;
+    --edge=*) EDGE=${1#--edge=} ;;
     --h2-conns) H2_CONNS=$2; shift ;;
     --h2-streams) H2_STREAMS=$2; shift ;;
     --wait-quiet) WAIT_QUIET=$2; shift ;;
@@ -106,6 +115,7 @@ if [ "$MODE" = quick ]; then
   LAT_COUNT=4000; HS_DURATION=3s; ROUTES=1000; RAMP=5s; H2_CONNS=10
 fi
 [ "$H2" = none ] && H2=""
+[ "$EDGE" = none ] && EDGE=""
 [ "$PROXIES" = none ] && PROXIES=
 [ -n "$N_SET" ] && N=$N_SET
 # Wait (bounded) for the machine to go quiet before measuring: 60 s in a full
@@ -172,7 +182,7 @@ WSGATE_NOTE=""
 WSGATE_SOURCE=""
 WSGATE_ORIG=""
 WSGATE_SHA=""
-if [[ ",$PROXIES,$H2," == *",wsgate,"* ]]; then
+if [[ ",$PROXIES,$H2,$EDGE," == *",wsgate,"* ]]; then
   if [ -n "${WSGATE_BIN:-}" ]; then
     WSGATE=$WSGATE_BIN
     WSGATE_SOURCE="WSGATE_BIN"
@@ -271,12 +281,18 @@ start_proxy() {
   local name=$1 port=$2 dir=$WORK/$1
   mkdir -p "$dir"
   case "$name" in
-    wsgate|wsgate-limited|wsgate-nolog)
+    wsgate|wsgate-limited|wsgate-nolog|wsgate-pp2|wsgate-cidr)
       local aport extra=(); aport=$(free_port)
       [ "$name" = wsgate-nolog ] && extra=(--access-log off)
+      [ "$name" = wsgate-pp2 ] && extra=(--proxy-protocol v2 --proxy-protocol-trusted 127.0.0.0/8)
       fill "$HERE/configs/wsgate.yaml" "$dir/wsgate.yaml" "" "$dir"
       if [ "$name" = wsgate-limited ]; then
         echo '  limits: {messagesPerSecond: 1000000000, bytesPerSecond: 1000000000000, onExceed: Throttle}' >>"$dir/wsgate.yaml"
+      fi
+      if [ "$name" = wsgate-cidr ]; then
+        # 1,000 ranges (10.0.0.0/24 ... 10.3.231.0/24) none of the 127.0.0.x clients is in:
+        # every handshake walks the whole list.
+        python3 -c 'print("  clientAccess: {deny: [" + ", ".join(f"10.{i // 256}.{i % 256}.0/24" for i in range(1000)) + "]}")' >>"$dir/wsgate.yaml"
       fi
       RUST_LOG=${RUST_LOG:-warn} start_group "$dir/out.log" "$WSGATE" serve --config "$dir/wsgate.yaml" \
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$aport" "${extra[@]}"
@@ -303,6 +319,15 @@ start_proxy() {
       fi
       sleep 0.5
     done
+  elif [ "$name" = wsgate-pp2 ]; then
+    # Every connection must open with a PROXY header: ready once one tunnel opens.
+    for i in $(seq 1 40); do
+      if "$LOADGEN" handshakes --target "ws://127.0.0.1:$port/" --workers 1 --max 1 --duration 2s --sources "" --proxy-v2 2>/dev/null \
+         | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin)["handshakes"] == 1 else 1)' 2>/dev/null; then
+        ready=1; break
+      fi
+      sleep 0.5
+    done
   elif "$LOADGEN" wait --target "ws://127.0.0.1:$port/" --timeout 20s; then
     ready=1
   fi
@@ -316,7 +341,7 @@ start_proxy() {
 
 thread_model() {
   case "$1" in
-    wsgate|wsgate-limited|wsgate-nolog) echo "tokio multi-thread runtime ($(awk '/^Threads:/{print $2}' /proc/"$2"/status 2>/dev/null) threads at start; $(nproc) cores)" ;;
+    wsgate|wsgate-limited|wsgate-nolog|wsgate-pp2|wsgate-cidr) echo "tokio multi-thread runtime ($(awk '/^Threads:/{print $2}' /proc/"$2"/status 2>/dev/null) threads at start; $(nproc) cores)" ;;
     nginx) echo "master + 1 worker process (worker_processes 1), epoll" ;;
     haproxy-http) echo "1 process, nbthread 1, mode http" ;;
     haproxy-tcp) echo "1 process, nbthread 1, mode tcp, option splice-auto" ;;
@@ -516,6 +541,40 @@ done
 if [ ${#H2_LIST[@]} -gt 0 ]; then
   mkdir -p "$WORK/h2/nginx"
   echo '{"status":"n/a","reason":"n/a (no RFC 8441)"}' >"$WORK/h2/nginx/status.json"
+fi
+
+# ---- the client's address: PROXY protocol v2 and a 1,000-entry CIDR list (issue 19) ----
+EDGE_LIST=()
+[ -n "$EDGE" ] && IFS=, read -r -a EDGE_LIST <<<"$EDGE"
+if [ ${#EDGE_LIST[@]} -gt 0 ]; then
+  step "the client's address: handshakes with PROXY v2 and with a 1,000-entry clientAccess list"
+  # In the given order, then reversed, so drift on a shared machine cancels.
+  edge_order=("${EDGE_LIST[@]}")
+  for ((i=${#EDGE_LIST[@]}-1; i>=0; i--)); do edge_order+=("${EDGE_LIST[$i]}"); done
+  pass=0
+  for name in "${edge_order[@]}"; do
+    pass=$((pass + 1))
+    out=$WORK/edge/$name
+    mkdir -p "$out"
+    if [ -z "$WSGATE" ]; then
+      echo "{\"status\":\"skipped\",\"reason\":\"$(printf '%s' "$WSGATE_NOTE" | tr '"\\' "''")\"}" >"$out/status.json"; continue
+    fi
+    PORT=$(free_port)
+    if ! start_proxy "$name" "$PORT"; then
+      echo '{"status":"failed","reason":"did not start or relay"}' >"$out/status.json"; continue
+    fi
+    echo '{"status":"ok"}' >"$out/status.json"
+    pp=(); [ "$name" = wsgate-pp2 ] && pp=(--proxy-v2)
+    if timeout 120 "$LOADGEN" handshakes --target "ws://127.0.0.1:$PORT/" --workers "$HS_WORKERS" --duration "$HS_DURATION" \
+         --sources "$SOURCES" --proxy-pid "$PROXY_PID" --backend-pid "$BACKEND_PID" "${pp[@]}" \
+         >"$out/handshakes-$pass.json" 2>"$out/handshakes-$pass.log"; then
+      say "   $name: $(summ handshakes "$out/handshakes-$pass.json" 2>&1)"
+    else
+      say "   $name handshakes: failed"; tail -3 "$out/handshakes-$pass.log" >&2; rm -f "$out/handshakes-$pass.json"
+    fi
+    stop_group "$PROXY_PID"
+    sleep 2
+  done
 fi
 
 # ---- routes at scale (wsgate only): memory per route, /metrics size, reload time ----

@@ -11,12 +11,14 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::api::{
-    Backend, BackendTls, JwksRef, JwtAuth, OnExceed, PathMatchType, Policy, Tls, WebSocketRouteSpec,
+    Backend, BackendTls, ClientAccess as ApiClientAccess, JwksRef, JwtAuth, OnExceed,
+    OnPolicyChange, PathMatchType, Policy, Tls, WebSocketRouteSpec,
 };
+use crate::proxy::client::{parse_cidr, Cidrs};
 use crate::proxy::route::auth::{self, KeySet, Keys, RemoteJwks, TokenSource};
 use crate::proxy::route::backend_tls::{self, Material};
 use crate::proxy::route::policy::{
-    Balance, Exceed, HashKey, LegPing, PassiveHealth, RateLimit, RebalancePolicy,
+    Balance, ClientAccess, Exceed, HashKey, LegPing, PassiveHealth, RateLimit, RebalancePolicy,
 };
 use crate::proxy::route::table::{BackendAddr, HostMatch, PathRule, Route, RouteKey};
 
@@ -471,6 +473,7 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
     if let Some(t) = &spec.backend_tls {
         validate_backend_tls(t, &mut err);
     }
+    validate_client_access(spec, &mut err);
     errs
 }
 
@@ -513,6 +516,34 @@ fn validate_rebalance(spec: &WebSocketRouteSpec, err: &mut impl FnMut(String, St
     if r.over.is_zero() {
         err("spec.rebalance.over".into(), "must be above 0".into());
     }
+}
+
+/// `clientAccess`: every entry a CIDR or an address, a prefix length in 1..=128.
+fn validate_client_access(spec: &WebSocketRouteSpec, err: &mut impl FnMut(String, String)) {
+    let Some(a) = &spec.client_access else { return };
+    for (list, entries) in [("allow", &a.allow), ("deny", &a.deny)] {
+        for (i, e) in entries.iter().enumerate() {
+            if let Err(why) = parse_cidr(e) {
+                err(format!("spec.clientAccess.{list}[{i}]"), why);
+            }
+        }
+    }
+    if !(1..=128).contains(&a.ipv6_prefix_length) {
+        err(
+            "spec.clientAccess.ipv6PrefixLength".into(),
+            format!("{} must be from 1 to 128", a.ipv6_prefix_length),
+        );
+    }
+}
+
+/// The compiled `clientAccess` (validated before).
+fn client_access(a: &ApiClientAccess) -> Option<ClientAccess> {
+    Some(ClientAccess {
+        allow: Cidrs::parse(&a.allow).ok()?,
+        deny: Cidrs::parse(&a.deny).ok()?,
+        ipv6_prefix_length: a.ipv6_prefix_length,
+        close_denied: a.on_policy_change == OnPolicyChange::CloseDenied,
+    })
 }
 
 /// Compiles one route. `namespace`/`name` identify it; the resolver supplies
@@ -668,6 +699,7 @@ pub fn compile(
             fail_timeout: spec.passive_health.fail_timeout.0,
         },
         backend_tls,
+        client_access: spec.client_access.as_ref().and_then(client_access),
     })
 }
 
@@ -796,6 +828,27 @@ mod tests {
         );
         assert!(validate(&ok).is_empty());
         assert_eq!(ok.rebalance.unwrap().over.to_string(), "5m");
+    }
+
+    #[test]
+    fn client_access_lists_are_checked_with_the_field_named() {
+        let errs = validate(&spec(
+            "backends: [{address: '127.0.0.1:9000'}]\nclientAccess: {allow: [10.0.0.0/8, 10.0.0.0/33], deny: [nope], ipv6PrefixLength: 0}",
+        ));
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.clientAccess.allow[1]",
+                "spec.clientAccess.deny[0]",
+                "spec.clientAccess.ipv6PrefixLength"
+            ]
+        );
+        let ok = spec("backends: [{address: '127.0.0.1:9000'}]\nclientAccess: {deny: [192.0.2.7]}");
+        assert!(validate(&ok).is_empty());
+        let a = client_access(ok.client_access.as_ref().unwrap()).unwrap();
+        assert!(a.close_denied);
+        assert_eq!(a.ipv6_prefix_length, 128);
     }
 
     #[test]

@@ -10,9 +10,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use ipnet::IpNet;
 use wsgate::api::Duration;
 use wsgate::metrics::Metrics;
+use wsgate::proxy::client::Cidrs;
+use wsgate::proxy::handshake::forwarded::ForwardedTrust;
 use wsgate::proxy::listen::limits::MIN_HEADER_BYTES;
+use wsgate::proxy::listen::proxy_protocol::{ProxyProtocol, Untrusted, Versions};
 use wsgate::proxy::{self, access_log, AccessLog, HeadLimits, Http2Settings, Listener, Proxy};
 use wsgate::{admin, config, controller};
 
@@ -136,6 +140,89 @@ struct Common {
     /// --http2-max-concurrent-streams per connection.
     #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(16 * 1024..=16 * 1024 * 1024))]
     http2_stream_send_buffer: u32,
+    /// PROXY protocol on both proxy listeners: a trusted load balancer names the
+    /// client in a header before TLS and HTTP. `off`, `v1`, `v2` or `any`.
+    #[arg(long, default_value = "off", value_name = "off|v1|v2|any")]
+    proxy_protocol: ProxyProtocolMode,
+    /// Peers that must send a PROXY header (CIDR or address; repeatable). Required
+    /// when --proxy-protocol is on.
+    #[arg(long, value_name = "CIDR", value_parser = cidr)]
+    proxy_protocol_trusted: Vec<IpNet>,
+    /// Other peers: `reject` closes them before reading a byte; `direct` serves
+    /// them as clients of their own and never parses a header they send.
+    #[arg(long, default_value = "reject", value_name = "reject|direct")]
+    proxy_protocol_untrusted: UntrustedMode,
+    /// A trusted peer's whole PROXY header must arrive within this.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    proxy_protocol_timeout: Duration,
+    /// Proxies whose X-Forwarded-For is believed (CIDR or address; repeatable):
+    /// the list is read right to left, skipping these, when the connection's
+    /// source is one of them.
+    #[arg(long, value_name = "CIDR", value_parser = cidr, conflicts_with = "trusted_hops")]
+    trusted_proxies: Vec<IpNet>,
+    /// This many proxies stand in front of wsgate and each appends to
+    /// X-Forwarded-For: the client is the N-th entry from the right.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    trusted_hops: Option<u16>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ProxyProtocolMode {
+    Off,
+    V1,
+    V2,
+    Any,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum UntrustedMode {
+    Reject,
+    Direct,
+}
+
+fn cidr(s: &str) -> Result<IpNet, String> {
+    proxy::client::parse_cidr(s)
+}
+
+impl Common {
+    /// The PROXY protocol settings, or why they are incomplete.
+    fn proxy_protocol(&self) -> anyhow::Result<Option<Arc<ProxyProtocol>>> {
+        let versions = match self.proxy_protocol {
+            ProxyProtocolMode::Off => return Ok(None),
+            ProxyProtocolMode::V1 => Versions::V1,
+            ProxyProtocolMode::V2 => Versions::V2,
+            ProxyProtocolMode::Any => Versions::Any,
+        };
+        if self.proxy_protocol_trusted.is_empty() {
+            anyhow::bail!(
+                "--proxy-protocol needs --proxy-protocol-trusted CIDR: the load balancers \
+                 allowed to name clients (anyone else could forge an address)"
+            );
+        }
+        let trusted: Vec<String> = self
+            .proxy_protocol_trusted
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        Ok(Some(Arc::new(ProxyProtocol {
+            versions,
+            trusted: Cidrs::parse(&trusted).map_err(anyhow::Error::msg)?,
+            untrusted: match self.proxy_protocol_untrusted {
+                UntrustedMode::Reject => Untrusted::Reject,
+                UntrustedMode::Direct => Untrusted::Direct,
+            },
+            timeout: self.proxy_protocol_timeout.0,
+        })))
+    }
+
+    /// Whose X-Forwarded-For is believed.
+    fn forwarded(&self) -> Arc<ForwardedTrust> {
+        let proxies: Vec<String> = self.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        Arc::new(ForwardedTrust {
+            proxies: Cidrs::parse(&proxies).unwrap_or_default(),
+            hops: self.trusted_hops.map_or(0, usize::from),
+        })
+    }
 }
 
 fn positive_duration(s: &str) -> Result<Duration, String> {
@@ -430,6 +517,8 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
         max_concurrent_streams: common.http2_max_concurrent_streams,
         stream_send_buffer: common.http2_stream_send_buffer as usize,
     });
+    let proxy_protocol = common.proxy_protocol()?;
+    let forwarded = common.forwarded();
     let mut listeners = vec![tokio::spawn(proxy::serve_listener(
         proxy.clone(),
         Listener {
@@ -437,6 +526,8 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
             tls: None,
             limits,
             http2,
+            proxy_protocol: proxy_protocol.clone(),
+            forwarded: forwarded.clone(),
         },
     ))];
     if let Some(socket) = tls {
@@ -448,6 +539,8 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
                 tls: Some(cfg),
                 limits,
                 http2,
+                proxy_protocol,
+                forwarded,
             },
         )));
     }

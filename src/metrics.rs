@@ -118,6 +118,10 @@ pub struct Metrics {
     /// protocol they speak (`http1`, `h2`); tunnels ÷ connections shows HTTP/2
     /// multiplexing.
     pub client_connections_active: IntGaugeVec,
+    /// `wsgate_proxy_protocol_rejections_total{reason}`: connections closed before
+    /// any HTTP byte because of the PROXY protocol (`untrusted`, `invalid`,
+    /// `timeout`, `too_large`, `crc`).
+    pub proxy_protocol_rejections_total: IntCounterVec,
 }
 
 /// Where a tunnel's close began.
@@ -316,6 +320,12 @@ impl Metrics {
                 "wsgate_backend_ejections_total",
                 "Backends skipped for failTimeout after maxFails failed connects in a row.",
                 &["namespace", "route"],
+            ),
+            proxy_protocol_rejections_total: counter(
+                &r,
+                "wsgate_proxy_protocol_rejections_total",
+                "Connections closed before any HTTP byte for their PROXY protocol header, by reason.",
+                &["reason"],
             ),
             registry: r,
         }

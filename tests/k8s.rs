@@ -23,6 +23,8 @@ mod backend;
 mod backend_tls;
 #[path = "k8s/client.rs"]
 mod client;
+#[path = "k8s/client_access.rs"]
+mod client_access;
 #[path = "k8s/cluster.rs"]
 mod cluster;
 #[path = "k8s/endpoints.rs"]
@@ -97,6 +99,10 @@ const ALL: &[Scenario] = &[
     ("16 address-backends-refused", tenancy::address_backends),
     ("17 hostname-ownership", tenancy::hostname_ownership),
     ("18 unrelated-churn-no-rebuild", tenancy::unrelated_churn),
+    (
+        "19 client-access-from-the-crd",
+        client_access::client_access_from_the_crd,
+    ),
 ];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.

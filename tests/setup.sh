@@ -53,6 +53,15 @@ command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || apt_install libc6-dev
 command -v readelf >/dev/null && command -v objcopy >/dev/null || apt_install binutils
 
+# Edge peers (tests/client_address.rs): HAProxy 2.6 and NGINX with its stream module
+# send PROXY protocol v1/v2 and X-Forwarded-For in front of wsgate. Debian starts
+# services on install; the tests run their own instances, so stop the packaged ones.
+if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null ||
+  [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+  apt_install haproxy nginx-light libnginx-mod-stream
+  (service haproxy stop; service nginx stop) >/dev/null 2>&1 || true
+fi
+
 # Node peers: `npm ci` into the cache when the lock file changed.
 node_dir=$cache/peers-node
 if ! cmp -s "$here/peers/package-lock.json" "$node_dir/package-lock.json" ||

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha1"
 	"encoding/base64"
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"math/rand"
@@ -48,6 +49,7 @@ func cmdHandshakes(args []string) {
 	pid := fs.Int("proxy-pid", 0, "proxy process (tree) whose CPU to measure; 0 = none")
 	backendPID := fs.Int("backend-pid", 0, "backend process, to tell foreign CPU load from ours; 0 = unknown")
 	gorilla := fs.Bool("gorilla", false, "use the gorilla client instead of the lean raw handshake")
+	proxyV2 := fs.Bool("proxy-v2", false, "send a PROXY protocol v2 header (PROXY, TCP4) before each request, as a load balancer would")
 	_ = fs.Parse(args)
 	if *target == "" {
 		fatalf("handshakes: --target required")
@@ -81,6 +83,7 @@ func cmdHandshakes(args []string) {
 		go func() {
 			defer wg.Done()
 			hc := newRawHandshaker(u, srcs)
+			hc.proxyV2 = *proxyV2
 			for time.Now().Before(stopAt) && claimed.Add(1) <= *max {
 				var err error
 				if *gorilla {
@@ -155,6 +158,26 @@ type rawHandshaker struct {
 	buf     []byte
 	rng     *rand.Rand
 	closeFr []byte
+	proxyV2 bool
+}
+
+// proxyV2Header is what an L4 load balancer sends first (HAProxy's
+// doc/proxy-protocol.txt, section 2.2): the v2 signature, PROXY over TCP4, and the
+// connection's own addresses as the client's.
+func proxyV2Header(src, dst net.Addr) []byte {
+	s, _ := src.(*net.TCPAddr)
+	d, _ := dst.(*net.TCPAddr)
+	b := make([]byte, 0, 28)
+	b = append(b, "\r\n\r\n\x00\r\nQUIT\n"...)
+	b = append(b, 0x21, 0x11, 0x00, 0x0c)
+	if s == nil || d == nil || s.IP.To4() == nil || d.IP.To4() == nil {
+		return append(b[:12], 0x20, 0x00, 0x00, 0x00) // LOCAL, UNSPEC
+	}
+	b = append(b, s.IP.To4()...)
+	b = append(b, d.IP.To4()...)
+	b = binary.BigEndian.AppendUint16(b, uint16(s.Port))
+	b = binary.BigEndian.AppendUint16(b, uint16(d.Port))
+	return b
 }
 
 func newRawHandshaker(u *url.URL, srcs []net.IP) *rawHandshaker {
@@ -191,7 +214,11 @@ func (h *rawHandshaker) cycle() error {
 	req := "GET " + h.path + " HTTP/1.1\r\nHost: " + h.host +
 		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key +
 		"\r\nSec-WebSocket-Version: 13\r\n\r\n"
-	if _, err := conn.Write([]byte(req)); err != nil {
+	out := []byte(req)
+	if h.proxyV2 {
+		out = append(proxyV2Header(conn.LocalAddr(), conn.RemoteAddr()), out...)
+	}
+	if _, err := conn.Write(out); err != nil {
 		return err
 	}
 	// Read the response head.

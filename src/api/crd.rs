@@ -270,6 +270,21 @@ pub fn crd() -> CustomResourceDefinition {
         "maxItems",
         json!(8),
     );
+    // clientAccess: the API server refuses an entry wsgate cannot read, so a bad
+    // list never replaces the one in force (Kubernetes' CEL IP/CIDR library).
+    for list in ["allow", "deny"] {
+        let at = format!("{spec}/properties/clientAccess/properties/{list}");
+        add(&mut crd, &at, "maxItems", json!(5000));
+        add(
+            &mut crd,
+            &format!("{at}/items"),
+            &xv,
+            json!([rule(
+                "isCIDR(self) || isIP(self)",
+                "must be a CIDR (like 10.0.0.0/8) or an IP address"
+            )]),
+        );
+    }
     let jwt = format!("{spec}/properties/auth/properties/jwt");
     add(
         &mut crd,

@@ -104,6 +104,12 @@ pub struct WebSocketRouteSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_tls: Option<BackendTls>,
+    /// Which client addresses may use the route: deny is checked first, then
+    /// allow (empty allows all); a refused client gets 403 before any backend is
+    /// contacted. The address is the effective client (PROXY protocol, trusted
+    /// `X-Forwarded-For`), not the load balancer's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_access: Option<ClientAccess>,
 }
 
 fn default_true() -> bool {
@@ -539,6 +545,54 @@ impl Default for PassiveHealth {
             fail_timeout: default_fail_timeout(),
         }
     }
+}
+
+/// `clientAccess`: CIDR lists of client addresses.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientAccess {
+    /// Addresses allowed (CIDRs like `10.0.0.0/8` or bare addresses); empty
+    /// allows every address that is not denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Addresses denied; deny wins over allow.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// IPv6 clients are compared by this many leading bits of their address (64:
+    /// one customer's /64 counts as one address).
+    #[serde(default = "default_ipv6_prefix_length")]
+    #[schemars(range(min = 1, max = 128))]
+    pub ipv6_prefix_length: u8,
+    /// When the lists change: `CloseDenied` sends Close 1008 to the open tunnels
+    /// whose client is now denied (1001 to their backend); `KeepExisting` leaves
+    /// open tunnels alone.
+    #[serde(default)]
+    pub on_policy_change: OnPolicyChange,
+}
+
+fn default_ipv6_prefix_length() -> u8 {
+    128
+}
+
+impl Default for ClientAccess {
+    fn default() -> Self {
+        ClientAccess {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            ipv6_prefix_length: default_ipv6_prefix_length(),
+            on_policy_change: OnPolicyChange::default(),
+        }
+    }
+}
+
+/// What a change of `clientAccess` does to open tunnels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum OnPolicyChange {
+    /// Close the tunnels whose client the new lists deny.
+    #[default]
+    CloseDenied,
+    /// Leave open tunnels alone; the lists apply to new ones.
+    KeepExisting,
 }
 
 /// Certificate for `wss`: a Secret in Kubernetes, files in standalone mode.

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::proxy::client::ClientAddr;
+
 /// Lines waiting for the writer; beyond this they are dropped, never waited for.
 const QUEUE: usize = 16 * 1024;
 /// How long the writer lets lines gather after the first wakes it. Waking a thread
@@ -212,8 +214,16 @@ pub struct Record {
     pub namespace: Option<String>,
     /// The route's name.
     pub route: Option<String>,
-    /// The client's address and port.
+    /// The client's address and port: the effective client (as `client_addr`),
+    /// with the port when it is known.
     pub client: String,
+    /// The effective client address: the PROXY protocol source, or the
+    /// `X-Forwarded-For` entry a trusted proxy vouched for, else the socket peer.
+    pub client_addr: String,
+    /// The socket peer's address and port (behind a load balancer, the balancer).
+    pub peer_addr: String,
+    /// The PROXY v2 AUTHORITY TLV (the SNI a TLS-terminating balancer saw).
+    pub proxy_authority: Option<String>,
     /// The backend's address, when one was reached.
     pub backend: Option<String>,
     /// The request method.
@@ -241,13 +251,16 @@ pub struct Record {
 
 impl Record {
     /// A line of `kind` with the fields every line has; the rest are null.
-    pub fn new(kind: Kind, client: String, status: u16, outcome: &'static str) -> Self {
+    pub fn new(kind: Kind, client: &ClientAddr, status: u16, outcome: &'static str) -> Self {
         Record {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             kind,
             namespace: None,
             route: None,
-            client,
+            client: client.to_string(),
+            client_addr: client.ip.to_string(),
+            peer_addr: client.peer.to_string(),
+            proxy_authority: client.authority.as_deref().map(str::to_owned),
             backend: None,
             method: None,
             path: None,
@@ -344,12 +357,20 @@ mod tests {
 
     #[test]
     fn a_line_is_one_json_object_with_every_key() {
-        let mut r = Record::new(Kind::Upgrade, "127.0.0.1:5".into(), 403, "rejected");
+        let mut r = Record::new(
+            Kind::Upgrade,
+            &ClientAddr::of(&crate::proxy::client::ConnAddr::direct(
+                "127.0.0.1:5".parse().unwrap(),
+                false,
+            )),
+            403,
+            "rejected",
+        );
         r.reason = Some("Origin not allowed".into());
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["kind"], "upgrade");
         assert_eq!(v["status"], 403);
         assert!(v["close_code"].is_null());
-        assert_eq!(v.as_object().unwrap().len(), 16);
+        assert_eq!(v.as_object().unwrap().len(), 19);
     }
 }

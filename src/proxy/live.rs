@@ -102,7 +102,9 @@ impl Proxy {
 
     /// Swaps in a new table. Open tunnels are not touched, except those whose route
     /// or backend is gone: they get Close 1001 after the route's drain grace period
-    /// (a tunnel whose backend comes back in time is kept).
+    /// (a tunnel whose backend comes back in time is kept); and those whose route's
+    /// `clientAccess` (with `onPolicyChange: CloseDenied`) now denies their client:
+    /// Close 1008 at once.
     pub fn apply(&self, table: RouteTable) {
         let mut all = self.runtimes.lock().expect("lock");
         let mut runtimes = HashMap::new();
@@ -122,6 +124,17 @@ impl Proxy {
         let by_key: HashMap<&RouteKey, &Arc<Route>> =
             table.routes().iter().map(|r| (&r.key, r)).collect();
         for t in self.registry.snapshot() {
+            let now_denied = by_key.get(&t.route.key).is_some_and(|r| {
+                r.client_access
+                    .as_ref()
+                    .is_some_and(|a| a.close_denied && !a.permits(t.client.ip))
+            });
+            if now_denied {
+                tracing::info!(tunnel = t.id, route = %t.route.key, client = %t.client, "clientAccess now denies the client; closing tunnel");
+                self.registry
+                    .schedule_close(&t, Some(now), CloseReason::ClientDenied);
+                continue;
+            }
             match by_key.get(&t.route.key) {
                 None => {
                     tracing::info!(tunnel = t.id, route = %t.route.key, grace = ?t.route.drain_grace, "route removed; draining tunnel");

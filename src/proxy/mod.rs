@@ -11,6 +11,7 @@
 
 pub mod access_log;
 pub mod backends;
+pub mod client;
 pub mod crypto;
 pub mod first_head;
 pub mod handshake;

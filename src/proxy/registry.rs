@@ -3,7 +3,6 @@
 //! the relay updates its counters with relaxed atomics.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -12,6 +11,7 @@ use futures_util::task::AtomicWaker;
 
 use crate::metrics::Initiator;
 use crate::proxy::access_log::{self, AccessLog, Kind, Record};
+use crate::proxy::client::ClientAddr;
 use crate::proxy::route::table::Route;
 
 /// Why a tunnel has a close deadline.
@@ -25,6 +25,8 @@ pub enum CloseReason {
     TokenExpired,
     /// The rebalancer moves it to a less-loaded backend.
     Rebalance,
+    /// Its route's `clientAccess` changed and now denies its client.
+    ClientDenied,
 }
 
 impl CloseReason {
@@ -37,6 +39,8 @@ impl CloseReason {
             // RFC 6455 §7.4.1: 1008, the message (here: the credentials) violates policy.
             CloseReason::TokenExpired => (1008, "token expired"),
             CloseReason::Rebalance => (1012, "moving to a less-loaded backend"),
+            // 1008 to the client (RFC 6455 §7.4.1, a policy); the backend gets 1001.
+            CloseReason::ClientDenied => (1008, "client address no longer allowed"),
         }
     }
 }
@@ -47,8 +51,8 @@ pub struct TunnelInfo {
     pub id: u64,
     /// The route as it was when the tunnel opened.
     pub route: Arc<Route>,
-    /// The client's address.
-    pub client: SocketAddr,
+    /// The effective client address (and the connection it came on).
+    pub client: ClientAddr,
     /// The backend's address (shared with the route table's).
     pub backend: Arc<str>,
     /// How the client reached wsgate.
@@ -95,6 +99,7 @@ impl TunnelInfo {
             1 => CloseReason::Shutdown,
             2 => CloseReason::TokenExpired,
             3 => CloseReason::Rebalance,
+            4 => CloseReason::ClientDenied,
             _ => CloseReason::Drain,
         }
     }
@@ -135,7 +140,7 @@ impl Default for Registry {
 }
 
 fn tunnel_record(t: &TunnelInfo, code: u16, initiator: Initiator) -> Record {
-    let mut r = Record::new(Kind::Tunnel, t.client.to_string(), 101, "upgraded");
+    let mut r = Record::new(Kind::Tunnel, &t.client, 101, "upgraded");
     r.namespace = Some(t.route.key.namespace.clone());
     r.route = Some(t.route.key.name.clone());
     r.backend = Some(t.backend.to_string());
@@ -185,7 +190,7 @@ impl Registry {
     pub fn open(
         &self,
         route: Arc<Route>,
-        client: SocketAddr,
+        client: ClientAddr,
         client_protocol: ClientProtocol,
         backend: Arc<str>,
     ) -> Arc<TunnelInfo> {
@@ -263,7 +268,14 @@ impl Registry {
         // schedules a tunnel that is already closing, so none is closed twice. The
         // token's expiry is not such a deadline: an earlier one may replace it.
         let expiring = t.close_reason() == CloseReason::TokenExpired;
-        if reason != CloseReason::Shutdown && at.is_some() && old != u64::MAX && !expiring {
+        // A denied client goes now whatever was planned (it is never later).
+        let denied = reason == CloseReason::ClientDenied;
+        if reason != CloseReason::Shutdown
+            && at.is_some()
+            && old != u64::MAX
+            && !expiring
+            && !denied
+        {
             return;
         }
         // No deadline outlives the token: a cancelled drain falls back to it.
@@ -278,6 +290,7 @@ impl Registry {
             CloseReason::Shutdown => 1,
             CloseReason::TokenExpired => 2,
             CloseReason::Rebalance => 3,
+            CloseReason::ClientDenied => 4,
         };
         t.close_reason.store(code, Relaxed);
         t.close_at.store(ms, Relaxed);

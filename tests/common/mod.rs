@@ -7,6 +7,7 @@
 //! were waiting for when it runs out.
 #![allow(dead_code)]
 
+pub mod edge;
 pub mod frames;
 pub mod http;
 pub mod metrics;
@@ -18,6 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
+pub use edge::*;
 #[allow(unused_imports)]
 pub use frames::*;
 #[allow(unused_imports)]
@@ -216,6 +219,9 @@ pub struct Options {
     pub args: Vec<String>,
     /// More environment variables, e.g. `SSL_CERT_FILE` for a test CA.
     pub env: Vec<(String, String)>,
+    /// Bind the plain listener to `[::]` (dual-stack: IPv4 clients arrive as
+    /// IPv4-mapped IPv6 addresses); `listen` stays 127.0.0.1 for connecting.
+    pub dual_stack: bool,
 }
 
 /// A running `wsgate serve`, killed when dropped (its log is printed when the
@@ -263,7 +269,11 @@ impl Wsgate {
                 .arg("--config")
                 .arg(&config)
                 .arg("--listen")
-                .arg(listen.to_string())
+                .arg(if opts.dual_stack {
+                    format!("[::]:{}", listen.port())
+                } else {
+                    listen.to_string()
+                })
                 .arg("--admin-listen")
                 .arg(admin.to_string());
             if let Some(tls) = tls {

@@ -6,10 +6,11 @@
 //
 //   node h2-ws-client.js URL [--count N] [--protocol P]... [--origin O]
 //                            [--header 'K: V']... [--no-auto-pong] [--ca FILE]
-//                            [--connect HOST:PORT]
+//                            [--connect HOST:PORT] [--local-address IP]
 //
 // URL is http://… (h2c with prior knowledge) or https://… (ALPN h2). --connect
-// dials HOST:PORT instead of URL's host (the URL still names :authority and SNI).
+// dials HOST:PORT instead of URL's host (the URL still names :authority and SNI);
+// --local-address binds the connection's source address (e.g. 127.0.0.2).
 // Commands (stdin): {op: text, data, id?} | {op: binary, b64, id?} | {op: ping, data, id?}
 //                   | {op: close, code?, reason?, id?, end?} (with `end` the stream's
 //                     END_STREAM follows the Close frame at once, as Chromium sends
@@ -44,12 +45,13 @@ for (const h of list(args.header)) {
 }
 const connectOptions = {};
 if (args.ca) connectOptions.ca = fs.readFileSync(args.ca);
-if (args.connect) {
-  const [host, port] = String(args.connect).split(':');
+if (args.connect || args['local-address']) {
+  const [host, port] = args.connect ? String(args.connect).split(':') : [url.hostname, url.port];
+  const localAddress = args['local-address'] ? String(args['local-address']) : undefined;
   connectOptions.createConnection = () =>
     url.protocol === 'https:'
-      ? tls.connect({ host, port: Number(port), servername: url.hostname, ALPNProtocols: ['h2'], ca: connectOptions.ca })
-      : net.connect({ host, port: Number(port) });
+      ? tls.connect({ host, port: Number(port), localAddress, servername: url.hostname, ALPNProtocols: ['h2'], ca: connectOptions.ca })
+      : net.connect({ host, port: Number(port), localAddress });
 }
 
 const session = http2.connect(url.origin, connectOptions);

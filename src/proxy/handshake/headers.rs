@@ -2,9 +2,9 @@
 //! (RFC 9110 §7.6.1) and the `X-Forwarded-*` / `X-Real-IP` headers users know from
 //! NGINX configs.
 
-use std::net::SocketAddr;
-
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+
+use crate::proxy::client::ClientAddr;
 
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -77,26 +77,26 @@ pub fn for_http1(headers: &mut HeaderMap, uri: &http::Uri) {
     }
 }
 
-/// Sets `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host` and
-/// `X-Real-IP` for a request from `client`.
-pub fn set_forwarded(headers: &mut HeaderMap, client: SocketAddr, tls: bool) {
-    let ip = client.ip().to_canonical().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    if let Some(host) = headers.get(HOST).cloned() {
-        headers.insert("x-forwarded-host", host);
-    }
+/// Sets the forwarding headers toward the backend for a request from `client`:
+/// `X-Forwarded-For` and `X-Real-IP` are exactly the effective client address (an
+/// untrusted chain never reaches the backend; the access log has it), and
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` are kept when a trusted proxy sent
+/// them (an untrusted peer's were removed when the request arrived), else set from
+/// the connection.
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientAddr) {
+    let ip = client.ip.to_canonical().to_string();
     if let Ok(v) = HeaderValue::from_str(&ip) {
+        headers.insert("x-forwarded-for", v.clone());
         headers.insert("x-real-ip", v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        let proto = if client.tls { "https" } else { "http" };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    if !headers.contains_key("x-forwarded-host") {
+        if let Some(host) = headers.get(HOST).cloned() {
+            headers.insert("x-forwarded-host", host);
+        }
     }
 }
 
@@ -120,12 +120,13 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_append() {
+    fn forwarded_headers_name_exactly_the_client() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         h.insert("host", HeaderValue::from_static("chat.example.com"));
-        set_forwarded(&mut h, "127.0.0.2:5000".parse().unwrap(), true);
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.2");
+        let conn = crate::proxy::client::ConnAddr::direct("127.0.0.2:5000".parse().unwrap(), true);
+        set_forwarded(&mut h, &ClientAddr::of(&conn));
+        assert_eq!(h["x-forwarded-for"], "127.0.0.2");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "chat.example.com");
         assert_eq!(h["x-real-ip"], "127.0.0.2");

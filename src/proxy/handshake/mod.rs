@@ -4,12 +4,12 @@
 //! [`Relay`](crate::proxy::relay::Relay).
 
 mod auth;
+pub mod forwarded;
 pub(crate) mod headers;
 pub(crate) mod path;
 pub(crate) mod plain_http;
 mod validate;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -25,12 +25,14 @@ use sha1::{Digest, Sha1};
 
 use crate::proxy::backends::balance::{self, affinity_cookie};
 use crate::proxy::backends::connect::{connect, report};
+use crate::proxy::client::ClientAddr;
 use crate::proxy::first_head::ClientIo;
 use crate::proxy::live::Proxy;
 use crate::proxy::registry::{ClientProtocol, CloseReason};
 use crate::proxy::relay::protocol::Extensions;
 use crate::proxy::relay::Relay;
 use crate::proxy::response::{status, Body, TunnelOpened};
+use crate::proxy::route::policy::client_permitted;
 use crate::proxy::stream::{H2Leg, Stream};
 use headers::{for_http1, set_forwarded, strip_hop_by_hop};
 use validate::Invalid;
@@ -47,8 +49,7 @@ pub fn accept_key(key: &[u8]) -> String {
 pub async fn websocket(
     proxy: &Arc<Proxy>,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
-    tls: bool,
+    client: ClientAddr,
     protocol: ClientProtocol,
 ) -> Response<Body> {
     let Some((route, runtime)) = proxy.route_for(&req) else {
@@ -59,12 +60,19 @@ pub async fn websocket(
             .inc();
         return status(StatusCode::NOT_FOUND, "no route for this host and path");
     };
+    let m = &runtime.metrics;
+    // First, before anything else is looked at: a denied client learns nothing
+    // about the route and no backend hears of it.
+    if !client_permitted(route.client_access.as_ref(), client.ip) {
+        m.outcome("client_denied");
+        tracing::debug!(route = %route.key, %client, "client address denied by clientAccess");
+        return status(StatusCode::FORBIDDEN, "client address not allowed");
+    }
     let uri = req.uri().clone();
     for_http1(req.headers_mut(), &uri);
-    let m = &runtime.metrics;
     let reject = |code: StatusCode, why: &str| {
         m.outcome("rejected");
-        tracing::debug!(route = %route.key, client = %peer, status = code.as_u16(), why, "upgrade rejected");
+        tracing::debug!(route = %route.key, %client, status = code.as_u16(), why, "upgrade rejected");
         status(code, why)
     };
 
@@ -97,7 +105,7 @@ pub async fn websocket(
         Err(invalid) => return refused(invalid),
     };
 
-    let mut admission = match runtime.admit(&route, peer.ip()) {
+    let mut admission = match runtime.admit(&route, client.ip) {
         Ok(a) => a,
         Err(code) => {
             m.outcome("limited");
@@ -107,7 +115,7 @@ pub async fn websocket(
     };
 
     let (parts, _) = req.into_parts();
-    let choice = balance::choose(&route, &runtime.backends, &parts, peer.ip());
+    let choice = balance::choose(&route, &runtime.backends, &parts, client.ip);
     let mut req = Request::from_parts(parts, ());
     let on_client = hyper::upgrade::on(&mut req);
     let (parts, ()) = req.into_parts();
@@ -141,7 +149,7 @@ pub async fn websocket(
         strip_hop_by_hop(&mut headers);
         headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        set_forwarded(&mut headers, peer, tls);
+        set_forwarded(&mut headers, &client);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut breq = Request::builder()
             .method(Method::GET)
@@ -266,6 +274,7 @@ pub async fn websocket(
     m.outcome("upgraded");
 
     let proxy = proxy.clone();
+    let client_addr = client;
     tokio::spawn(async move {
         let (client, backend_io) = match tokio::join!(on_client, on_backend) {
             (Ok(c), Ok(b)) => (c, b),
@@ -289,7 +298,7 @@ pub async fn websocket(
         };
         let backend_early = b.read_buf.to_vec();
         drop(b.read_buf);
-        let info = proxy.registry.open(route, peer, protocol, backend);
+        let info = proxy.registry.open(route, client_addr, protocol, backend);
         if let Some(at) = expires {
             proxy.registry.expire_at(&info, at);
         }

@@ -1,7 +1,6 @@
 //! Plain HTTP on the same routes: Socket.IO and SockJS begin with long-polling and
 //! fall back to streaming transports. Bodies stream both ways, never buffered.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,15 +13,16 @@ use super::headers::{for_http1, set_forwarded, strip_hop_by_hop};
 use crate::proxy::backends::balance::{self, affinity_cookie};
 use crate::proxy::backends::connect::over_tls;
 use crate::proxy::backends::health;
+use crate::proxy::client::ClientAddr;
 use crate::proxy::live::Proxy;
 use crate::proxy::response::{status, Body};
+use crate::proxy::route::policy::client_permitted;
 
 /// Proxies one plain HTTP request.
 pub async fn forward(
     proxy: &Arc<Proxy>,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    tls: bool,
+    client: ClientAddr,
 ) -> Response<Body> {
     let Some((route, runtime)) = proxy.route_for(&req) else {
         proxy
@@ -33,6 +33,10 @@ pub async fn forward(
         return status(StatusCode::NOT_FOUND, "no route for this host and path");
     };
     let m = &runtime.metrics;
+    if !client_permitted(route.client_access.as_ref(), client.ip) {
+        m.http(403);
+        return status(StatusCode::FORBIDDEN, "client address not allowed");
+    }
     if !route.proxy_http {
         m.http(426);
         let mut r = status(
@@ -51,9 +55,9 @@ pub async fn forward(
         return refusal;
     }
     let (mut parts, body) = req.into_parts();
-    let choice = balance::choose(&route, &runtime.backends, &parts, peer.ip());
+    let choice = balance::choose(&route, &runtime.backends, &parts, client.ip);
     strip_hop_by_hop(&mut parts.headers);
-    set_forwarded(&mut parts.headers, peer, tls);
+    set_forwarded(&mut parts.headers, &client);
     // Backends are spoken to in HTTP/1.1 whatever the client used.
     parts.version = http::Version::HTTP_11;
     let path = parts

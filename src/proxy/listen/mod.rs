@@ -4,6 +4,7 @@
 
 mod h2_guard;
 pub mod limits;
+pub mod proxy_protocol;
 pub(crate) mod tls;
 
 use std::convert::Infallible;
@@ -24,7 +25,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::proxy::access_log::{loggable_path, Kind, Record};
+use crate::proxy::client::{canonical, ClientAddr, ConnAddr};
 use crate::proxy::first_head::{FirstHead, HeadState};
+use crate::proxy::handshake::forwarded::ForwardedTrust;
 use crate::proxy::handshake::headers::is_websocket_upgrade;
 use crate::proxy::handshake::{self as upgrade, path, plain_http as http_proxy};
 use crate::proxy::listen::h2_guard::{FloodGuard, Flooded};
@@ -35,6 +38,7 @@ use crate::proxy::route::auth::TokenSource;
 use crate::proxy::route::table::request_host;
 use crate::proxy::stream::Stream;
 use limits::{reject, HeadLimits, Rejection, MIN_HEADER_BYTES};
+use proxy_protocol::{ProxyProtocol, Refused, Untrusted};
 
 /// TLS handshakes must finish within this.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +56,10 @@ pub struct Listener {
     pub limits: HeadLimits,
     /// HTTP/2 (ALPN `h2` with TLS, prior knowledge without); `None`: HTTP/1.1 only.
     pub http2: Option<Http2Settings>,
+    /// PROXY protocol from trusted load balancers; `None`: off.
+    pub proxy_protocol: Option<Arc<ProxyProtocol>>,
+    /// Whose `X-Forwarded-For` names the client.
+    pub forwarded: Arc<ForwardedTrust>,
 }
 
 /// HTTP/2 on a listener.
@@ -96,6 +104,8 @@ pub async fn serve_listener(proxy: Arc<Proxy>, listener: Listener) {
                         listener.tls.clone(),
                         listener.limits,
                         listener.http2,
+                        listener.proxy_protocol.clone(),
+                        listener.forwarded.clone(),
                     ));
                 }
                 Err(e) => {
@@ -108,15 +118,35 @@ pub async fn serve_listener(proxy: Arc<Proxy>, listener: Listener) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     proxy: Arc<Proxy>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<Arc<ServerConfig>>,
     limits: HeadLimits,
     http2: Option<Http2Settings>,
+    proxy_protocol: Option<Arc<ProxyProtocol>>,
+    forwarded: Arc<ForwardedTrust>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let mut conn = ConnAddr::direct(peer, tls.is_some());
+    if let Some(pp) = &proxy_protocol {
+        match proxy_header(&mut tcp, pp, &mut conn).await {
+            Ok(()) => {}
+            Err(refused) => {
+                proxy
+                    .metrics
+                    .proxy_protocol_rejections_total
+                    .with_label_values(&[refused.as_str()])
+                    .inc();
+                // Debug, not louder: an idle health check or a port scan ends here
+                // on every probe (ingress-nginx#6996's log floods).
+                tracing::debug!(client = %peer, reason = refused.as_str(), "PROXY protocol: connection closed");
+                return;
+            }
+        }
+    }
     let stream = match tls {
         Some(cfg) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, TlsAcceptor::from(cfg).accept(tcp))
@@ -145,7 +175,6 @@ async fn connection(
         }
         None => Stream::Tcp(tcp),
     };
-    let is_tls = matches!(stream, Stream::Tls(_));
     // The first head's deadline runs from here, the protocol sniff included.
     let head_by = Instant::now() + limits.read_timeout;
     let h2 = match (&stream, http2) {
@@ -180,7 +209,16 @@ async fn connection(
         move |mut req: Request<Incoming>| {
             head.head_done();
             let proxy = proxy.clone();
+            // One address for the connection (every HTTP/2 stream shares it); the
+            // request's own client may come from a trusted proxy's X-Forwarded-For.
+            let client = forwarded.client_of(&conn, req.headers_mut());
             async move {
+                let Ok(client) = client else {
+                    return Ok(status(
+                        http::StatusCode::BAD_REQUEST,
+                        "X-Forwarded-For has fewer entries than --trusted-hops",
+                    ));
+                };
                 let upgrade = is_websocket_upgrade(req.headers()) || is_extended_connect(&req);
                 // Routes match, and backends receive, the normalised path.
                 let bad_path = match path::normalize_uri(req.uri()) {
@@ -191,16 +229,19 @@ async fn connection(
                     Ok(None) => false,
                     Err(_) => true,
                 };
-                let seen = proxy.access_log.enabled().then(|| Seen::of(&req));
+                let seen = proxy
+                    .access_log
+                    .enabled()
+                    .then(|| (Seen::of(&req), client.clone()));
                 let resp = if bad_path {
                     refuse_path(&proxy, upgrade)
                 } else if upgrade {
-                    upgrade::websocket(&proxy, req, peer, is_tls, protocol).await
+                    upgrade::websocket(&proxy, req, client, protocol).await
                 } else {
-                    http_proxy::forward(&proxy, req, peer, is_tls).await
+                    http_proxy::forward(&proxy, req, client).await
                 };
-                if let Some(seen) = seen {
-                    seen.log(&proxy, peer, upgrade, &resp);
+                if let Some((seen, client)) = seen {
+                    seen.log(&proxy, &client, upgrade, &resp);
                 }
                 Ok::<_, Infallible>(resp)
             }
@@ -247,6 +288,31 @@ async fn connection(
             None => tracing::debug!(client = %peer, error = %e, "connection ended with an error"),
         }
     }
+}
+
+/// Reads a trusted load balancer's PROXY header into `conn` within the timeout;
+/// an untrusted peer is refused before any byte is read, or (`direct`) served as
+/// its own client with nothing parsed.
+async fn proxy_header(
+    tcp: &mut TcpStream,
+    pp: &ProxyProtocol,
+    conn: &mut ConnAddr,
+) -> Result<(), Refused> {
+    if !pp.trusted.contains(conn.peer.ip()) {
+        return match pp.untrusted {
+            Untrusted::Reject => Err(Refused::Untrusted),
+            Untrusted::Direct => Ok(()),
+        };
+    }
+    let header = tokio::time::timeout(pp.timeout, proxy_protocol::read_header(tcp, pp.versions))
+        .await
+        .map_err(|_| Refused::Timeout)??;
+    if let Some(source) = header.source {
+        conn.source = canonical(source);
+    }
+    conn.tls |= header.tls;
+    conn.authority = header.authority.map(Arc::from);
+    Ok(())
 }
 
 /// An HTTP/2 connection: hyper's server with extended CONNECT (RFC 8441) on and
@@ -387,7 +453,7 @@ impl Seen {
 
     /// Writes the line of a refused upgrade or of a plain HTTP request (a tunnel
     /// writes its own when it closes).
-    fn log(self, proxy: &Proxy, client: SocketAddr, upgrade: bool, resp: &Response<Body>) {
+    fn log(self, proxy: &Proxy, client: &ClientAddr, upgrade: bool, resp: &Response<Body>) {
         let status = resp.status();
         if resp.extensions().get::<TunnelOpened>().is_some() {
             return;
@@ -403,7 +469,7 @@ impl Seen {
             (Some(_), _) => "rejected",
         };
         let kind = if upgrade { Kind::Upgrade } else { Kind::Http };
-        let mut r = Record::new(kind, client.to_string(), status.as_u16(), outcome);
+        let mut r = Record::new(kind, client, status.as_u16(), outcome);
         // A second route lookup, made only when the access log is on: the
         // handlers keep their single lookup on the hot path.
         let live = proxy.live();

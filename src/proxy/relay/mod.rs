@@ -689,6 +689,14 @@ impl Relay {
                     return self.rebalance_close(st);
                 }
                 let (code, text) = reason.close_frame();
+                if reason == CloseReason::ClientDenied {
+                    // The backend did nothing wrong: it is told its client went away.
+                    st.first_close.get_or_insert((code, Initiator::Proxy));
+                    self.send_close(Side::Backend, 1001, text, st);
+                    self.send_close(Side::Client, code, text, st);
+                    self.linger(st);
+                    return;
+                }
                 self.proxy_close(code, text, st);
                 return;
             }

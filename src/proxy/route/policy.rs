@@ -1,8 +1,11 @@
 //! The policies a route carries, as plain settings: how a backend is picked,
-//! keepalive per leg, passive health, rate limits and rebalancing. The stages that
+//! keepalive per leg, passive health, rate limits, rebalancing and who may connect. The stages that
 //! act on them (`backends/`, `relay/`) read these; nothing here acts.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
+
+use crate::proxy::client::Cidrs;
 
 /// How a backend is picked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,4 +116,75 @@ pub struct RebalancePolicy {
     pub max_fraction: f64,
     /// The window the closes are spread over.
     pub over: Duration,
+}
+
+/// Which client addresses may use a route (`clientAccess`): deny is checked
+/// first, then allow (empty allows all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAccess {
+    /// Allowed ranges; empty allows every address not denied.
+    pub allow: Cidrs,
+    /// Denied ranges; they win over `allow`.
+    pub deny: Cidrs,
+    /// IPv6 clients are compared by this prefix of their address (128: the whole).
+    pub ipv6_prefix_length: u8,
+    /// On a table change, close open tunnels whose client is now denied
+    /// (`onPolicyChange: CloseDenied`).
+    pub close_denied: bool,
+}
+
+impl ClientAccess {
+    /// Whether `ip` (an effective client address) may open a tunnel.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        let ip = match ip.to_canonical() {
+            IpAddr::V6(v6) if self.ipv6_prefix_length < 128 => {
+                let keep = u128::MAX
+                    .checked_shl(128 - u32::from(self.ipv6_prefix_length))
+                    .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & keep))
+            }
+            ip => ip,
+        };
+        !self.deny.contains(ip) && (self.allow.is_empty() || self.allow.contains(ip))
+    }
+}
+
+/// Whether a route lets `ip` in (no `clientAccess`: everyone).
+pub fn client_permitted(access: Option<&ClientAccess>, ip: IpAddr) -> bool {
+    access.is_none_or(|a| a.permits(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(allow: &[&str], deny: &[&str], v6: u8) -> ClientAccess {
+        ClientAccess {
+            allow: Cidrs::parse(allow).unwrap(),
+            deny: Cidrs::parse(deny).unwrap(),
+            ipv6_prefix_length: v6,
+            close_denied: true,
+        }
+    }
+
+    #[test]
+    fn deny_wins_and_empty_allow_is_everyone() {
+        let a = access(&["10.0.0.0/8"], &["10.6.0.0/16"], 128);
+        assert!(a.permits("10.1.2.3".parse().unwrap()));
+        assert!(a.permits("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!a.permits("10.6.0.1".parse().unwrap()));
+        assert!(!a.permits("192.0.2.1".parse().unwrap()));
+        let open = access(&[], &["192.0.2.0/24"], 128);
+        assert!(open.permits("198.51.100.1".parse().unwrap()));
+        assert!(!open.permits("192.0.2.9".parse().unwrap()));
+        assert!(client_permitted(None, "192.0.2.9".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_clients_compare_by_prefix() {
+        // A bare address in the list, a client elsewhere in the same /64.
+        let a = access(&[], &["2001:db8:1:2::"], 64);
+        assert!(!a.permits("2001:db8:1:2:aaaa::1".parse().unwrap()));
+        assert!(a.permits("2001:db8:1:3::1".parse().unwrap()));
+    }
 }

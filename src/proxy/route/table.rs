@@ -169,6 +169,8 @@ pub struct Route {
     pub passive_health: PassiveHealth,
     /// TLS toward the backends (`backendTLS`); plain TCP when absent.
     pub backend_tls: Option<Arc<super::backend_tls::BackendTls>>,
+    /// Which client addresses may use the route (`clientAccess`).
+    pub client_access: Option<super::policy::ClientAccess>,
 }
 
 impl fmt::Debug for Route {
@@ -224,6 +226,7 @@ impl Route {
             rebalance: None,
             passive_health: PassiveHealth::default(),
             backend_tls: None,
+            client_access: None,
         }
     }
 }

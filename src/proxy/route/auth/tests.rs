@@ -232,7 +232,10 @@ async fn an_exp_past_what_a_clock_holds_means_never_not_a_panic() {
         if let Some(at) = v.expires {
             let t = registry.open(
                 route.clone(),
-                "127.0.0.1:1".parse().unwrap(),
+                crate::proxy::client::ClientAddr::of(&crate::proxy::client::ConnAddr::direct(
+                    "127.0.0.1:1".parse().unwrap(),
+                    false,
+                )),
                 ClientProtocol::Http1,
                 "127.0.0.1:1".into(),
             );
