@@ -56,7 +56,7 @@ async fn path_variants_never_reach_the_weaker_route() {
     }
     // The same variants as plain requests (the `open` route proxies plain HTTP): the
     // backend sees only normalised paths, never a dot segment, `//` or an escape.
-    for path in ["/x/../page", "//page", "/%70age", "/a/./b/../page?q=%2F.."] {
+    for path in ["/x/../page", "//page", "/%70age", "/./b/../page?q=%2F.."] {
         let r = http_get(gate.listen, path).await.unwrap();
         assert_eq!(r.status, 200, "{path}: {r:?}");
         let seen = backend
