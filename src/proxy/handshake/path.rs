@@ -53,8 +53,9 @@ pub fn normalize(path: &str) -> Result<Option<String>, EncodedSeparator> {
 /// Decodes `%XX` of unreserved characters (ALPHA, DIGIT, `-`, `.`, `_`, `~`) and
 /// upper-cases the hex digits of the others.
 fn decode_unreserved(path: &str) -> Result<String, EncodedSeparator> {
+    // Bytes, not chars: a path may carry raw UTF-8, which passes through as it is.
     let b = path.as_bytes();
-    let mut out = String::with_capacity(b.len());
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
@@ -65,20 +66,24 @@ fn decode_unreserved(path: &str) -> Result<String, EncodedSeparator> {
                     return Err(EncodedSeparator);
                 }
                 if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c as char);
+                    out.push(c);
                 } else {
-                    out.push('%');
-                    out.push(b[i + 1].to_ascii_uppercase() as char);
-                    out.push(b[i + 2].to_ascii_uppercase() as char);
+                    out.extend([
+                        b'%',
+                        b[i + 1].to_ascii_uppercase(),
+                        b[i + 2].to_ascii_uppercase(),
+                    ]);
                 }
                 i += 3;
                 continue;
             }
         }
-        out.push(b[i] as char);
+        out.push(b[i]);
         i += 1;
     }
-    Ok(out)
+    // Only ASCII was added or changed, so the UTF-8 of `path` is intact; were it
+    // not, the request is refused rather than the task panicking.
+    String::from_utf8(out).map_err(|_| EncodedSeparator)
 }
 
 /// Rewrites `uri`'s path to its normal form (the query kept as sent).
@@ -127,6 +132,11 @@ mod tests {
         assert_eq!(n("/.."), "/");
         assert_eq!(n("/a%20b"), "/a%20b");
         assert_eq!(n("/a%3fb"), "/a%3Fb");
+        assert_eq!(
+            n("/caf\u{e9}//%6Denu"),
+            "/caf\u{e9}/menu",
+            "raw UTF-8 passes unchanged"
+        );
         assert_eq!(normalize("/ws").unwrap(), None);
     }
 
