@@ -35,26 +35,6 @@ fn python_h2(addr: SocketAddr, path: &str, args: &[&str]) -> Peer {
     Peer::python("h2_client.py", &a)
 }
 
-/// Waits for `n` tunnels of a Node client to open.
-async fn opened(client: &mut Peer, n: usize) {
-    for i in 0..n {
-        client
-            .expect_where(15.0, &format!("tunnel {i} of {n} to open"), |v| {
-                v["event"] == "open"
-            })
-            .await;
-    }
-}
-
-/// The next event `name` on Node tunnel `id`.
-async fn event_on(client: &mut Peer, name: &str, id: u64, secs: f64) -> Value {
-    client
-        .expect_where(secs, &format!("{name} on tunnel {id}"), |v| {
-            v["event"] == name && v["id"] == id
-        })
-        .await
-}
-
 /// (code, reason) of a close event.
 fn code_reason(c: &Value) -> (Option<u64>, Option<&str>) {
     (c["code"].as_u64(), c["reason"].as_str())

@@ -41,26 +41,6 @@ fn py_h2(addr: SocketAddr, mode: &str, args: &[&str]) -> Peer {
     Peer::python("h2_client.py", &a)
 }
 
-/// Waits for `n` tunnels of an h2-ws-client to open.
-async fn opened(client: &mut Peer, n: usize) {
-    for i in 0..n {
-        client
-            .expect_where(15.0, &format!("tunnel {i} of {n} to open"), |v| {
-                v["event"] == "open"
-            })
-            .await;
-    }
-}
-
-/// The next event `name` on tunnel `id`.
-async fn event_on(client: &mut Peer, name: &str, id: u64, secs: f64) -> Value {
-    client
-        .expect_where(secs, &format!("{name} on tunnel {id}"), |v| {
-            v["event"] == name && v["id"] == id
-        })
-        .await
-}
-
 fn with_id(mut cmd: Value, id: u64) -> Value {
     cmd["id"] = json!(id);
     cmd

@@ -430,3 +430,23 @@ pub async fn run_wscat(args: &[&str], secs: f64) -> std::process::Output {
         .await
         .expect("run wscat")
 }
+
+/// Waits for `n` tunnels of a client peer (`h2-ws-client.js`) to open.
+pub async fn opened(client: &mut Peer, n: usize) {
+    for i in 0..n {
+        client
+            .expect_where(15.0, &format!("tunnel {i} of {n} to open"), |v| {
+                v["event"] == "open"
+            })
+            .await;
+    }
+}
+
+/// The next event `name` on a client peer's tunnel `id`.
+pub async fn event_on(client: &mut Peer, name: &str, id: u64, secs: f64) -> Value {
+    client
+        .expect_where(secs, &format!("{name} on tunnel {id}"), |v| {
+            v["event"] == name && v["id"] == id
+        })
+        .await
+}
