@@ -8,6 +8,7 @@ pub mod api;
 pub mod compile;
 pub mod config;
 pub mod controller;
+pub mod gateway;
 pub mod metrics;
 pub mod proxy;
 

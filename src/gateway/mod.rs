@@ -1,0 +1,16 @@
+//! Gateway API mode: wsgate as an implementation of the Kubernetes Gateway API
+//! (standard channel, v1.6) for GatewayClasses whose `controllerName` is
+//! `wsgate.io/gateway-controller`.
+//!
+//! [`api`] holds the objects as wsgate reads them; [`build`] turns a snapshot of
+//! them into the listeners and rules to serve and the status to report.
+
+pub mod api;
+pub mod build;
+
+/// The features `GatewayClass.status.supportedFeatures` lists: only those whose
+/// conformance tests wsgate passes in CI (`make conformance`).
+pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+
+#[cfg(test)]
+mod tests;
