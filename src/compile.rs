@@ -700,6 +700,7 @@ pub fn compile(
         },
         backend_tls,
         client_access: spec.client_access.as_ref().and_then(client_access),
+        gateway: None,
     })
 }
 

@@ -528,6 +528,7 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
             http2,
             proxy_protocol: proxy_protocol.clone(),
             forwarded: forwarded.clone(),
+            gateway_port: None,
         },
     ))];
     if let Some(socket) = tls {
@@ -541,6 +542,7 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
                 http2,
                 proxy_protocol,
                 forwarded,
+                gateway_port: None,
             },
         )));
     }

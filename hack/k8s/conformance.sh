@@ -28,7 +28,7 @@ log() { printf 'conformance.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 have_all() {
-  [[ -x "${OUT}/conformance.test" && -s "${OUT}/echo-basic.oci.tar" &&
+  [[ -x "${OUT}/conformance.test" && -s "${OUT}/echo-basic.oci.tar" && -s "${OUT}/echo-basic-dev.oci.tar" &&
      -s "${OUT}/coredns.oci.tar" && -d "${OUT}/crds/standard" && -s "${OUT}/VERSIONS" ]]
 }
 if have_all; then echo "${OUT}"; exit 0; fi

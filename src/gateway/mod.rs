@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod build;
+pub mod routes;
 
 /// The features `GatewayClass.status.supportedFeatures` lists: only those whose
 /// conformance tests wsgate passes in CI (`make conformance`).

@@ -29,6 +29,9 @@ pub struct ConnAddr {
     pub tls: bool,
     /// The PROXY v2 AUTHORITY TLV (the SNI the load balancer saw), for the log only.
     pub authority: Option<Arc<str>>,
+    /// The data-plane port of the Gateway listener it arrived on; `None` on
+    /// wsgate's own listeners (`WebSocketRoute`s).
+    pub gateway_port: Option<u16>,
 }
 
 impl ConnAddr {
@@ -40,6 +43,7 @@ impl ConnAddr {
             source: peer,
             tls,
             authority: None,
+            gateway_port: None,
         }
     }
 }
@@ -63,6 +67,8 @@ pub struct ClientAddr {
     pub peer: SocketAddr,
     /// The connection's [`ConnAddr::authority`].
     pub authority: Option<Arc<str>>,
+    /// The connection's [`ConnAddr::gateway_port`].
+    pub gateway_port: Option<u16>,
 }
 
 impl ClientAddr {
@@ -75,6 +81,7 @@ impl ClientAddr {
             tls: conn.tls,
             peer: conn.peer,
             authority: conn.authority.clone(),
+            gateway_port: conn.gateway_port,
         }
     }
 }

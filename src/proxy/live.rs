@@ -76,16 +76,20 @@ impl Proxy {
         self.live.load()
     }
 
-    /// The route a request goes to (by `Host` and path) and its runtime state.
+    /// The route a request goes to and its runtime state: on wsgate's own
+    /// listeners by `Host` and path among `WebSocketRoute`s, on a Gateway listener
+    /// (`gateway_port`) among that listener's HTTPRoute rules.
     pub(crate) fn route_for<B>(
         &self,
         req: &http::Request<B>,
+        gateway_port: Option<u16>,
     ) -> Option<(Arc<Route>, Arc<RouteRuntime>)> {
         let live = self.live.load();
-        let route = live
-            .table
-            .find(&request_host(req), req.uri().path())?
-            .clone();
+        let route = match gateway_port {
+            None => live.table.find(&request_host(req), req.uri().path())?,
+            Some(port) => live.table.find_gateway(port, req)?,
+        }
+        .clone();
         let runtime = live.runtimes[&route.key].clone();
         Some((route, runtime))
     }
@@ -121,13 +125,19 @@ impl Proxy {
         }
         self.metrics.routes.set(table.routes().len() as i64);
         let now = Instant::now();
-        let by_key: HashMap<&RouteKey, &Arc<Route>> =
-            table.routes().iter().map(|r| (&r.key, r)).collect();
+        // An HTTPRoute's rules share its key (its metrics and `/connections` name):
+        // a tunnel stays while any of them still has its backend.
+        let mut by_key: HashMap<&RouteKey, Vec<&Arc<Route>>> = HashMap::new();
+        for r in table.routes() {
+            by_key.entry(&r.key).or_default().push(r);
+        }
         for t in self.registry.snapshot() {
-            let now_denied = by_key.get(&t.route.key).is_some_and(|r| {
-                r.client_access
-                    .as_ref()
-                    .is_some_and(|a| a.close_denied && !a.permits(t.client.ip))
+            let now_denied = by_key.get(&t.route.key).is_some_and(|rs| {
+                rs.iter().all(|r| {
+                    r.client_access
+                        .as_ref()
+                        .is_some_and(|a| a.close_denied && !a.permits(t.client.ip))
+                })
             });
             if now_denied {
                 tracing::info!(tunnel = t.id, route = %t.route.key, client = %t.client, "clientAccess now denies the client; closing tunnel");
@@ -144,10 +154,15 @@ impl Proxy {
                         CloseReason::Drain,
                     );
                 }
-                Some(r) if !r.backends.iter().any(|b| b.address == t.backend) => {
-                    tracing::info!(tunnel = t.id, route = %t.route.key, backend = %t.backend, grace = ?r.drain_grace, "backend removed; draining tunnel");
+                Some(rs)
+                    if !rs
+                        .iter()
+                        .any(|r| r.backends.iter().any(|b| b.address == t.backend)) =>
+                {
+                    let grace = rs[0].drain_grace;
+                    tracing::info!(tunnel = t.id, route = %t.route.key, backend = %t.backend, ?grace, "backend removed; draining tunnel");
                     self.registry
-                        .schedule_close(&t, Some(now + r.drain_grace), CloseReason::Drain);
+                        .schedule_close(&t, Some(now + grace), CloseReason::Drain);
                 }
                 Some(_) => {
                     if t.close_deadline(self.registry.epoch()).is_some()

@@ -45,6 +45,35 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
+/// What a Gateway API rule answers itself, before any backend: its redirect, or
+/// 500 for the share of requests that falls on a backendRef that did not resolve
+/// (and for every request of a rule with no backendRefs).
+pub(crate) fn gateway_answer<B>(
+    route: &crate::proxy::route::table::Route,
+    req: &Request<B>,
+    client: &ClientAddr,
+) -> Option<Response<Body>> {
+    let g = route.gateway.as_ref()?;
+    if let Some(redirect) = &g.redirect {
+        let mut r = status(StatusCode::FOUND, "");
+        let tmp: Response<()> = redirect.response(req, &route.path, client.tls, g.listener_port);
+        *r.status_mut() = tmp.status();
+        r.headers_mut().extend(tmp.headers().clone());
+        return Some(r);
+    }
+    let draw = if g.total_weight == 0 {
+        0
+    } else {
+        rand::random_range(0..g.total_weight)
+    };
+    g.unusable(draw).then(|| {
+        status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no usable backend for this route rule",
+        )
+    })
+}
+
 /// Handles an upgrade request (HTTP/1.1) or an extended CONNECT (HTTP/2) end to end.
 pub async fn websocket(
     proxy: &Arc<Proxy>,
@@ -52,7 +81,7 @@ pub async fn websocket(
     client: ClientAddr,
     protocol: ClientProtocol,
 ) -> Response<Body> {
-    let Some((route, runtime)) = proxy.route_for(&req) else {
+    let Some((route, runtime)) = proxy.route_for(&req, client.gateway_port) else {
         proxy
             .metrics
             .connections_total
@@ -67,6 +96,10 @@ pub async fn websocket(
         m.outcome("client_denied");
         tracing::debug!(route = %route.key, %client, "client address denied by clientAccess");
         return status(StatusCode::FORBIDDEN, "client address not allowed");
+    }
+    if let Some(answer) = gateway_answer(&route, &req, &client) {
+        m.outcome("rejected");
+        return answer;
     }
     let uri = req.uri().clone();
     for_http1(req.headers_mut(), &uri);
@@ -150,7 +183,14 @@ pub async fn websocket(
         headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
         set_forwarded(&mut headers, &client);
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        if let Some(g) = &route.gateway {
+            path = g.edit_request(&mut headers, &path, &route.path);
+        }
         let mut breq = Request::builder()
             .method(Method::GET)
             .uri(path)

@@ -24,7 +24,7 @@ pub async fn forward(
     req: Request<Incoming>,
     client: ClientAddr,
 ) -> Response<Body> {
-    let Some((route, runtime)) = proxy.route_for(&req) else {
+    let Some((route, runtime)) = proxy.route_for(&req, client.gateway_port) else {
         proxy
             .metrics
             .http_requests_total
@@ -36,6 +36,10 @@ pub async fn forward(
     if !client_permitted(route.client_access.as_ref(), client.ip) {
         m.http(403);
         return status(StatusCode::FORBIDDEN, "client address not allowed");
+    }
+    if let Some(answer) = super::gateway_answer(&route, &req, &client) {
+        m.http(answer.status().as_u16());
+        return answer;
     }
     if !route.proxy_http {
         m.http(426);
@@ -60,11 +64,14 @@ pub async fn forward(
     set_forwarded(&mut parts.headers, &client);
     // Backends are spoken to in HTTP/1.1 whatever the client used.
     parts.version = http::Version::HTTP_11;
-    let path = parts
+    let mut path = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    if let Some(g) = &route.gateway {
+        path = g.edit_request(&mut parts.headers, &path, &route.path);
+    }
     // A request without a body can be retried on the next backend when a connect
     // fails; one with a body is sent once (its bytes may already be gone).
     let bodyless = body_is_empty(&parts.headers);
@@ -93,6 +100,9 @@ pub async fn forward(
                 health::record(&runtime.backends.health, m, &route, &backend.address, true);
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
+                if let Some(g) = &route.gateway {
+                    g.response_headers.apply(&mut rparts.headers);
+                }
                 if choice.set_cookie {
                     if let Some(c) = affinity_cookie(&route, index) {
                         rparts.headers.append(SET_COOKIE, c);

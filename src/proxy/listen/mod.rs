@@ -60,6 +60,9 @@ pub struct Listener {
     pub proxy_protocol: Option<Arc<ProxyProtocol>>,
     /// Whose `X-Forwarded-For` names the client.
     pub forwarded: Arc<ForwardedTrust>,
+    /// A Gateway listener's data-plane port: only the Gateway API rules of that
+    /// port are served here. `None`: wsgate's own listener (`WebSocketRoute`s).
+    pub gateway_port: Option<u16>,
 }
 
 /// HTTP/2 on a listener.
@@ -106,6 +109,7 @@ pub async fn serve_listener(proxy: Arc<Proxy>, listener: Listener) {
                         listener.http2,
                         listener.proxy_protocol.clone(),
                         listener.forwarded.clone(),
+                        listener.gateway_port,
                     ));
                 }
                 Err(e) => {
@@ -128,9 +132,11 @@ async fn connection(
     http2: Option<Http2Settings>,
     proxy_protocol: Option<Arc<ProxyProtocol>>,
     forwarded: Arc<ForwardedTrust>,
+    gateway_port: Option<u16>,
 ) {
     let _ = tcp.set_nodelay(true);
     let mut conn = ConnAddr::direct(peer, tls.is_some());
+    conn.gateway_port = gateway_port;
     if let Some(pp) = &proxy_protocol {
         match proxy_header(&mut tcp, pp, &mut conn).await {
             Ok(()) => {}

@@ -4,5 +4,6 @@
 
 pub mod auth;
 pub mod backend_tls;
+pub mod gateway;
 pub mod policy;
 pub mod table;

@@ -56,7 +56,7 @@ impl HostMatch {
 
     /// How well `host` (lower-case, port removed) matches: exact beats wildcard,
     /// and a longer wildcard beats a shorter one.
-    fn score(&self, host: &str) -> Option<usize> {
+    pub(crate) fn score(&self, host: &str) -> Option<usize> {
         match self {
             HostMatch::Exact(h) => (h == host).then_some(usize::MAX),
             HostMatch::Suffix(s) => {
@@ -81,7 +81,7 @@ pub enum PathRule {
 }
 
 impl PathRule {
-    fn score(&self, path: &str) -> Option<usize> {
+    pub(crate) fn score(&self, path: &str) -> Option<usize> {
         match self {
             // Exact wins over a prefix of the same length.
             PathRule::Exact(p) => (p == path).then_some(p.len() * 2 + 1),
@@ -171,6 +171,9 @@ pub struct Route {
     pub backend_tls: Option<Arc<super::backend_tls::BackendTls>>,
     /// Which client addresses may use the route (`clientAccess`).
     pub client_access: Option<super::policy::ClientAccess>,
+    /// An HTTPRoute rule's listener, conditions and filters; `None` for a
+    /// `WebSocketRoute`, served on wsgate's own listeners.
+    pub gateway: Option<Arc<super::gateway::GatewayRule>>,
 }
 
 impl fmt::Debug for Route {
@@ -227,6 +230,7 @@ impl Route {
             passive_health: PassiveHealth::default(),
             backend_tls: None,
             client_access: None,
+            gateway: None,
         }
     }
 }
@@ -235,6 +239,8 @@ impl Route {
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// Gateway API rules by data-plane port, each list in precedence order.
+    gateway_ports: Arc<HashMap<u16, Vec<usize>>>,
     /// Which routes a request's host can match, so a handshake scores a handful of
     /// routes rather than all of them (thousands of hosts in one table are common).
     by_host: Arc<HostIndex>,
@@ -296,8 +302,15 @@ impl RouteTable {
     /// A table of these routes (already validated; see `crate::compile`).
     pub fn new(routes: Vec<Route>) -> Self {
         let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
+        let mut gateway_ports: HashMap<u16, Vec<usize>> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            if let Some(g) = &r.gateway {
+                gateway_ports.entry(g.port).or_default().push(i);
+            }
+        }
         RouteTable {
             by_host: Arc::new(HostIndex::new(&routes)),
+            gateway_ports: Arc::new(gateway_ports),
             routes,
         }
     }
@@ -312,7 +325,12 @@ impl RouteTable {
     pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
         let host = normalize_host(host);
         let mut best: Option<((usize, usize), &Arc<Route>)> = None;
-        for route in self.by_host.candidates(&host).map(|i| &self.routes[i]) {
+        for route in self
+            .by_host
+            .candidates(&host)
+            .map(|i| &self.routes[i])
+            .filter(|r| r.gateway.is_none())
+        {
             let host_score = if route.hosts.is_empty() {
                 Some(0)
             } else {
@@ -331,6 +349,54 @@ impl RouteTable {
             }
         }
         best.map(|(_, r)| r)
+    }
+
+    /// The Gateway API rule for a request on data-plane port `port`: the most
+    /// specific listener hostname matching the request's host picks the listener
+    /// (listener isolation), then the most specific route hostname, then the first
+    /// rule in precedence order whose path, method, headers and query match.
+    pub fn find_gateway<B>(&self, port: u16, req: &http::Request<B>) -> Option<&Arc<Route>> {
+        let host = normalize_host(&request_host(req));
+        let path = req.uri().path();
+        let score = |h: &Option<HostMatch>| match h {
+            None => Some(0),
+            Some(h) => h.score(&host).map(|s| s.saturating_add(1)),
+        };
+        let mut best: Option<((usize, usize), &Arc<Route>)> = None;
+        for route in self
+            .gateway_ports
+            .get(&port)?
+            .iter()
+            .map(|&i| &self.routes[i])
+        {
+            let g = route.gateway.as_ref().expect("indexed by its gateway rule");
+            let Some(listener) = score(&g.listener_host) else {
+                continue;
+            };
+            let host_score = if route.hosts.is_empty() {
+                Some(0)
+            } else {
+                route
+                    .hosts
+                    .iter()
+                    .filter_map(|h| h.score(&host))
+                    .max()
+                    .map(|s| s.saturating_add(1))
+            };
+            let Some(hs) = host_score else { continue };
+            if best.as_ref().is_some_and(|(b, _)| *b >= (listener, hs)) {
+                continue;
+            }
+            if route.path.score(path).is_some() && g.matches(req) {
+                best = Some(((listener, hs), route));
+            }
+        }
+        best.map(|(_, r)| r)
+    }
+
+    /// Whether any Gateway API rule is served on data-plane port `port`.
+    pub fn serves_gateway_port(&self, port: u16) -> bool {
+        self.gateway_ports.contains_key(&port)
     }
 
     /// The certificate for an SNI name (or the only one, without SNI).
@@ -474,6 +540,7 @@ mod tests {
                     exact: HashMap::new(),
                     any: (0..t.routes.len()).collect(),
                 }),
+                gateway_ports: Arc::default(),
                 routes: t.routes.clone(),
             };
             let name = |t: &RouteTable| t.find(host, path).map(|r| r.key.name.clone());

@@ -1,0 +1,236 @@
+//! From a [`build`](super::build) output to the proxy's routes: one route per match
+//! of each attached HTTPRoute rule, served on its listener's data-plane port, with
+//! the defaults a `WebSocketRoute` gets (keepalive on both legs, drain, frame
+//! checks) and the rule's conditions and filters.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue};
+
+use super::api::{HTTPRouteFilter, HeaderModifier, PathModifier};
+use super::build::{BackendPlan, Key, Output, RulePlan};
+use crate::api::{Backend, PortRef, ServiceRef, WebSocketRouteSpec};
+use crate::compile::{self, FieldError, Resolver};
+use crate::proxy::route::gateway::{GatewayRule, HeaderEdit, PathEdit, Redirect, Rewrite};
+use crate::proxy::route::table::{BackendAddr, HostMatch, PathRule, Route, RouteKey};
+
+/// The data-plane port of each (Gateway, listener port).
+pub type Ports = BTreeMap<(Key, u16), u16>;
+
+/// Weights of backendRefs are shares of requests; a Service's share is split among
+/// its endpoints, so each endpoint's weight is the ref's times this over their count.
+const WEIGHT_SCALE: u32 = 1000;
+
+/// The routes to serve; a listener without a data-plane port yet is skipped.
+pub fn routes(out: &Output, ports: &Ports, resolver: &dyn Resolver) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for gw in &out.gateways {
+        for l in &gw.listeners {
+            let Some(&port) = ports.get(&(gw.key.clone(), l.port)) else {
+                continue;
+            };
+            for rule in &l.rules {
+                match route(rule, port, l.port, &l.name, l.hostname.as_deref(), resolver) {
+                    Ok(r) => routes.push(r),
+                    Err(e) => {
+                        tracing::warn!(route = %format!("{}/{}", rule.route.0, rule.route.1), rule = rule.rule, error = ?e, "HTTPRoute rule not served")
+                    }
+                }
+            }
+        }
+    }
+    routes
+}
+
+/// A route with every default a `WebSocketRoute` gets and no backends.
+fn defaults(namespace: &str, name: &str) -> Result<Route, Vec<FieldError>> {
+    struct NoBackends;
+    impl Resolver for NoBackends {
+        fn backends(&self, _: &str, _: usize, _: &Backend) -> Result<Vec<BackendAddr>, FieldError> {
+            Ok(vec![])
+        }
+        fn certificate(
+            &self,
+            _: &str,
+            _: &crate::api::Tls,
+        ) -> Result<Arc<rustls::sign::CertifiedKey>, FieldError> {
+            Err(FieldError::new("spec.tls", "not used"))
+        }
+        fn jwks(
+            &self,
+            _: &str,
+            _: &crate::api::JwksRef,
+        ) -> Result<Arc<crate::proxy::route::auth::KeySet>, FieldError> {
+            Err(FieldError::new("spec.auth", "not used"))
+        }
+        fn backend_tls(
+            &self,
+            _: &str,
+            _: &crate::api::BackendTls,
+        ) -> Result<crate::proxy::route::backend_tls::Material, FieldError> {
+            Err(FieldError::new("spec.backendTLS", "not used"))
+        }
+    }
+    let spec = WebSocketRouteSpec {
+        backends: vec![Backend {
+            service: None,
+            address: Some("192.0.2.255:9".into()),
+            weight: 1,
+        }],
+        proxy_http: true,
+        ..Default::default()
+    };
+    compile::compile(namespace, name, &spec, &NoBackends)
+}
+
+fn route(
+    rule: &RulePlan,
+    port: u16,
+    listener_port: u16,
+    listener: &str,
+    listener_host: Option<&str>,
+    resolver: &dyn Resolver,
+) -> Result<Route, Vec<FieldError>> {
+    let name = format!("httproute/{}", rule.route.1);
+    let mut r = defaults(&rule.route.0, &name)?;
+    r.key = RouteKey {
+        namespace: rule.route.0.clone(),
+        name,
+    };
+    r.hosts = rule
+        .hostnames
+        .iter()
+        .filter_map(|h| HostMatch::parse(h))
+        .collect();
+    let path = rule.matches.path.clone().unwrap_or_default();
+    let value = path.value.unwrap_or_else(|| "/".into());
+    r.path = match path.type_.as_deref() {
+        Some("Exact") => PathRule::Exact(value),
+        _ => PathRule::Prefix(value),
+    };
+    let mut g = GatewayRule {
+        port,
+        listener: listener.into(),
+        listener_host: listener_host.and_then(HostMatch::parse),
+        listener_port,
+        method: rule.matches.method.as_deref().and_then(|m| m.parse().ok()),
+        headers: rule
+            .matches
+            .headers
+            .iter()
+            .filter_map(|h| {
+                Some((
+                    HeaderName::try_from(h.name.to_ascii_lowercase()).ok()?,
+                    h.value.clone(),
+                ))
+            })
+            .collect(),
+        query: rule
+            .matches
+            .query_params
+            .iter()
+            .map(|q| (q.name.clone(), q.value.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    for f in &rule.filters {
+        filter(&mut g, f);
+    }
+    let mut backends = Vec::new();
+    for (i, b) in rule.backends.iter().enumerate() {
+        let weight = b.weight();
+        g.total_weight += weight * WEIGHT_SCALE;
+        let BackendPlan::Service { service, port, .. } = b else {
+            g.unusable_weight += weight * WEIGHT_SCALE;
+            continue;
+        };
+        let backend = Backend {
+            service: Some(ServiceRef {
+                name: service.1.clone(),
+                port: PortRef::Number(port.port),
+            }),
+            address: None,
+            weight,
+        };
+        let addrs = resolver
+            .backends(&service.0, i, &backend)
+            .map_err(|e| vec![e])?;
+        let n = addrs.len() as u32;
+        for mut a in addrs {
+            a.weight = weight * WEIGHT_SCALE / n.max(1);
+            backends.push(a);
+        }
+    }
+    r.backends = backends;
+    r.gateway = Some(Arc::new(g));
+    Ok(r)
+}
+
+fn edit(m: &HeaderModifier) -> HeaderEdit {
+    let pair = |h: &super::api::HeaderValue| {
+        Some((
+            HeaderName::try_from(h.name.to_ascii_lowercase()).ok()?,
+            HeaderValue::try_from(h.value.clone()).ok()?,
+        ))
+    };
+    HeaderEdit {
+        set: m.set.iter().filter_map(pair).collect(),
+        add: m.add.iter().filter_map(pair).collect(),
+        remove: m
+            .remove
+            .iter()
+            .filter_map(|n| HeaderName::try_from(n.to_ascii_lowercase()).ok())
+            .collect(),
+    }
+}
+
+fn path_edit(p: &PathModifier) -> Option<PathEdit> {
+    match p.type_.as_str() {
+        "ReplaceFullPath" => Some(PathEdit::Full(
+            p.replace_full_path.clone().unwrap_or_else(|| "/".into()),
+        )),
+        "ReplacePrefixMatch" => Some(PathEdit::Prefix(
+            p.replace_prefix_match.clone().unwrap_or_else(|| "/".into()),
+        )),
+        _ => None,
+    }
+}
+
+fn filter(g: &mut GatewayRule, f: &HTTPRouteFilter) {
+    match f.type_.as_str() {
+        "RequestHeaderModifier" => {
+            if let Some(m) = &f.request_header_modifier {
+                g.request_headers = edit(m);
+            }
+        }
+        "ResponseHeaderModifier" => {
+            if let Some(m) = &f.response_header_modifier {
+                g.response_headers = edit(m);
+            }
+        }
+        "RequestRedirect" => {
+            if let Some(r) = &f.request_redirect {
+                g.redirect = Some(Redirect {
+                    scheme: r.scheme.clone(),
+                    hostname: r.hostname.clone(),
+                    port: r.port,
+                    path: r.path.as_ref().and_then(path_edit),
+                    status: r.status_code.unwrap_or(302),
+                });
+            }
+        }
+        "URLRewrite" => {
+            if let Some(u) = &f.url_rewrite {
+                g.rewrite = Some(Rewrite {
+                    hostname: u
+                        .hostname
+                        .as_ref()
+                        .and_then(|h| HeaderValue::try_from(h.clone()).ok()),
+                    path: u.path.as_ref().and_then(path_edit),
+                });
+            }
+        }
+        _ => {}
+    }
+}
