@@ -32,6 +32,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Standalone mode: routes from YAML files, re-applied when they change.
@@ -79,6 +81,22 @@ enum Command {
         /// rotated certificate is served within this).
         #[arg(long, default_value = "10s", value_parser = positive_duration)]
         refs_refresh: Duration,
+        /// Implement the Gateway API (GatewayClasses whose controllerName is
+        /// wsgate.io/gateway-controller) when its CRDs are installed.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        gateway_api: bool,
+        /// Type of the Service each Gateway gets (its address): LoadBalancer,
+        /// NodePort or ClusterIP.
+        #[arg(long, default_value = "LoadBalancer", value_parser = ["LoadBalancer", "NodePort", "ClusterIP"])]
+        gateway_service_type: String,
+        /// Labels of wsgate's pods, `key=value,...`: the selector of the Gateways'
+        /// Services (the chart passes its own).
+        #[arg(long, default_value = "app.kubernetes.io/name=wsgate", value_parser = parse_selector)]
+        gateway_pod_selector: std::collections::BTreeMap<String, String>,
+        /// Data-plane ports handed to Gateway listeners, `FIRST-LAST`; every replica
+        /// listens on those in use.
+        #[arg(long, default_value = "20000-20999", value_parser = parse_port_range)]
+        gateway_ports: std::ops::RangeInclusive<u16>,
         #[command(flatten)]
         common: Common,
     },
@@ -293,6 +311,10 @@ fn main() -> ExitCode {
             shared_hostnames,
             catch_all_namespaces,
             refs_refresh,
+            gateway_api,
+            gateway_service_type,
+            gateway_pod_selector,
+            gateway_ports,
             common,
         } => {
             let identity = identity.unwrap_or_else(|| {
@@ -318,8 +340,14 @@ fn main() -> ExitCode {
                     local_ips: controller::tenancy::local_ips(),
                 },
                 refs_refresh: refs_refresh.0,
+                gateway: None,
             };
-            block_on(run(kubeconfig, opts, common))
+            let gateway = gateway_api.then_some(GatewayFlags {
+                service_type: gateway_service_type,
+                selector: gateway_pod_selector,
+                ports: gateway_ports,
+            });
+            block_on(run(kubeconfig, opts, gateway, common))
         }
     }
 }
@@ -355,9 +383,50 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// The Gateway API flags of `wsgate run`.
+struct GatewayFlags {
+    service_type: String,
+    selector: std::collections::BTreeMap<String, String>,
+    ports: std::ops::RangeInclusive<u16>,
+}
+
+fn parse_selector(s: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|kv| !kv.trim().is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => Err(format!("{kv:?} is not key=value")),
+        })
+        .collect::<Result<_, _>>()
+        .and_then(|m: std::collections::BTreeMap<_, _>| {
+            if m.is_empty() {
+                Err("at least one key=value is needed".into())
+            } else {
+                Ok(m)
+            }
+        })
+}
+
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected FIRST-LAST, e.g. 20000-20999")?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?,
+        b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?,
+    );
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: FIRST must be 1 or more and not above LAST"));
+    }
+    Ok(a..=b)
+}
+
 async fn run(
     kubeconfig: Option<PathBuf>,
-    opts: controller::Options,
+    mut opts: controller::Options,
+    gateway: Option<GatewayFlags>,
     common: Common,
 ) -> anyhow::Result<()> {
     let config = match &kubeconfig {
@@ -374,6 +443,29 @@ async fn run(
     };
     let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
     let proxy = Proxy::with_access_log(Metrics::new(), open_access_log(&common)?);
+    if let Some(g) = gateway {
+        let template = proxy::listen::gateway::Template {
+            ip: common.listen.ip(),
+            backlog: common.listen_backlog,
+            limits: HeadLimits {
+                read_timeout: common.header_read_timeout.0,
+                max_bytes: common.max_header_bytes,
+            },
+            http2: common.http2.then_some(Http2Settings {
+                max_concurrent_streams: common.http2_max_concurrent_streams,
+                stream_send_buffer: common.http2_stream_send_buffer as usize,
+            }),
+            proxy_protocol: common.proxy_protocol()?,
+            forwarded: common.forwarded(),
+        };
+        opts.gateway = Some(controller::gateway::Options {
+            namespace: opts.lease_namespace.clone(),
+            service_type: g.service_type,
+            selector: g.selector,
+            ports: g.ports,
+            listeners: proxy::listen::gateway::GatewayListeners::new(proxy.clone(), template),
+        });
+    }
     tokio::spawn(controller::run(client, opts, proxy.clone()));
     run_proxy(proxy, common).await
 }

@@ -31,6 +31,8 @@ mod cluster;
 mod endpoints;
 #[path = "k8s/gateway.rs"]
 mod gateway;
+#[path = "k8s/gateway_api.rs"]
+mod gateway_api;
 #[path = "k8s/objects.rs"]
 mod objects;
 #[path = "k8s/rebalance.rs"]
@@ -103,6 +105,7 @@ const ALL: &[Scenario] = &[
         "19 client-access-from-the-crd",
         client_access::client_access_from_the_crd,
     ),
+    ("20 gateway-api", gateway_api::gateway_api),
 ];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.

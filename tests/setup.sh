@@ -102,8 +102,13 @@ if ! "$tools/bin/cargo-deny" --version 2>/dev/null | grep -qF "$cargo_deny_versi
   rm -rf "$cache/tools-target"
 fi
 
+# The Gateway API's CRDs (standard channel), which tests/k8s installs into its API
+# server: fetched here, outside the network namespace those tests run in.
+gateway_api_crds=$(bash "$here/../hack/k8s/conformance.sh" --crds | tail -n1)
+
 cat >&2 <<INFO
 setup: peers ready
+  gateway API   $gateway_api_crds/crds/standard
   node modules  $node_dir/node_modules   (NODE_PATH for tests/peers/*.js)
   wscat         $node_dir/node_modules/.bin/wscat
   python        $venv/bin/python         ($("$venv/bin/python" -c 'import websockets; print("websockets", websockets.__version__)'))

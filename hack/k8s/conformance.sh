@@ -14,6 +14,9 @@
 # Nothing prebuilt can be downloaded here, so every image is compiled from its
 # Go module and packed by hack/image/oci.sh. A cold build takes several minutes.
 #
+# `conformance.sh --crds` prints a directory holding only crds/standard (a module
+# download, seconds): what wsgate's own tests install into their API server.
+#
 # Env: WSGATE_GATEWAY_API_VERSION (default below), WSGATE_CACHE.
 set -euo pipefail
 
@@ -32,6 +35,23 @@ have_all() {
      -s "${OUT}/coredns.oci.tar" && -d "${OUT}/crds/standard" && -s "${OUT}/VERSIONS" ]]
 }
 if have_all; then echo "${OUT}"; exit 0; fi
+
+if [[ "${1:-}" == --crds ]]; then
+  crds="${CACHE}/gateway-api/${GWAPI_VERSION}-crds"
+  if [[ ! -d "${crds}/crds/standard" ]]; then
+    command -v go >/dev/null 2>&1 || die "go is required to fetch the Gateway API CRDs"
+    mkdir -p "${crds}"
+    dir=$(cd "${crds}" && GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/gateway-api@${GWAPI_VERSION}" |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p') || die "cannot download sigs.k8s.io/gateway-api@${GWAPI_VERSION}"
+    [[ -d "${dir}/config/crd/standard" ]] || die "no config/crd/standard in ${dir}"
+    rm -rf "${crds}/crds.tmp"; mkdir -p "${crds}/crds.tmp"
+    cp -r "${dir}/config/crd/standard" "${crds}/crds.tmp/standard"
+    chmod -R u+w "${crds}/crds.tmp"
+    mv "${crds}/crds.tmp" "${crds}/crds"
+  fi
+  echo "${crds}"
+  exit 0
+fi
 
 command -v go >/dev/null 2>&1 || die "go is required to build the conformance suite"
 command -v jq >/dev/null 2>&1 || die "jq is required to pack images (apt-get install jq)"

@@ -4,6 +4,7 @@
 //! reports status. The proxy keeps serving the last good table whenever the API
 //! server is away; watches resume with backoff.
 
+pub mod gateway;
 mod leader;
 pub mod refs;
 pub mod resolve;
@@ -52,6 +53,8 @@ pub struct Options {
     pub tenancy: Tenancy,
     /// How often the Secrets and ConfigMaps routes name are read again.
     pub refs_refresh: Duration,
+    /// Gateway API mode (when the API server serves the Gateway API); `None`: off.
+    pub gateway: Option<gateway::Options>,
 }
 
 /// Quiet time after a change before the table is rebuilt (bursts become one build).
@@ -241,6 +244,19 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
     for s in &cluster.slices {
         let _ = s.wait_until_ready().await;
     }
+    let gateways = match &opts.gateway {
+        Some(g) if gateway::installed(&client).await => {
+            let w = gateway::watch(&client, g, &trigger, &m);
+            tracing::info!(controller = crate::gateway::api::CONTROLLER_NAME, "Gateway API found: waiting for the initial list of GatewayClasses, Gateways, HTTPRoutes and ReferenceGrants");
+            w.ready().await;
+            Some((w, g))
+        }
+        Some(_) => {
+            tracing::info!("the Gateway API CRDs are not installed: serving WebSocketRoutes only");
+            None
+        }
+        None => None,
+    };
     // Secrets and ConfigMaps: read by name, again every `refs_refresh`.
     let refs = Arc::new(Refs::new(client.clone()));
     tokio::spawn({
@@ -275,15 +291,39 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
 
     loop {
         let routes = resolve::routes(&cluster, &opts.class);
-        wanted.set(resolve::wanted_services(&routes));
-        cluster.refs = Arc::new(refs.ensure(&resolve::wanted_refs(&routes)).await);
+        let mut services = resolve::wanted_services(&routes);
+        let mut wanted_refs = resolve::wanted_refs(&routes);
+        if let Some((w, _)) = &gateways {
+            services.extend(w.wanted_services());
+            wanted_refs.extend(w.wanted_refs());
+        }
+        wanted.set(services);
+        cluster.refs = Arc::new(refs.ensure(&wanted_refs).await);
         // `address` backends may be names: resolved here, off the async workers.
-        let build = tokio::task::block_in_place(|| resolve::build(&cluster, routes));
+        let mut build = tokio::task::block_in_place(|| resolve::build(&cluster, routes));
+        let gateway_build = gateways
+            .as_ref()
+            .map(|(w, g)| gateway::build(w, &cluster, g, leadership.is_leader()));
+        if let Some(gb) = &gateway_build {
+            let all = build
+                .table
+                .routes()
+                .iter()
+                .map(|r| (**r).clone())
+                .chain(gb.routes.iter().cloned())
+                .collect();
+            build.table = crate::proxy::route::table::RouteTable::new(all);
+        }
         let served = build.table.routes().len();
         proxy.apply(build.table);
+        let mut ok = true;
+        if let (Some((w, g)), Some(gb)) = (&gateways, &gateway_build) {
+            if leadership.is_leader() {
+                ok &= gateway::write(&client, w, g, gb).await;
+            }
+        }
         m.controller_last_sync_timestamp_seconds
             .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
-        let mut ok = true;
         // A route whose outcome changed counts as a reload: `error` when it is now
         // refused (the cluster's analogue of a refused file change).
         let mut reload: Option<&str> = None;

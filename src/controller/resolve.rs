@@ -61,6 +61,12 @@ where
 }
 
 impl Cluster {
+    /// The Service `ns/name`, when it exists and can be read.
+    pub(crate) fn service(&self, ns: &str, name: &str) -> Option<Service> {
+        let guard = find(&self.services, ns, name)?;
+        guard.0.as_ref().ok().cloned()
+    }
+
     fn fetched(&self, kind: RefKind, ns: &str, name: &str) -> Option<&Fetched> {
         self.refs.get(&RefKey {
             kind,
@@ -70,7 +76,7 @@ impl Cluster {
     }
 
     /// The Secret `ns/name`, or why there is none.
-    fn secret(&self, ns: &str, name: &str) -> Result<Arc<Secret>, String> {
+    pub(crate) fn secret(&self, ns: &str, name: &str) -> Result<Arc<Secret>, String> {
         match self.fetched(RefKind::Secret, ns, name) {
             Some(Fetched::Secret(s)) => Ok(s.clone()),
             Some(Fetched::Failed(e)) => Err(format!("Secret {ns}/{name} cannot be read: {e}")),

@@ -267,6 +267,9 @@ fn match_rank(m: &HTTPRouteMatch) -> (bool, usize, bool, usize, usize) {
     )
 }
 
+/// A listener with what resolving it found.
+type Listed = (Listener, ListenerState);
+
 struct ListenerState {
     status: ListenerStatus,
     accepted: bool,
@@ -312,7 +315,7 @@ pub fn build(inputs: &Inputs) -> Output {
         })
         .collect();
 
-    let mut gateways: BTreeMap<Key, (&Gateway, Vec<(Listener, ListenerState)>)> = BTreeMap::new();
+    let mut gateways: BTreeMap<Key, (&Gateway, Vec<Listed>)> = BTreeMap::new();
     for gw in inputs
         .gateways
         .iter()
@@ -579,7 +582,7 @@ fn listener_state(
             );
             let group = r.group.as_deref().unwrap_or("");
             let kind = r.kind.as_deref().unwrap_or("Secret");
-            let problem = if group != "" || kind != "Secret" {
+            let problem = if !group.is_empty() || kind != "Secret" {
                 Some((
                     "InvalidCertificateRef",
                     format!(
@@ -700,7 +703,7 @@ fn resolve_one(
     let invalid = BackendPlan::Invalid { weight };
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
-    if group != "" || kind != "Service" {
+    if !group.is_empty() || kind != "Service" {
         return (
             invalid,
             Some((
@@ -782,7 +785,7 @@ fn attach(
     route: &HTTPRoute,
     rkey: &Key,
     parent: &ParentRef,
-    listeners: &mut [(Listener, ListenerState)],
+    listeners: &mut [Listed],
     resolved: &Resolved,
 ) -> Result<(), (&'static str, String)> {
     let by_ref: Vec<usize> = (0..listeners.len())

@@ -116,6 +116,10 @@ fn resource(api_version: &str, kind: &str) -> Result<(ApiResource, bool)> {
         "Role" => ("roles", true),
         "RoleBinding" => ("rolebindings", true),
         "Lease" => ("leases", true),
+        "GatewayClass" => ("gatewayclasses", false),
+        "Gateway" => ("gateways", true),
+        "HTTPRoute" => ("httproutes", true),
+        "ReferenceGrant" => ("referencegrants", true),
         other => bail!("the test does not know kind {other}"),
     };
     let gvk = GroupVersionKind::gvk(group, version, kind);
@@ -202,6 +206,34 @@ impl Cluster {
         if !out.ok {
             bail!("CRD not Established: {}", out.stderr);
         }
+        // The Gateway API's standard channel, as a cluster that has it (issue 17).
+        let dir = script("conformance.sh", &["--crds"], 300).await?;
+        let crds = Path::new(dir.trim()).join("crds/standard");
+        let crds = crds.to_str().context("utf-8 path")?;
+        let out = self
+            .kubectl(&["apply", "--server-side", "-f", crds], None)
+            .await?;
+        if !out.ok {
+            bail!(
+                "kubectl apply of the Gateway API CRDs failed: {}",
+                out.stderr
+            );
+        }
+        let out = self
+            .kubectl(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "crd/gateways.gateway.networking.k8s.io",
+                    "crd/httproutes.gateway.networking.k8s.io",
+                    "--timeout=60s",
+                ],
+                None,
+            )
+            .await?;
+        if !out.ok {
+            bail!("Gateway API CRDs not Established: {}", out.stderr);
+        }
         // Namespace, ServiceAccount and a 2 h token kubeconfig.
         let state = self.state.to_str().context("utf-8")?;
         let kc = self.wsgate_kubeconfig.to_str().context("utf-8")?;
@@ -234,6 +266,24 @@ impl Cluster {
         .await?;
         self.apply(json!({"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": "wsgate"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "wsgate"},
+            "subjects": subject}))
+            .await?;
+        self.apply(
+            json!({"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": "wsgate-gateway-api"},
+            "rules": rules("gateway-api-rules.yaml")?}),
+        )
+        .await?;
+        self.apply(json!({"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": "wsgate-gateway-api"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "wsgate-gateway-api"},
+            "subjects": subject}))
+            .await?;
+        self.apply(json!({"apiVersion": rbac, "kind": "Role",
+            "metadata": {"name": "wsgate-gateway-services", "namespace": WSGATE_NS},
+            "rules": rules("gateway-service-rules.yaml")?}))
+            .await?;
+        self.apply(json!({"apiVersion": rbac, "kind": "RoleBinding",
+            "metadata": {"name": "wsgate-gateway-services", "namespace": WSGATE_NS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "wsgate-gateway-services"},
             "subjects": subject}))
             .await?;
         self.apply(json!({"apiVersion": rbac, "kind": "Role",

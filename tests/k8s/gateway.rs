@@ -70,6 +70,9 @@ impl Gateway {
             .args(["--allow-address-backends", "192.0.2.0/24"])
             // Rotated Secrets within the scenarios' bounds (read by name, polled).
             .args(["--refs-refresh", "1s"])
+            // Gateway API data-plane ports below the control plane's (above 20000).
+            .args(["--gateway-ports", "7000-7099"])
+            .args(["--gateway-pod-selector", "app=wsgate-test"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

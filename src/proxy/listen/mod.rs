@@ -2,6 +2,7 @@
 //! each request down the upgrade (an HTTP/1.1 Upgrade or an HTTP/2 extended
 //! CONNECT) or the plain HTTP path.
 
+pub mod gateway;
 mod h2_guard;
 pub mod limits;
 pub mod proxy_protocol;

@@ -1,0 +1,267 @@
+//! The Gateway API (issue 17) against the real API server: a GatewayClass of
+//! wsgate's, a Gateway that gets its own Service (its address) and data-plane port,
+//! an HTTPRoute whose rules route WebSocket upgrades by path and header, a rule
+//! whose backend does not exist answering 500, the statuses the specification
+//! names, and route edits that leave open tunnels alone.
+
+use std::net::SocketAddr;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use futures_util::{SinkExt, StreamExt};
+
+use crate::backend::Backend;
+use crate::client::{refused_eventually, upgrade_eventually};
+use crate::cluster::{Cluster, WSGATE_NS};
+use crate::objects::{namespace, service, slice, Endpoint::Ready};
+use crate::{eventually, within, Env, Run};
+
+const GW_API: &str = "gateway.networking.k8s.io/v1";
+const NS: &str = "s20";
+
+/// The condition `kind` of a status's `conditions`: (status, reason, observedGeneration).
+fn cond(conditions: &Value, kind: &str) -> Option<(String, String, Option<i64>)> {
+    let c = conditions.as_array()?.iter().find(|c| c["type"] == kind)?;
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+        c["observedGeneration"].as_i64(),
+    ))
+}
+
+async fn get(c: &Cluster, kind: &str, ns: Option<&str>, name: &str) -> Option<Value> {
+    c.get(GW_API, kind, ns, name).await.ok().flatten()
+}
+
+fn route(rules: Value) -> Value {
+    json!({"apiVersion": GW_API, "kind": "HTTPRoute", "metadata": {"name": "chat", "namespace": NS},
+        "spec": {"parentRefs": [{"name": "edge"}], "rules": rules}})
+}
+
+fn rules(broken_path: &str) -> Value {
+    json!([
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/chat"}, "headers": [{"name": "x-room", "value": "b"}]}],
+         "backendRefs": [{"name": "svc-b", "port": 80}]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/chat"}}],
+         "backendRefs": [{"name": "svc-a", "port": 80}]},
+        {"matches": [{"path": {"type": "Exact", "value": broken_path}}],
+         "backendRefs": [{"name": "missing", "port": 80}]},
+    ])
+}
+
+/// An upgrade with an extra header; the name of the pod that echoed.
+async fn upgrade_with(gw: SocketAddr, path: &str, header: (&'static str, &str)) -> Result<String> {
+    let tcp = within(5.0, "TCP connect", TcpStream::connect(gw)).await??;
+    let mut req = format!("ws://gateway.s20.test{path}").into_client_request()?;
+    req.headers_mut().insert(header.0, header.1.parse()?);
+    let (mut ws, _) = within(5.0, "upgrade", tokio_tungstenite::client_async(req, tcp)).await??;
+    ws.send(Message::text("hi")).await?;
+    let reply = within(5.0, "echo", ws.next()).await?.context("closed")??;
+    Ok(reply
+        .into_text()?
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// Scenario 20.
+pub fn gateway_api(env: &mut Env) -> Run<'_> {
+    Box::pin(async move {
+        let c = &env.cluster;
+        let gw_ip = env.gw.listen.ip();
+        let (a, b) = (
+            Backend::start("gw-a", "192.0.2.17").await?,
+            Backend::start("gw-b", "192.0.2.18").await?,
+        );
+        c.apply(namespace(NS)).await?;
+        for (svc, pod) in [("svc-a", &a), ("svc-b", &b)] {
+            c.apply(service(NS, svc)).await?;
+            c.apply(slice(NS, &format!("{svc}-1"), svc, &[Ready(pod)]))
+                .await?;
+        }
+        c.apply(
+            json!({"apiVersion": GW_API, "kind": "GatewayClass", "metadata": {"name": "wsgate-s20"},
+            "spec": {"controllerName": "wsgate.io/gateway-controller"}}),
+        )
+        .await?;
+        c.apply(
+            json!({"apiVersion": GW_API, "kind": "GatewayClass", "metadata": {"name": "not-ours"},
+            "spec": {"controllerName": "example.com/other"}}),
+        )
+        .await?;
+        c.apply(json!({"apiVersion": GW_API, "kind": "Gateway", "metadata": {"name": "edge", "namespace": NS},
+            "spec": {"gatewayClassName": "wsgate-s20", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}))
+            .await?;
+        c.apply(route(rules("/broken"))).await?;
+
+        let class = eventually(15.0, "GatewayClass wsgate-s20 Accepted", || async {
+            let gc = get(c, "GatewayClass", None, "wsgate-s20").await?;
+            (cond(&gc["status"]["conditions"], "Accepted")?.0 == "True").then_some(gc)
+        })
+        .await?;
+        println!(
+            "    GatewayClass supportedFeatures: {}",
+            class["status"]["supportedFeatures"]
+        );
+        ensure!(
+            get(c, "GatewayClass", None, "not-ours")
+                .await
+                .context("not-ours")?["status"]["conditions"]
+                .as_array()
+                .is_none_or(|cs| cs.iter().all(|c| c["reason"] == "Pending")),
+            "another controller's GatewayClass was touched"
+        );
+
+        // The Gateway's Service: its address, and the data-plane port behind port 80.
+        let svc = eventually(
+            15.0,
+            "the Gateway's Service in wsgate's namespace",
+            || async {
+                let list = c
+                    .kubectl(
+                        &[
+                            "get",
+                            "svc",
+                            "-n",
+                            WSGATE_NS,
+                            "-l",
+                            "gateway.wsgate.io/name=edge",
+                            "-o",
+                            "json",
+                        ],
+                        None,
+                    )
+                    .await
+                    .ok()?;
+                let v: Value = serde_json::from_str(&list.stdout).ok()?;
+                v["items"].as_array()?.first().cloned()
+            },
+        )
+        .await?;
+        let port = &svc["spec"]["ports"][0];
+        ensure!(port["port"] == 80, "Service port {port}");
+        let dp = port["targetPort"].as_u64().context("targetPort")? as u16;
+        ensure!(
+            (7000..=7099).contains(&dp),
+            "data-plane port {dp} outside --gateway-ports"
+        );
+        ensure!(
+            svc["spec"]["type"] == "LoadBalancer"
+                && svc["spec"]["selector"]["app"] == "wsgate-test",
+            "Service spec {}",
+            svc["spec"]
+        );
+        let gw = get(c, "Gateway", Some(NS), "edge")
+            .await
+            .context("gateway")?;
+        ensure!(
+            cond(&gw["status"]["conditions"], "Programmed")
+                .is_none_or(|p| p.1 == "AddressNotAssigned"),
+            "Programmed before any address: {}",
+            gw["status"]
+        );
+        // What a load balancer controller does: an address in the Service's status.
+        let name = svc["metadata"]["name"].as_str().context("name")?;
+        let patch =
+            json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.30"}]}}}).to_string();
+        let out = c
+            .kubectl(
+                &[
+                    "patch",
+                    "svc",
+                    name,
+                    "-n",
+                    WSGATE_NS,
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    &patch,
+                ],
+                None,
+            )
+            .await?;
+        ensure!(out.ok, "patching the Service's status: {}", out.stderr);
+        let gw = eventually(
+            15.0,
+            "Gateway edge Programmed with the Service's address",
+            || async {
+                let gw = get(c, "Gateway", Some(NS), "edge").await?;
+                let generation = gw["metadata"]["generation"].as_i64();
+                let p = cond(&gw["status"]["conditions"], "Programmed")?;
+                (p.0 == "True"
+                    && p.2 == generation
+                    && gw["status"]["addresses"][0]["value"] == "192.0.2.30")
+                    .then_some(gw)
+            },
+        )
+        .await?;
+        let listener = &gw["status"]["listeners"][0];
+        ensure!(
+            listener["attachedRoutes"] == 1,
+            "listener status {listener}"
+        );
+        let parent = eventually(15.0, "HTTPRoute chat's parent status", || async {
+            let r = get(c, "HTTPRoute", Some(NS), "chat").await?;
+            r["status"]["parents"].as_array()?.first().cloned()
+        })
+        .await?;
+        ensure!(
+            parent["controllerName"] == "wsgate.io/gateway-controller",
+            "{parent}"
+        );
+        ensure!(
+            cond(&parent["conditions"], "Accepted").is_some_and(|a| a.0 == "True"),
+            "{parent}"
+        );
+        ensure!(
+            cond(&parent["conditions"], "ResolvedRefs")
+                .is_some_and(|r| r.0 == "False" && r.1 == "BackendNotFound"),
+            "a backendRef to a missing Service: {parent}"
+        );
+
+        // Traffic on the Gateway's data-plane port.
+        let at = SocketAddr::new(gw_ip, dp);
+        let mut tunnel = upgrade_eventually(at, "gateway.s20.test", "/chat/room", 15.0).await?;
+        ensure!(tunnel.backend == "gw-a", "/chat went to {}", tunnel.backend);
+        let by_header = upgrade_with(at, "/chat/room", ("x-room", "b")).await?;
+        ensure!(by_header == "gw-b", "the header match went to {by_header}");
+        refused_eventually(at, "gateway.s20.test", "/broken", 500, 5.0).await?;
+        refused_eventually(at, "gateway.s20.test", "/elsewhere", 404, 5.0).await?;
+        refused_eventually(env.gw.listen, "gateway.s20.test", "/chat", 404, 5.0).await?;
+
+        // Twenty edits of the route while a tunnel is open: it stays.
+        for i in 0..20 {
+            c.apply(route(rules(&format!("/broken-{i}")))).await?;
+        }
+        refused_eventually(at, "gateway.s20.test", "/broken-19", 500, 10.0).await?;
+        let echoed = tunnel.echo().await?;
+        ensure!(
+            echoed == "gw-a",
+            "after 20 edits the tunnel echoed from {echoed}"
+        );
+
+        // The Gateway gone: its Service goes, its port stops taking connections,
+        // and the open tunnel stays.
+        c.delete(GW_API, "Gateway", Some(NS), "edge").await?;
+        eventually(15.0, "the Gateway's Service deleted", || async {
+            let out = c
+                .kubectl(&["get", "svc", name, "-n", WSGATE_NS], None)
+                .await
+                .ok()?;
+            (!out.ok && out.stderr.contains("NotFound")).then_some(())
+        })
+        .await?;
+        eventually(10.0, "the data-plane port closed", || async {
+            TcpStream::connect(at).await.is_err().then_some(())
+        })
+        .await?;
+        c.delete(GW_API, "GatewayClass", None, "wsgate-s20").await?;
+        c.delete(GW_API, "GatewayClass", None, "not-ours").await?;
+        Ok(())
+    })
+}
