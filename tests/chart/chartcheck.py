@@ -99,6 +99,10 @@ def cmd_render(values_file, rendered, chart):
         rules = yaml.safe_load(f)
     with open(os.path.join(chart, "files/leader-election-rules.yaml")) as f:
         lease_rules = yaml.safe_load(f)
+    with open(os.path.join(chart, "files/gateway-api-rules.yaml")) as f:
+        gateway_rules = yaml.safe_load(f)
+    with open(os.path.join(chart, "files/gateway-service-rules.yaml")) as f:
+        gateway_service_rules = yaml.safe_load(f)
     with open(os.path.join(chart, "crds/websocketroute.yaml")) as f:
         crd = yaml.safe_load(f)
     kinds = sorted({d["kind"] for d in docs})
@@ -214,9 +218,23 @@ def cmd_render(values_file, rendered, chart):
     def subjects_ok(b):
         return b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": release_ns}]
 
+    # The Gateway API's own ClusterRole (its objects are read cluster-wide) and the
+    # Role for the Gateways' Services, checked on their own below.
+    gw_cr = [d for d in find(docs, "ClusterRole") if d["metadata"]["name"].endswith("-gateway-api")]
+    gw_crb = [d for d in find(docs, "ClusterRoleBinding") if d["metadata"]["name"].endswith("-gateway-api")]
+    docs_rbac = [d for d in docs if d not in gw_cr and d not in gw_crb]
+    if v["gatewayAPI"]["enabled"]:
+        check(len(gw_cr) == 1 and gw_cr[0]["rules"] == gateway_rules, "Gateway API ClusterRole == files/gateway-api-rules.yaml")
+        check(len(gw_crb) == 1 and subjects_ok(gw_crb[0]), "Gateway API ClusterRoleBinding binds the ServiceAccount")
+        gr = find(docs, "Role", "-gateway-services", namespace=release_ns)
+        check(len(gr) == 1 and gr[0]["rules"] == gateway_service_rules,
+              "Gateway Services Role in the release namespace == files/gateway-service-rules.yaml")
+        check(any(a.startswith("--gateway-pod-selector=") for a in args), "--gateway-pod-selector passed")
+    else:
+        check(not gw_cr and "--gateway-api=false" in args, "Gateway API off: no ClusterRole, --gateway-api=false")
     if v["watchNamespaces"]:
-        check(not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding"),
-              "no ClusterRole/Binding with watchNamespaces")
+        check(not find(docs_rbac, "ClusterRole") and not find(docs_rbac, "ClusterRoleBinding"),
+              "no ClusterRole/Binding with watchNamespaces (but the Gateway API's)")
         for ns in v["watchNamespaces"]:
             r = find(docs, "Role", namespace=ns)
             b = find(docs, "RoleBinding", namespace=ns)
@@ -224,8 +242,8 @@ def cmd_render(values_file, rendered, chart):
             check(len(b) == 1 and subjects_ok(b[0]) and b[0]["roleRef"]["name"] == r[0]["metadata"]["name"],
                   f"RoleBinding in {ns} binds the ServiceAccount")
     else:
-        cr = find(docs, "ClusterRole")
-        crb = find(docs, "ClusterRoleBinding")
+        cr = find(docs_rbac, "ClusterRole")
+        crb = find(docs_rbac, "ClusterRoleBinding")
         check(len(cr) == 1 and cr[0]["rules"] == rules, "ClusterRole rules == files/rbac-rules.yaml")
         check(len(crb) == 1 and subjects_ok(crb[0]), "ClusterRoleBinding binds the ServiceAccount")
     lr = find(docs, "Role", "-leader-election", namespace=release_ns)

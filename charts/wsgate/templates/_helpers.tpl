@@ -75,6 +75,14 @@ app.kubernetes.io/part-of: wsgate
 {{- .Files.Get "files/rbac-rules.yaml" | fromYamlArray | toYaml }}
 {{- end }}
 
+{{- define "wsgate.gatewayAPIRules" -}}
+{{- .Files.Get "files/gateway-api-rules.yaml" | fromYamlArray | toYaml }}
+{{- end }}
+
+{{- define "wsgate.gatewayServiceRules" -}}
+{{- .Files.Get "files/gateway-service-rules.yaml" | fromYamlArray | toYaml }}
+{{- end }}
+
 {{- define "wsgate.leaderElectionRules" -}}
 {{- .Files.Get "files/leader-election-rules.yaml" | fromYamlArray | toYaml }}
 {{- end }}
