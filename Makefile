@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR ?= /var/cache/wsgate/target
 export WSGATE_CACHE ?= /var/cache/wsgate
 WSGATE := $(CARGO_TARGET_DIR)/release/wsgate
 
-.PHONY: demo test unit e2e-k8s e2e-node image lint bench bench-controller bench-profile crd
+.PHONY: demo test unit e2e-k8s e2e-node conformance image lint bench bench-controller bench-profile crd
 
 ## demo: build wsgate, start an echo backend on :9001 and wsgate on :8080 with
 ## examples/quickstart.yaml, and print how to try it (Ctrl-C stops both).
@@ -27,6 +27,12 @@ image:
 ## plane: helm install, real pods and clients, rollouts, Prometheus (needs root).
 e2e-node:
 	bash tests/e2e-node/run.sh
+
+## conformance: the official Gateway API conformance suite (v1.6.3, GATEWAY-HTTP)
+## against wsgate installed by its chart on the real node, with kube-proxy; writes
+## the ConformanceReport under conformance/reports/ (needs root).
+conformance:
+	bash tests/conformance/run.sh
 
 ## bench: memory per idle tunnel, CPU per relayed message, latency and handshake
 ## rate for wsgate, NGINX and HAProxy, measured side by side (not a test).

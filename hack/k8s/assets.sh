@@ -19,6 +19,7 @@
 #                         1: always; 0: only when none is on PATH
 #   WSGATE_K8S_NODE       1: also build kubelet, kube-scheduler and
 #                         kube-controller-manager (a real node: hack/k8s/node.sh)
+#   WSGATE_K8S_KUBE_PROXY 1: also build kube-proxy
 set -euo pipefail
 
 K8S_VERSION="${WSGATE_K8S_VERSION:-v1.35.8}"
@@ -62,6 +63,9 @@ esac
 # The node's binaries, only when asked for (they take another minute or two).
 node_bins=()
 [[ "${WSGATE_K8S_NODE:-0}" == 1 ]] && node_bins=(kubelet kube-scheduler kube-controller-manager)
+# kube-proxy, for Services' ClusterIPs and load-balancer addresses on the node
+# (`make conformance`: each Gateway's Service of type LoadBalancer).
+[[ "${WSGATE_K8S_KUBE_PROXY:-0}" == 1 ]] && node_bins+=(kube-proxy)
 
 # Kubernetes binaries (module k8s.io/kubernetes) still to build.
 missing_k8s() {

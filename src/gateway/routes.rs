@@ -18,9 +18,21 @@ use crate::proxy::route::table::{BackendAddr, HostMatch, PathRule, Route, RouteK
 /// The data-plane port of each (Gateway, listener port).
 pub type Ports = BTreeMap<(Key, u16), u16>;
 
-/// Weights of backendRefs are shares of requests; a Service's share is split among
-/// its endpoints, so each endpoint's weight is the ref's times this over their count.
-const WEIGHT_SCALE: u32 = 1000;
+/// A bound on the common multiple of endpoint counts weights are scaled by (beyond
+/// it a split is rounded down, within a fraction of a per cent).
+const MAX_SPLIT: u64 = 10_000;
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    a / gcd(a, b) * b
+}
 
 /// The routes to serve; a listener without a data-plane port yet is skipped.
 pub fn routes(out: &Output, ports: &Ports, resolver: &dyn Resolver) -> Vec<Route> {
@@ -137,12 +149,16 @@ fn route(
     for f in &rule.filters {
         filter(&mut g, f);
     }
-    let mut backends = Vec::new();
+    // Each backendRef's weight is its share of requests, split evenly among its
+    // endpoints: per endpoint, weight × L / endpoints (L: the endpoint counts' least
+    // common multiple), then all divided by their greatest common divisor, so
+    // round-robin cycles stay short and the shares exact.
+    let mut resolved = Vec::new();
     for (i, b) in rule.backends.iter().enumerate() {
         let weight = b.weight();
-        g.total_weight += weight * WEIGHT_SCALE;
+        g.total_weight += weight;
         let BackendPlan::Service { service, port, .. } = b else {
-            g.unusable_weight += weight * WEIGHT_SCALE;
+            g.unusable_weight += weight;
             continue;
         };
         let backend = Backend {
@@ -156,10 +172,28 @@ fn route(
         let addrs = resolver
             .backends(&service.0, i, &backend)
             .map_err(|e| vec![e])?;
-        let n = addrs.len() as u32;
+        resolved.push((weight, addrs));
+    }
+    let l = resolved
+        .iter()
+        .fold(1u64, |l, (_, a)| lcm(l, a.len().max(1) as u64))
+        .min(MAX_SPLIT);
+    let mut backends = Vec::new();
+    for (weight, addrs) in resolved {
+        let n = addrs.len().max(1) as u64;
         for mut a in addrs {
-            a.weight = weight * WEIGHT_SCALE / n.max(1);
+            a.weight = u32::try_from(u64::from(weight) * l / n).unwrap_or(u32::MAX);
             backends.push(a);
+        }
+    }
+    let d = backends
+        .iter()
+        .map(|b| u64::from(b.weight))
+        .filter(|w| *w > 0)
+        .fold(0, gcd);
+    if d > 1 {
+        for b in &mut backends {
+            b.weight = (u64::from(b.weight) / d) as u32;
         }
     }
     r.backends = backends;
@@ -232,5 +266,110 @@ fn filter(g: &mut GatewayRule, f: &HTTPRouteFilter) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::build::ServicePort;
+
+    /// Services with 1, 2 or 3 endpoints (by name: `one`, `two`, `three`).
+    struct Endpoints;
+    impl Resolver for Endpoints {
+        fn backends(&self, _: &str, _: usize, b: &Backend) -> Result<Vec<BackendAddr>, FieldError> {
+            let name = &b.service.as_ref().unwrap().name;
+            let n = match name.as_str() {
+                "one" => 1,
+                "two" => 2,
+                _ => 3,
+            };
+            Ok((0..n)
+                .map(|i| BackendAddr {
+                    address: format!("{name}-{i}:80").into(),
+                    weight: b.weight,
+                })
+                .collect())
+        }
+        fn certificate(
+            &self,
+            _: &str,
+            _: &crate::api::Tls,
+        ) -> Result<Arc<rustls::sign::CertifiedKey>, FieldError> {
+            unreachable!()
+        }
+        fn jwks(
+            &self,
+            _: &str,
+            _: &crate::api::JwksRef,
+        ) -> Result<Arc<crate::proxy::route::auth::KeySet>, FieldError> {
+            unreachable!()
+        }
+        fn backend_tls(
+            &self,
+            _: &str,
+            _: &crate::api::BackendTls,
+        ) -> Result<crate::proxy::route::backend_tls::Material, FieldError> {
+            unreachable!()
+        }
+    }
+
+    fn plan(refs: &[(&str, u32)]) -> RulePlan {
+        RulePlan {
+            route: ("ns".into(), "r".into()),
+            rule: 0,
+            hostnames: vec![],
+            matches: Default::default(),
+            filters: vec![],
+            backends: refs
+                .iter()
+                .map(|(name, weight)| match *name {
+                    "missing" => BackendPlan::Invalid { weight: *weight },
+                    _ => BackendPlan::Service {
+                        service: ("ns".into(), (*name).into()),
+                        port: ServicePort {
+                            port: 80,
+                            name: None,
+                            app_protocol: None,
+                        },
+                        weight: *weight,
+                        filters: vec![],
+                    },
+                })
+                .collect(),
+            timeouts: None,
+        }
+    }
+
+    fn weights(refs: &[(&str, u32)]) -> (Vec<u32>, u32, u32) {
+        let r = route(&plan(refs), 20000, 80, "http", None, &Endpoints).unwrap();
+        let g = r.gateway.unwrap();
+        (
+            r.backends.iter().map(|b| b.weight).collect(),
+            g.unusable_weight,
+            g.total_weight,
+        )
+    }
+
+    #[test]
+    fn a_refs_weight_is_split_among_its_endpoints_in_small_whole_numbers() {
+        // 70/30 over two Services of two endpoints: 35,35,15,15 = 7,7,3,3.
+        assert_eq!(weights(&[("two", 70), ("two", 30)]).0, [7, 7, 3, 3]);
+        // One endpoint against three, equal shares: 3 against 1,1,1.
+        assert_eq!(weights(&[("one", 1), ("three", 1)]).0, [3, 1, 1, 1]);
+        // A zero weight stays zero.
+        assert_eq!(weights(&[("one", 1), ("two", 0)]).0, [1, 0, 0]);
+    }
+
+    #[test]
+    fn an_unresolved_ref_keeps_its_share_for_500s() {
+        let (w, unusable, total) = weights(&[("one", 1), ("missing", 3)]);
+        assert_eq!((w, unusable, total), (vec![1], 3, 4));
+        let (_, unusable, total) = weights(&[]);
+        assert_eq!(
+            (unusable, total),
+            (0, 0),
+            "no backendRefs: every request gets 500"
+        );
     }
 }
