@@ -51,3 +51,5 @@ bench-profile:
 
 crd:
 	cargo run --quiet --locked -- crd > crds/websocketroute.yaml
+	cargo run --quiet --locked -- crd --kind WebSocketPolicy > crds/websocketpolicy.yaml
+	cp crds/websocketroute.yaml crds/websocketpolicy.yaml charts/wsgate/crds/

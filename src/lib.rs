@@ -16,3 +16,9 @@ pub mod proxy;
 pub fn crd_yaml() -> String {
     serde_yaml::to_string(&api::crd()).expect("the CRD serializes")
 }
+
+/// The `WebSocketPolicy` CustomResourceDefinition as YAML (`wsgate crd --kind
+/// WebSocketPolicy`).
+pub fn policy_crd_yaml() -> String {
+    serde_yaml::to_string(&api::policy_crd()).expect("the CRD serializes")
+}

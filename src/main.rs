@@ -106,8 +106,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Print the WebSocketRoute CustomResourceDefinition.
-    Crd,
+    /// Print a CustomResourceDefinition: WebSocketRoute, or WebSocketPolicy.
+    Crd {
+        /// Which one.
+        #[arg(long, default_value = "WebSocketRoute", value_parser = ["WebSocketRoute", "WebSocketPolicy"])]
+        kind: String,
+    },
 }
 
 #[derive(Args)]
@@ -295,8 +299,11 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Crd => {
-            print!("{}", wsgate::crd_yaml());
+        Command::Crd { kind } => {
+            match kind.as_str() {
+                "WebSocketPolicy" => print!("{}", wsgate::policy_crd_yaml()),
+                _ => print!("{}", wsgate::crd_yaml()),
+            }
             ExitCode::SUCCESS
         }
         Command::Serve { config, common } => block_on(serve(config, common)),

@@ -7,7 +7,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::{json, Value};
 
-use super::WebSocketRoute;
+use super::{WebSocketPolicy, WebSocketRoute};
 
 fn rule(rule: &str, message: &str) -> Value {
     json!({ "rule": rule, "message": message })
@@ -383,8 +383,51 @@ pub fn crd() -> CustomResourceDefinition {
     serde_json::from_value(crd).expect("patched CRD is still a CRD")
 }
 
+/// The `WebSocketPolicy` CRD: the route fields' bounds and the rules between them
+/// that hold for a policy alone (the rest is checked when the controller merges a
+/// policy into its HTTPRoutes' settings: `Accepted=False`, reason `Invalid`).
+pub fn policy_crd() -> CustomResourceDefinition {
+    let mut crd = serde_json::to_value(WebSocketPolicy::crd()).expect("CRD serializes");
+    let spec = "/spec/versions/0/schema/openAPIV3Schema/properties/spec";
+    let s = crd.pointer_mut(spec).expect("spec schema");
+    cap_strings(s);
+    cap_integers(s);
+    add(
+        &mut crd,
+        &format!("{spec}/properties/targetRefs"),
+        "minItems",
+        json!(1),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/targetRefs"),
+        "maxItems",
+        json!(16),
+    );
+    add(
+        &mut crd,
+        &format!("{spec}/properties/targetRefs/items"),
+        "x-kubernetes-validations",
+        json!([rule(
+            "self.group == 'gateway.networking.k8s.io' && self.kind in ['HTTPRoute', 'Gateway']",
+            "a targetRef is an HTTPRoute or a Gateway of gateway.networking.k8s.io"
+        )]),
+    );
+    rate_limit_and_rebalance_rules(&mut crd, spec);
+    serde_json::from_value(crd).expect("patched CRD is still a CRD")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn checked_in_policy_crd_is_current() {
+        let checked_in = include_str!("../../crds/websocketpolicy.yaml");
+        assert!(
+            checked_in == crate::policy_crd_yaml(),
+            "crds/websocketpolicy.yaml is stale: run `make crd`"
+        );
+    }
+
     #[test]
     fn checked_in_crd_is_current() {
         let checked_in = include_str!("../../crds/websocketroute.yaml");

@@ -8,11 +8,16 @@ mod auth;
 mod backend_tls;
 mod crd;
 mod duration;
+mod policy;
 
 pub use auth::{Auth, ClaimToHeader, JwksRef, JwtAuth, TokenSource};
 pub use backend_tls::{BackendTls, CaCertificateRef, CaKind, SecretRef};
-pub use crd::crd;
+pub use crd::{crd, policy_crd};
 pub use duration::{Duration, DURATION_PATTERN};
+pub use policy::{
+    AncestorRef, PolicyAncestorStatus, PolicyStatus, TargetRef, WebSocketPolicy,
+    WebSocketPolicySpec,
+};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;

@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service, ServicePort as K8sServicePo
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -23,11 +24,13 @@ use tokio::sync::Notify;
 
 use super::refs::{RefKey, RefKind};
 use super::resolve::Cluster;
+use crate::api::{PolicyStatus, WebSocketPolicy};
 use crate::compile;
 use crate::gateway::api::{
     Gateway, GatewayAddress, GatewayClass, HTTPRoute, ReferenceGrant, RouteStatus, CONTROLLER_NAME,
 };
 use crate::gateway::build::{self, Inputs, Key, Output, ServicePort};
+use crate::gateway::policy;
 use crate::gateway::routes::{self, Ports};
 use crate::metrics::Metrics;
 use crate::proxy::listen::gateway::{GatewayListeners, Port};
@@ -68,6 +71,9 @@ impl std::fmt::Debug for Options {
 
 /// The watched Gateway API objects.
 pub struct Watches {
+    /// WebSocketPolicies, when their CRD is installed; read one by one (one that
+    /// cannot be read is skipped, not the whole watch).
+    policies: Option<Store<DeserializeGuard<WebSocketPolicy>>>,
     classes: Store<GatewayClass>,
     gateways: Store<Gateway>,
     routes: Store<HTTPRoute>,
@@ -89,10 +95,37 @@ pub async fn installed(client: &kube::Client) -> bool {
     }
 }
 
+/// Whether the API server serves wsgate's `WebSocketPolicy`.
+pub async fn policies_installed(client: &kube::Client) -> bool {
+    match client
+        .list_api_group_resources(crate::api::API_VERSION)
+        .await
+    {
+        Ok(list) => list.resources.iter().any(|r| r.name == "websocketpolicies"),
+        Err(_) => false,
+    }
+}
+
 /// Starts the watches; every change notifies `trigger`.
-pub fn watch(client: &kube::Client, opts: &Options, trigger: &Arc<Notify>, m: &Metrics) -> Watches {
+pub fn watch(
+    client: &kube::Client,
+    opts: &Options,
+    with_policies: bool,
+    trigger: &Arc<Notify>,
+    m: &Metrics,
+) -> Watches {
     let t = || trigger.clone();
     Watches {
+        policies: with_policies.then(|| {
+            super::reflect(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                (),
+                Arc::new(|_: &_| true),
+                t(),
+                m.clone(),
+            )
+        }),
         classes: super::reflect(
             Api::all(client.clone()),
             watcher::Config::default(),
@@ -145,8 +178,29 @@ pub fn watch(client: &kube::Client, opts: &Options, trigger: &Arc<Notify>, m: &M
 }
 
 impl Watches {
+    /// The WebSocketPolicies that could be read.
+    pub fn policies(&self) -> Vec<WebSocketPolicy> {
+        let Some(store) = &self.policies else {
+            return vec![];
+        };
+        store
+            .state()
+            .iter()
+            .filter_map(|g| match &g.0 {
+                Ok(p) => Some(p.clone()),
+                Err(e) => {
+                    tracing::warn!(policy = ?e.metadata.name, namespace = ?e.metadata.namespace, error = %e.error, "WebSocketPolicy cannot be read; ignored");
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// Waits for every initial list.
     pub async fn ready(&self) {
+        if let Some(p) = &self.policies {
+            let _ = p.wait_until_ready().await;
+        }
         let _ = self.classes.wait_until_ready().await;
         let _ = self.gateways.wait_until_ready().await;
         let _ = self.routes.wait_until_ready().await;
@@ -172,9 +226,33 @@ impl Watches {
         out
     }
 
-    /// The Secrets Gateways name as certificates.
+    /// The Secrets Gateways name as certificates, and the Secrets and ConfigMaps
+    /// of policies' JWKS.
     pub fn wanted_refs(&self) -> BTreeSet<RefKey> {
         let mut out = BTreeSet::new();
+        for p in self.policies() {
+            let ns = p.namespace().unwrap_or_default();
+            let jwks = p
+                .spec
+                .auth
+                .as_ref()
+                .and_then(|a| a.jwt.as_ref())
+                .map(|j| &j.jwks);
+            if let Some(jwks) = jwks {
+                for (kind, name) in [
+                    (RefKind::Secret, &jwks.secret_name),
+                    (RefKind::ConfigMap, &jwks.config_map_name),
+                ] {
+                    if let Some(name) = name {
+                        out.insert(RefKey {
+                            kind,
+                            namespace: ns.clone(),
+                            name: name.clone(),
+                        });
+                    }
+                }
+            }
+        }
         for g in self.gateways.state() {
             let ns = g.namespace().unwrap_or_default();
             for l in &g.spec.listeners {
@@ -269,6 +347,8 @@ pub struct Built {
     output: Output,
     /// Data-plane ports by (Gateway, listener port), including new ones to write.
     ports: Ports,
+    /// Each WebSocketPolicy's status.
+    policies: BTreeMap<Key, PolicyStatus>,
 }
 
 /// Resolves everything; binds this replica's data-plane listeners.
@@ -369,7 +449,25 @@ pub fn build(watches: &Watches, cluster: &Cluster, opts: &Options, leader: bool)
             }
         }
     }
-    let routes = routes::routes(&output, &ports, cluster);
+    let policy_objects: Vec<WebSocketPolicy> = watches.policies().into_iter().collect();
+    let (policies, mut policy_statuses) =
+        policy::attach(&policy_objects, &inputs.routes, &inputs.gateways);
+    let (routes, refused) = routes::routes(&output, &ports, &policies, cluster);
+    // A policy whose settings do not compile: its targets get the defaults, and it
+    // says why.
+    for (key, why) in refused {
+        if let Some(status) = policy_statuses.get_mut(&key) {
+            for a in &mut status.ancestors {
+                for c in &mut a.conditions {
+                    if c.status == "True" {
+                        c.status = "False".into();
+                        c.reason = "Invalid".into();
+                        c.message = why.clone();
+                    }
+                }
+            }
+        }
+    }
 
     let mut wanted: BTreeMap<u16, Port> = BTreeMap::new();
     for gw in &output.gateways {
@@ -393,6 +491,7 @@ pub fn build(watches: &Watches, cluster: &Cluster, opts: &Options, leader: bool)
         routes,
         output,
         ports,
+        policies: policy_statuses,
     }
 }
 
@@ -485,6 +584,36 @@ pub async fn write(
         if have != want {
             let api: Api<Gateway> = Api::namespaced(client.clone(), &gw.key.0);
             ok &= patch_status(&api, &gw.key.1, &want).await;
+        }
+    }
+    for (key, want) in &built.policies {
+        let Some(current) = watches
+            .policies()
+            .into_iter()
+            .find(|p| build_key(p) == *key)
+        else {
+            continue;
+        };
+        let have = current.status.clone().unwrap_or_default();
+        let mut want = PolicyStatus {
+            ancestors: have
+                .ancestors
+                .iter()
+                .filter(|a| a.controller_name != CONTROLLER_NAME)
+                .cloned()
+                .chain(want.ancestors.iter().cloned())
+                .collect(),
+        };
+        for a in &mut want.ancestors {
+            if let Some(h) = have.ancestors.iter().find(|h| {
+                h.ancestor_ref == a.ancestor_ref && h.controller_name == a.controller_name
+            }) {
+                keep_times(&mut a.conditions, &h.conditions);
+            }
+        }
+        if have != want {
+            let api: Api<WebSocketPolicy> = Api::namespaced(client.clone(), &key.0);
+            ok &= patch_status(&api, &key.1, &want).await;
         }
     }
     for (key, parents) in &built.output.routes {

@@ -246,7 +246,11 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
     }
     let gateways = match &opts.gateway {
         Some(g) if gateway::installed(&client).await => {
-            let w = gateway::watch(&client, g, &trigger, &m);
+            let with_policies = gateway::policies_installed(&client).await;
+            if !with_policies {
+                tracing::warn!("the WebSocketPolicy CRD is not installed: HTTPRoutes get the WebSocketRoute defaults (apply crds/websocketpolicy.yaml)");
+            }
+            let w = gateway::watch(&client, g, with_policies, &trigger, &m);
             tracing::info!(controller = crate::gateway::api::CONTROLLER_NAME, "Gateway API found: waiting for the initial list of GatewayClasses, Gateways, HTTPRoutes and ReferenceGrants");
             w.ready().await;
             Some((w, g))

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod build;
+pub mod policy;
 pub mod routes;
 
 /// The features `GatewayClass.status.supportedFeatures` lists: only those whose

@@ -10,6 +10,7 @@ use http::header::{HeaderName, HeaderValue};
 
 use super::api::{HTTPRouteFilter, HeaderModifier, PathModifier};
 use super::build::{BackendPlan, Key, Output, RulePlan};
+use super::policy::{self, Policies};
 use crate::api::{Backend, PortRef, ServiceRef, WebSocketRouteSpec};
 use crate::compile::{self, FieldError, Resolver};
 use crate::proxy::route::gateway::{GatewayRule, HeaderEdit, PathEdit, Redirect, Rewrite};
@@ -34,16 +35,56 @@ fn lcm(a: u64, b: u64) -> u64 {
     a / gcd(a, b) * b
 }
 
-/// The routes to serve; a listener without a data-plane port yet is skipped.
-pub fn routes(out: &Output, ports: &Ports, resolver: &dyn Resolver) -> Vec<Route> {
+/// The routes to serve (a listener without a data-plane port yet is skipped), and
+/// the policies whose settings could not be compiled, with why (their routes get
+/// the defaults instead).
+pub fn routes(
+    out: &Output,
+    ports: &Ports,
+    policies: &Policies,
+    resolver: &dyn Resolver,
+) -> (Vec<Route>, BTreeMap<Key, String>) {
     let mut routes = Vec::new();
+    let mut refused = BTreeMap::new();
+    let defaults = policy::settings(None, None).expect("the defaults compile");
     for gw in &out.gateways {
         for l in &gw.listeners {
             let Some(&port) = ports.get(&(gw.key.clone(), l.port)) else {
                 continue;
             };
             for rule in &l.rules {
-                match route(rule, port, l.port, &l.name, l.hostname.as_deref(), resolver) {
+                let by_gateway = policies.gateways.get(&gw.key).map(|p| &**p);
+                let by_route = policies.routes.get(&rule.route).map(|p| &**p);
+                let build = |spec: &WebSocketRouteSpec| {
+                    route(
+                        rule,
+                        port,
+                        l.port,
+                        &l.name,
+                        l.hostname.as_deref(),
+                        spec,
+                        resolver,
+                    )
+                };
+                let built = match policy::settings(by_gateway, by_route) {
+                    Err(e) => {
+                        blame(policies, &gw.key, &rule.route, &mut refused, e);
+                        build(&defaults)
+                    }
+                    Ok(spec) => build(&spec).or_else(|e| {
+                        if by_gateway.is_none() && by_route.is_none() {
+                            return Err(e);
+                        }
+                        let why = e
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        blame(policies, &gw.key, &rule.route, &mut refused, why);
+                        build(&defaults)
+                    }),
+                };
+                match built {
                     Ok(r) => routes.push(r),
                     Err(e) => {
                         tracing::warn!(route = %format!("{}/{}", rule.route.0, rule.route.1), rule = rule.rule, error = ?e, "HTTPRoute rule not served")
@@ -52,48 +93,55 @@ pub fn routes(out: &Output, ports: &Ports, resolver: &dyn Resolver) -> Vec<Route
             }
         }
     }
-    routes
+    (routes, refused)
 }
 
-/// A route with every default a `WebSocketRoute` gets and no backends.
-fn defaults(namespace: &str, name: &str) -> Result<Route, Vec<FieldError>> {
-    struct NoBackends;
-    impl Resolver for NoBackends {
-        fn backends(&self, _: &str, _: usize, _: &Backend) -> Result<Vec<BackendAddr>, FieldError> {
-            Ok(vec![])
-        }
-        fn certificate(
-            &self,
-            _: &str,
-            _: &crate::api::Tls,
-        ) -> Result<Arc<rustls::sign::CertifiedKey>, FieldError> {
-            Err(FieldError::new("spec.tls", "not used"))
-        }
-        fn jwks(
-            &self,
-            _: &str,
-            _: &crate::api::JwksRef,
-        ) -> Result<Arc<crate::proxy::route::auth::KeySet>, FieldError> {
-            Err(FieldError::new("spec.auth", "not used"))
-        }
-        fn backend_tls(
-            &self,
-            _: &str,
-            _: &crate::api::BackendTls,
-        ) -> Result<crate::proxy::route::backend_tls::Material, FieldError> {
-            Err(FieldError::new("spec.backendTLS", "not used"))
-        }
+/// Records that the policy of this route (else of its Gateway) does not compile.
+fn blame(
+    policies: &Policies,
+    gw: &Key,
+    route: &Key,
+    refused: &mut BTreeMap<Key, String>,
+    why: String,
+) {
+    let owner = policies
+        .owners
+        .get(&("HTTPRoute".to_string(), route.clone()))
+        .or_else(|| policies.owners.get(&("Gateway".to_string(), gw.clone())));
+    if let Some(owner) = owner {
+        refused.entry(owner.clone()).or_insert(why);
     }
-    let spec = WebSocketRouteSpec {
-        backends: vec![Backend {
-            service: None,
-            address: Some("192.0.2.255:9".into()),
-            weight: 1,
-        }],
-        proxy_http: true,
-        ..Default::default()
-    };
-    compile::compile(namespace, name, &spec, &NoBackends)
+}
+
+/// A resolver for a policy's settings: its backends are the HTTPRoute's (resolved
+/// apart), the rest (JWKS and backend TLS material) is the cluster's.
+struct Settings<'a>(&'a dyn Resolver);
+
+impl Resolver for Settings<'_> {
+    fn backends(&self, _: &str, _: usize, _: &Backend) -> Result<Vec<BackendAddr>, FieldError> {
+        Ok(vec![])
+    }
+    fn certificate(
+        &self,
+        ns: &str,
+        tls: &crate::api::Tls,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>, FieldError> {
+        self.0.certificate(ns, tls)
+    }
+    fn jwks(
+        &self,
+        ns: &str,
+        jwks: &crate::api::JwksRef,
+    ) -> Result<Arc<crate::proxy::route::auth::KeySet>, FieldError> {
+        self.0.jwks(ns, jwks)
+    }
+    fn backend_tls(
+        &self,
+        ns: &str,
+        t: &crate::api::BackendTls,
+    ) -> Result<crate::proxy::route::backend_tls::Material, FieldError> {
+        self.0.backend_tls(ns, t)
+    }
 }
 
 fn route(
@@ -102,10 +150,11 @@ fn route(
     listener_port: u16,
     listener: &str,
     listener_host: Option<&str>,
+    settings: &WebSocketRouteSpec,
     resolver: &dyn Resolver,
 ) -> Result<Route, Vec<FieldError>> {
     let name = format!("httproute/{}", rule.route.1);
-    let mut r = defaults(&rule.route.0, &name)?;
+    let mut r = compile::compile(&rule.route.0, &name, settings, &Settings(resolver))?;
     r.key = RouteKey {
         namespace: rule.route.0.clone(),
         name,
@@ -342,7 +391,8 @@ mod tests {
     }
 
     fn weights(refs: &[(&str, u32)]) -> (Vec<u32>, u32, u32) {
-        let r = route(&plan(refs), 20000, 80, "http", None, &Endpoints).unwrap();
+        let defaults = policy::settings(None, None).unwrap();
+        let r = route(&plan(refs), 20000, 80, "http", None, &defaults, &Endpoints).unwrap();
         let g = r.gateway.unwrap();
         (
             r.backends.iter().map(|b| b.weight).collect(),

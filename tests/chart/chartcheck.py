@@ -105,6 +105,8 @@ def cmd_render(values_file, rendered, chart):
         gateway_service_rules = yaml.safe_load(f)
     with open(os.path.join(chart, "crds/websocketroute.yaml")) as f:
         crd = yaml.safe_load(f)
+    with open(os.path.join(chart, "crds/websocketpolicy.yaml")) as f:
+        policy_crd = yaml.safe_load(f)
     kinds = sorted({d["kind"] for d in docs})
     print(f"  rendered {len(docs)} objects: {', '.join(kinds)}")
     for d in docs:
@@ -264,10 +266,11 @@ def cmd_render(values_file, rendered, chart):
     # CRD as a template
     crds = find(docs, "CustomResourceDefinition")
     if v["crds"]["manage"]:
-        if check(len(crds) == 1, "crds.manage renders the CRD"):
+        if check(len(crds) == 2, "crds.manage renders both CRDs"):
             check(crds[0]["spec"] == crd["spec"], "templated CRD spec == crds/websocketroute.yaml")
-            check(crds[0]["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep",
-                  "templated CRD is kept on uninstall")
+            check(crds[1]["spec"] == policy_crd["spec"], "templated CRD spec == crds/websocketpolicy.yaml")
+            check(all(c["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep" for c in crds),
+                  "templated CRDs are kept on uninstall")
     else:
         check(not crds, "CRD not templated (it is in crds/)")
     # Monitoring

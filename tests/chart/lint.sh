@@ -6,7 +6,7 @@
 #     Pod, flags, probes, derived grace period, RBAC == files/*-rules.yaml,
 #     Services, PDB/HPA, monitoring objects, dashboards ConfigMap;
 #   - values the schema must refuse, each with the message expected;
-#   - charts/wsgate/crds/websocketroute.yaml == crds/websocketroute.yaml;
+#   - charts/wsgate/crds/*.yaml == crds/*.yaml;
 #   - the Dockerfile and .dockerignore: the allowlisted build context holds what
 #     `cargo check --locked` needs (no engine here: the image itself is not built).
 #
@@ -97,26 +97,30 @@ if [[ -x "${PQ}" ]]; then
   fi
 fi
 
-echo "== CRD in the chart == crds/websocketroute.yaml"
-if cmp -s "${CHART}/crds/websocketroute.yaml" "${ROOT}/crds/websocketroute.yaml"; then
-  pass "charts/wsgate/crds/websocketroute.yaml is identical to crds/websocketroute.yaml"
-else
-  flunk "charts/wsgate/crds/websocketroute.yaml differs from crds/websocketroute.yaml (cp crds/websocketroute.yaml charts/wsgate/crds/):"
-  diff -u "${ROOT}/crds/websocketroute.yaml" "${CHART}/crds/websocketroute.yaml" | head -n 40 | sed 's/^/    /'
-fi
-if [[ "$(ls "${CHART}/crds")" == websocketroute.yaml ]]; then
-  pass "charts/wsgate/crds holds only websocketroute.yaml"
+echo "== CRDs in the chart == crds/"
+for f in websocketroute.yaml websocketpolicy.yaml; do
+  if cmp -s "${CHART}/crds/${f}" "${ROOT}/crds/${f}"; then
+    pass "charts/wsgate/crds/${f} is identical to crds/${f}"
+  else
+    flunk "charts/wsgate/crds/${f} differs from crds/${f} (make crd):"
+    diff -u "${ROOT}/crds/${f}" "${CHART}/crds/${f}" | head -n 40 | sed 's/^/    /'
+  fi
+done
+if [[ "$(ls "${CHART}/crds" | tr '\n' ' ')" == "websocketpolicy.yaml websocketroute.yaml " ]]; then
+  pass "charts/wsgate/crds holds only websocketroute.yaml and websocketpolicy.yaml"
 else
   flunk "unexpected files in charts/wsgate/crds: $(ls "${CHART}/crds" | tr '\n' ' ')"
 fi
 "${HELM}" show crds "${CHART}" >"${WORK}/shown-crds.yaml" 2>&1
-if python3 - "${WORK}/shown-crds.yaml" "${ROOT}/crds/websocketroute.yaml" <<'EOF'
-import sys, yaml
-a = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-b = yaml.safe_load(open(sys.argv[2]))
-sys.exit(0 if a == [b] else 1)
+if python3 - "${WORK}/shown-crds.yaml" "${ROOT}/crds/websocketpolicy.yaml" "${ROOT}/crds/websocketroute.yaml" <<'EOF'
+import re, sys, yaml
+# helm show crds prints the files one after another, a blank line between them.
+text = open(sys.argv[1]).read()
+a = [yaml.safe_load(d) for d in re.split(r"\n(?=apiVersion: apiextensions)", text) if d.strip()]
+b = [yaml.safe_load(open(f)) for f in sys.argv[2:]]
+sys.exit(0 if a == b else 1)
 EOF
-then pass "helm show crds == crds/websocketroute.yaml"; else flunk "helm show crds differs"; fi
+then pass "helm show crds == crds/*.yaml"; else flunk "helm show crds differs"; fi
 
 echo "== Dockerfile and build context"
 df="${ROOT}/Dockerfile"

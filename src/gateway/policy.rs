@@ -1,0 +1,267 @@
+//! `WebSocketPolicy` attachment (GEP-713): which policy applies to which HTTPRoute
+//! or Gateway, what each policy's status says, and the `WebSocketRoute` settings
+//! an HTTPRoute's tunnels get (its policy over its Gateway's, field by field, over
+//! the defaults).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use serde_json::{json, Map, Value};
+
+use super::api::{Gateway, HTTPRoute, CONTROLLER_NAME, GROUP};
+use super::build::Key;
+use crate::api::{
+    AncestorRef, PolicyAncestorStatus, PolicyStatus, WebSocketPolicy, WebSocketPolicySpec,
+    WebSocketRouteSpec,
+};
+
+/// The policies in force, by target.
+#[derive(Clone, Debug, Default)]
+pub struct Policies {
+    /// By HTTPRoute.
+    pub routes: BTreeMap<Key, Arc<WebSocketPolicySpec>>,
+    /// By Gateway (defaults for its routes).
+    pub gateways: BTreeMap<Key, Arc<WebSocketPolicySpec>>,
+    /// Which policy is in force on each target, for reporting a merge that fails.
+    pub owners: BTreeMap<(String, Key), Key>,
+}
+
+fn accepted(ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+    Condition {
+        type_: "Accepted".into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(jiff::Timestamp::now()),
+    }
+}
+
+/// Attaches `policies` (oldest first wins a target) to the HTTPRoutes and Gateways
+/// that exist; returns them and each policy's status.
+pub fn attach(
+    policies: &[WebSocketPolicy],
+    routes: &[HTTPRoute],
+    gateways: &[Gateway],
+) -> (Policies, BTreeMap<Key, PolicyStatus>) {
+    let mut sorted: Vec<&WebSocketPolicy> = policies.iter().collect();
+    sorted.sort_by_key(|p| {
+        (
+            p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            p.namespace(),
+            p.name_any(),
+        )
+    });
+    let exists = |kind: &str, key: &Key| match kind {
+        "HTTPRoute" => routes
+            .iter()
+            .any(|r| r.namespace().as_ref() == Some(&key.0) && r.name_any() == key.1),
+        _ => gateways
+            .iter()
+            .any(|g| g.namespace().as_ref() == Some(&key.0) && g.name_any() == key.1),
+    };
+    let mut out = Policies::default();
+    let mut statuses = BTreeMap::new();
+    for p in sorted {
+        let ns = p.namespace().unwrap_or_default();
+        let pkey = (ns.clone(), p.name_any());
+        let generation = p.metadata.generation;
+        let spec = Arc::new(p.spec.clone());
+        let mut status = PolicyStatus::default();
+        for t in &p.spec.target_refs {
+            let target = (ns.clone(), t.name.clone());
+            let condition =
+                if t.group != GROUP || !matches!(t.kind.as_str(), "HTTPRoute" | "Gateway") {
+                    accepted(
+                        false,
+                        "Invalid",
+                        format!(
+                            "targetRefs: {} {} is not an HTTPRoute or a Gateway of {GROUP}",
+                            t.group, t.kind
+                        ),
+                        generation,
+                    )
+                } else if !exists(&t.kind, &target) {
+                    accepted(
+                        false,
+                        "TargetNotFound",
+                        format!("{} {}/{} does not exist", t.kind, target.0, target.1),
+                        generation,
+                    )
+                } else if let Some(owner) = out
+                    .owners
+                    .get(&(t.kind.clone(), target.clone()))
+                    .filter(|o| **o != pkey)
+                {
+                    accepted(
+                        false,
+                        "Conflicted",
+                        format!(
+                            "WebSocketPolicy {}/{} is older and applies to {} {}",
+                            owner.0, owner.1, t.kind, t.name
+                        ),
+                        generation,
+                    )
+                } else {
+                    out.owners
+                        .insert((t.kind.clone(), target.clone()), pkey.clone());
+                    match t.kind.as_str() {
+                        "HTTPRoute" => out.routes.insert(target.clone(), spec.clone()),
+                        _ => out.gateways.insert(target.clone(), spec.clone()),
+                    };
+                    accepted(
+                        true,
+                        "Accepted",
+                        format!("applies to {} {}", t.kind, t.name),
+                        generation,
+                    )
+                };
+            status.ancestors.push(PolicyAncestorStatus {
+                ancestor_ref: AncestorRef {
+                    group: t.group.clone(),
+                    kind: t.kind.clone(),
+                    namespace: ns.clone(),
+                    name: t.name.clone(),
+                },
+                controller_name: CONTROLLER_NAME.into(),
+                conditions: vec![condition],
+            });
+        }
+        statuses.insert(pkey, status);
+    }
+    (out, statuses)
+}
+
+/// The settings of a policy as a JSON object of the fields it sets.
+fn fields(spec: &WebSocketPolicySpec) -> Map<String, Value> {
+    let mut v = serde_json::to_value(spec).unwrap_or_else(|_| json!({}));
+    let obj = v.as_object_mut().map(std::mem::take).unwrap_or_default();
+    obj.into_iter().filter(|(k, _)| k != "targetRefs").collect()
+}
+
+/// What an HTTPRoute's tunnels get: the route's policy over its Gateway's, field by
+/// field, over a `WebSocketRoute`'s defaults (with `proxyHttp` on and a
+/// placeholder backend: the HTTPRoute says where requests go).
+pub fn settings(
+    gateway: Option<&WebSocketPolicySpec>,
+    route: Option<&WebSocketPolicySpec>,
+) -> Result<WebSocketRouteSpec, String> {
+    let mut merged = Map::new();
+    merged.insert("backends".into(), json!([{"address": "192.0.2.255:9"}]));
+    merged.insert("proxyHttp".into(), json!(true));
+    for p in [gateway, route].into_iter().flatten() {
+        merged.extend(fields(p));
+    }
+    serde_json::from_value(Value::Object(merged)).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn objects(yaml: &str) -> (Vec<WebSocketPolicy>, Vec<HTTPRoute>, Vec<Gateway>) {
+        let (mut p, mut r, mut g) = (vec![], vec![], vec![]);
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let v = serde_json::to_value(
+                <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap(),
+            )
+            .unwrap();
+            match v["kind"].as_str().unwrap() {
+                "WebSocketPolicy" => p.push(serde_json::from_value(v).unwrap()),
+                "HTTPRoute" => r.push(serde_json::from_value(v).unwrap()),
+                "Gateway" => g.push(serde_json::from_value(v).unwrap()),
+                k => panic!("{k}"),
+            }
+        }
+        (p, r, g)
+    }
+
+    const OBJECTS: &str = r#"
+kind: HTTPRoute
+metadata: {name: chat, namespace: apps}
+spec: {}
+---
+kind: Gateway
+metadata: {name: edge, namespace: apps}
+spec: {gatewayClassName: wsgate}
+---
+kind: WebSocketPolicy
+metadata: {name: newer, namespace: apps, creationTimestamp: "2026-12-07T09:00:00Z", generation: 2}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: chat}]
+  keepalive: {interval: 5s}
+---
+kind: WebSocketPolicy
+metadata: {name: older, namespace: apps, creationTimestamp: "2026-12-07T08:00:00Z"}
+spec:
+  targetRefs:
+  - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: chat}
+  - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: missing}
+  allowedOrigins: [https://chat.example.com]
+---
+kind: WebSocketPolicy
+metadata: {name: defaults, namespace: apps}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  allowedOrigins: [https://any.example.com]
+  subprotocols: [chat.v1]
+"#;
+
+    fn reason(s: &PolicyStatus, i: usize) -> (&str, &str, Option<i64>) {
+        let c = &s.ancestors[i].conditions[0];
+        (c.status.as_str(), c.reason.as_str(), c.observed_generation)
+    }
+
+    #[test]
+    fn the_oldest_policy_wins_a_target_and_the_others_say_why_not() {
+        let (p, r, g) = objects(OBJECTS);
+        let (policies, statuses) = attach(&p, &r, &g);
+        let key = |n: &str| ("apps".to_string(), n.to_string());
+        assert_eq!(
+            reason(&statuses[&key("older")], 0),
+            ("True", "Accepted", None)
+        );
+        assert_eq!(reason(&statuses[&key("older")], 1).1, "TargetNotFound");
+        assert_eq!(
+            reason(&statuses[&key("newer")], 0),
+            ("False", "Conflicted", Some(2))
+        );
+        assert_eq!(reason(&statuses[&key("defaults")], 0).1, "Accepted");
+        assert_eq!(
+            policies.routes[&key("chat")].allowed_origins.as_deref(),
+            Some(&["https://chat.example.com".to_string()][..])
+        );
+        assert!(policies.gateways.contains_key(&key("edge")));
+    }
+
+    #[test]
+    fn a_routes_policy_overrides_its_gateways_field_by_field() {
+        let (p, r, g) = objects(OBJECTS);
+        let (policies, _) = attach(&p, &r, &g);
+        let key = |n: &str| ("apps".to_string(), n.to_string());
+        let spec = settings(
+            policies.gateways.get(&key("edge")).map(|a| &**a),
+            policies.routes.get(&key("chat")).map(|a| &**a),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.allowed_origins,
+            ["https://chat.example.com"],
+            "the route's policy wins"
+        );
+        assert_eq!(
+            spec.subprotocols,
+            ["chat.v1"],
+            "the Gateway's fills what the route's leaves out"
+        );
+        assert!(spec.proxy_http);
+        let none = settings(None, None).unwrap();
+        assert_eq!(
+            none.keepalive,
+            WebSocketRouteSpec::default().keepalive,
+            "no policy: the defaults"
+        );
+    }
+}
