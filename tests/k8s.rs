@@ -106,6 +106,7 @@ const ALL: &[Scenario] = &[
         client_access::client_access_from_the_crd,
     ),
     ("20 gateway-api", gateway_api::gateway_api),
+    ("21 websocket-policy", gateway_api::websocket_policy),
 ];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.

@@ -120,6 +120,7 @@ fn resource(api_version: &str, kind: &str) -> Result<(ApiResource, bool)> {
         "Gateway" => ("gateways", true),
         "HTTPRoute" => ("httproutes", true),
         "ReferenceGrant" => ("referencegrants", true),
+        "WebSocketPolicy" => ("websocketpolicies", true),
         other => bail!("the test does not know kind {other}"),
     };
     let gvk = GroupVersionKind::gvk(group, version, kind);
@@ -186,11 +187,13 @@ impl Cluster {
     }
 
     async fn install(&self) -> Result<()> {
-        let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/websocketroute.yaml");
-        let crd = crd.to_str().context("utf-8 path")?;
-        let out = self.kubectl(&["apply", "-f", crd], None).await?;
-        if !out.ok {
-            bail!("kubectl apply of the CRD failed: {}", out.stderr);
+        for file in ["crds/websocketroute.yaml", "crds/websocketpolicy.yaml"] {
+            let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let crd = crd.to_str().context("utf-8 path")?;
+            let out = self.kubectl(&["apply", "-f", crd], None).await?;
+            if !out.ok {
+                bail!("kubectl apply of {file} failed: {}", out.stderr);
+            }
         }
         let out = self
             .kubectl(
@@ -198,6 +201,7 @@ impl Cluster {
                     "wait",
                     "--for=condition=Established",
                     "crd/websocketroutes.wsgate.io",
+                    "crd/websocketpolicies.wsgate.io",
                     "--timeout=60s",
                 ],
                 None,

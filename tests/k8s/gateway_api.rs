@@ -53,20 +53,62 @@ fn rules(broken_path: &str) -> Value {
     ])
 }
 
-/// An upgrade with an extra header; the name of the pod that echoed.
-async fn upgrade_with(gw: SocketAddr, path: &str, header: (&'static str, &str)) -> Result<String> {
+/// An upgrade with an extra header: the name of the pod that echoed, or the
+/// status wsgate refused it with.
+async fn try_upgrade_with(
+    gw: SocketAddr,
+    path: &str,
+    header: (&'static str, &str),
+) -> Result<std::result::Result<String, u16>> {
     let tcp = within(5.0, "TCP connect", TcpStream::connect(gw)).await??;
-    let mut req = format!("ws://gateway.s20.test{path}").into_client_request()?;
+    let mut req = format!("ws://gateway.test{path}").into_client_request()?;
     req.headers_mut().insert(header.0, header.1.parse()?);
-    let (mut ws, _) = within(5.0, "upgrade", tokio_tungstenite::client_async(req, tcp)).await??;
+    let (mut ws, _) =
+        match within(5.0, "upgrade", tokio_tungstenite::client_async(req, tcp)).await? {
+            Ok(ok) => ok,
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                return Ok(Err(resp.status().as_u16()))
+            }
+            Err(e) => return Err(e.into()),
+        };
     ws.send(Message::text("hi")).await?;
     let reply = within(5.0, "echo", ws.next()).await?.context("closed")??;
-    Ok(reply
+    Ok(Ok(reply
         .into_text()?
         .split(':')
         .next()
         .unwrap_or_default()
-        .to_owned())
+        .to_owned()))
+}
+
+async fn upgrade_with(gw: SocketAddr, path: &str, header: (&'static str, &str)) -> Result<String> {
+    try_upgrade_with(gw, path, header)
+        .await?
+        .map_err(|status| anyhow::anyhow!("{path} refused with {status}"))
+}
+
+/// The data-plane port behind port 80 of the Gateway `name`'s Service.
+async fn data_plane_port(c: &Cluster, name: &str) -> Result<u16> {
+    let label = format!("gateway.wsgate.io/name={name}");
+    let svc = eventually(
+        15.0,
+        "the Gateway's Service in wsgate's namespace",
+        || async {
+            let list = c
+                .kubectl(
+                    &["get", "svc", "-n", WSGATE_NS, "-l", &label, "-o", "json"],
+                    None,
+                )
+                .await
+                .ok()?;
+            let v: Value = serde_json::from_str(&list.stdout).ok()?;
+            v["items"].as_array()?.first().cloned()
+        },
+    )
+    .await?;
+    Ok(svc["spec"]["ports"][0]["targetPort"]
+        .as_u64()
+        .context("targetPort")? as u16)
 }
 
 /// Scenario 20.
@@ -262,6 +304,161 @@ pub fn gateway_api(env: &mut Env) -> Run<'_> {
         .await?;
         c.delete(GW_API, "GatewayClass", None, "wsgate-s20").await?;
         c.delete(GW_API, "GatewayClass", None, "not-ours").await?;
+        Ok(())
+    })
+}
+
+fn policy(name: &str, kind: &str, target: &str, settings: Value) -> Value {
+    let mut spec = json!({"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": kind, "name": target}]});
+    let extra = settings.as_object().cloned().unwrap_or_default();
+    spec.as_object_mut().expect("an object").extend(extra);
+    json!({"apiVersion": "wsgate.io/v1alpha1", "kind": "WebSocketPolicy",
+        "metadata": {"name": name, "namespace": "s21"}, "spec": spec})
+}
+
+/// A WebSocketPolicy's Accepted condition for its first target, at its generation.
+async fn policy_accepted(c: &Cluster, name: &str) -> Option<(String, String)> {
+    let p = c
+        .get("wsgate.io/v1alpha1", "WebSocketPolicy", Some("s21"), name)
+        .await
+        .ok()??;
+    let (status, reason, generation) =
+        cond(&p["status"]["ancestors"][0]["conditions"], "Accepted")?;
+    (generation == p["metadata"]["generation"].as_i64()).then_some((status, reason))
+}
+
+/// Scenario 21. WebSocketPolicy: an HTTPRoute's policy sets its allowed Origins, its
+/// Gateway's policy fills in what the route's leaves out, the oldest of two
+/// policies on one route applies and the other says Conflicted, a policy on a
+/// route that does not exist says TargetNotFound, and deleting the applying
+/// policy hands the route to the next.
+pub fn websocket_policy(env: &mut Env) -> Run<'_> {
+    Box::pin(async move {
+        let c = &env.cluster;
+        let ns = "s21";
+        let a = Backend::start("p-a", "192.0.2.19").await?;
+        c.apply(namespace(ns)).await?;
+        c.apply(service(ns, "svc-a")).await?;
+        c.apply(slice(ns, "svc-a-1", "svc-a", &[Ready(&a)])).await?;
+        c.apply(
+            json!({"apiVersion": GW_API, "kind": "GatewayClass", "metadata": {"name": "wsgate-s21"},
+            "spec": {"controllerName": "wsgate.io/gateway-controller"}}),
+        )
+        .await?;
+        c.apply(json!({"apiVersion": GW_API, "kind": "Gateway", "metadata": {"name": "policy-edge", "namespace": ns},
+            "spec": {"gatewayClassName": "wsgate-s21", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}))
+            .await?;
+        c.apply(json!({"apiVersion": GW_API, "kind": "HTTPRoute", "metadata": {"name": "chat", "namespace": ns},
+            "spec": {"parentRefs": [{"name": "policy-edge"}], "rules": [{"backendRefs": [{"name": "svc-a", "port": 80}]}]}}))
+            .await?;
+        let at = SocketAddr::new(env.gw.listen.ip(), data_plane_port(c, "policy-edge").await?);
+        let origin = |o: &'static str| ("origin", o);
+        eventually(15.0, "the HTTPRoute served, any Origin allowed", || async {
+            try_upgrade_with(at, "/", origin("https://evil.example"))
+                .await
+                .ok()?
+                .ok()
+        })
+        .await?;
+
+        c.apply(policy(
+            "older",
+            "HTTPRoute",
+            "chat",
+            json!({"allowedOrigins": ["https://ok.example"]}),
+        ))
+        .await?;
+        // creationTimestamp has a resolution of one second.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        c.apply(policy(
+            "newer",
+            "HTTPRoute",
+            "chat",
+            json!({"allowedOrigins": ["https://other.example"]}),
+        ))
+        .await?;
+        c.apply(policy(
+            "lost",
+            "HTTPRoute",
+            "missing",
+            json!({"allowedOrigins": ["https://ok.example"]}),
+        ))
+        .await?;
+        c.apply(policy(
+            "defaults",
+            "Gateway",
+            "policy-edge",
+            json!({"subprotocols": ["chat.v1"], "allowedOrigins": ["https://gateway.example"]}),
+        ))
+        .await?;
+        for (name, want) in [
+            ("older", ("True", "Accepted")),
+            ("newer", ("False", "Conflicted")),
+            ("lost", ("False", "TargetNotFound")),
+            ("defaults", ("True", "Accepted")),
+        ] {
+            let got = eventually(
+                15.0,
+                &format!("WebSocketPolicy {name} {want:?}"),
+                || async {
+                    policy_accepted(c, name)
+                        .await
+                        .filter(|(s, r)| s == want.0 && r == want.1)
+                },
+            )
+            .await;
+            ensure!(
+                got.is_ok(),
+                "WebSocketPolicy {name}: want {want:?}, have {:?}",
+                policy_accepted(c, name).await
+            );
+        }
+        eventually(
+            15.0,
+            "Origin https://evil.example refused with 403",
+            || async {
+                (try_upgrade_with(at, "/", origin("https://evil.example"))
+                    .await
+                    .ok()?
+                    == Err(403))
+                .then_some(())
+            },
+        )
+        .await?;
+        let ok = upgrade_with(at, "/", origin("https://ok.example")).await?;
+        ensure!(ok == "p-a", "the allowed Origin reached {ok}");
+        ensure!(
+            try_upgrade_with(at, "/", origin("https://gateway.example")).await? == Err(403),
+            "the route's allowedOrigins override the Gateway's"
+        );
+        let other = try_upgrade_with(at, "/", ("sec-websocket-protocol", "other.v2")).await?;
+        ensure!(
+            other.is_err(),
+            "a subprotocol outside the Gateway policy's list was let through: {other:?}"
+        );
+
+        // The applying policy gone: the newer one takes the route.
+        c.delete("wsgate.io/v1alpha1", "WebSocketPolicy", Some(ns), "older")
+            .await?;
+        eventually(15.0, "WebSocketPolicy newer Accepted", || async {
+            policy_accepted(c, "newer")
+                .await
+                .filter(|(s, _)| s == "True")
+        })
+        .await?;
+        eventually(15.0, "Origin https://other.example allowed", || async {
+            try_upgrade_with(at, "/", origin("https://other.example"))
+                .await
+                .ok()?
+                .ok()
+        })
+        .await?;
+        for name in ["newer", "lost", "defaults"] {
+            c.delete("wsgate.io/v1alpha1", "WebSocketPolicy", Some(ns), name)
+                .await?;
+        }
+        c.delete(GW_API, "Gateway", Some(ns), "policy-edge").await?;
+        c.delete(GW_API, "GatewayClass", None, "wsgate-s21").await?;
         Ok(())
     })
 }
