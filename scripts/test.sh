@@ -33,8 +33,8 @@ trap 'for p in "${job_pid[@]}"; do kill -- -"${p}" 2>/dev/null || true; done' EX
 # they start first and run beside the peers' downloads, the lint and the test
 # build; the tests themselves start only once both are done, on a quiet machine.
 # Warm, each finds its outputs cached and ends in seconds.
-step "in the background: kube-apiserver, etcd, the node's binaries, helm and Prometheus (built from the Go module proxy once, then cached), then the release build"
-started "the Go builds" 'WSGATE_K8S_NODE=1 hack/k8s/assets.sh >/dev/null && hack/k8s/helm.sh >/dev/null && hack/k8s/prometheus.sh >/dev/null'
+step "in the background: kube-apiserver, etcd, the node's binaries and kube-proxy, helm, Prometheus and the Gateway API suite with its images (built from the Go module proxy once, then cached), then the release build"
+started "the Go builds" 'WSGATE_K8S_NODE=1 WSGATE_K8S_KUBE_PROXY=1 hack/k8s/assets.sh >/dev/null && hack/k8s/helm.sh >/dev/null && hack/k8s/prometheus.sh >/dev/null && hack/k8s/conformance.sh >/dev/null'
 
 step "installing test peers and tools"
 bash tests/setup.sh
@@ -72,3 +72,6 @@ bash tests/chart/install.sh
 
 step "end to end on a real node: the image, helm install, real pods and clients, Prometheus"
 bash tests/e2e-node/run.sh
+
+step "the Gateway API conformance suite (v1.6.3, GATEWAY-HTTP) on the real node"
+REPORT="$(mktemp --suffix=.yaml)" bash tests/conformance/run.sh

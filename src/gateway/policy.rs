@@ -264,4 +264,23 @@ spec:
             "no policy: the defaults"
         );
     }
+
+    #[test]
+    fn the_documented_example_is_a_valid_policy() {
+        let doc = include_str!("../../docs/gateway-api.md");
+        let yaml = doc
+            .split("```yaml")
+            .map(|b| b.split("```").next().unwrap())
+            .find(|b| b.contains("kind: WebSocketPolicy"))
+            .expect("docs/gateway-api.md shows a WebSocketPolicy");
+        let p: WebSocketPolicy = serde_yaml::from_str(yaml).expect("the example parses");
+        let spec = settings(None, Some(&p.spec)).expect("the example compiles into settings");
+        assert_eq!(spec.allowed_origins, ["https://chat.example.com"]);
+        assert_eq!(spec.limits.max_connections_per_client_ip, 20);
+        assert!(
+            crate::compile::validate(&spec).is_empty(),
+            "{:?}",
+            crate::compile::validate(&spec)
+        );
+    }
 }

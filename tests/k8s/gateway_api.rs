@@ -268,7 +268,7 @@ pub fn gateway_api(env: &mut Env) -> Run<'_> {
 
         // Traffic on the Gateway's data-plane port.
         let at = SocketAddr::new(gw_ip, dp);
-        let mut tunnel = upgrade_eventually(at, "gateway.s20.test", "/chat/room", 15.0).await?;
+        let tunnel = upgrade_eventually(at, "gateway.s20.test", "/chat/room", 15.0).await?;
         ensure!(tunnel.backend == "gw-a", "/chat went to {}", tunnel.backend);
         let by_header = upgrade_with(at, "/chat/room", ("x-room", "b")).await?;
         ensure!(by_header == "gw-b", "the header match went to {by_header}");
@@ -276,19 +276,52 @@ pub fn gateway_api(env: &mut Env) -> Run<'_> {
         refused_eventually(at, "gateway.s20.test", "/elsewhere", 404, 5.0).await?;
         refused_eventually(env.gw.listen, "gateway.s20.test", "/chat", 404, 5.0).await?;
 
-        // Twenty edits of the route while a tunnel is open: it stays.
-        for i in 0..20 {
-            c.apply(route(rules(&format!("/broken-{i}")))).await?;
+        // A hundred edits, fifty of the HTTPRoute and fifty of the Gateway (a second
+        // listener added and removed), while 200 tunnels are open: none drops.
+        let mut tunnels = vec![tunnel];
+        for _ in 1..200 {
+            tunnels.push(crate::client::open(at, "gateway.s20.test", "/chat/room").await?);
         }
-        refused_eventually(at, "gateway.s20.test", "/broken-19", 500, 10.0).await?;
-        let echoed = tunnel.echo().await?;
+        let gateway = |extra: bool| {
+            let mut listeners = vec![json!({"name": "http", "port": 80, "protocol": "HTTP"})];
+            if extra {
+                listeners.push(json!({"name": "extra", "port": 8081, "protocol": "HTTP"}));
+            }
+            json!({"apiVersion": GW_API, "kind": "Gateway", "metadata": {"name": "edge", "namespace": NS},
+                "spec": {"gatewayClassName": "wsgate-s20", "listeners": listeners}})
+        };
+        // Each edit is waited for (served, or reported at its generation), so each is
+        // a rebuild of its own rather than one of a debounced burst.
+        for i in 0..50 {
+            c.apply(route(rules(&format!("/broken-{i}")))).await?;
+            refused_eventually(at, "gateway.s20.test", &format!("/broken-{i}"), 500, 10.0).await?;
+            let applied = c.apply(gateway(i % 2 == 0)).await?;
+            let generation = applied["metadata"]["generation"].as_i64();
+            eventually(
+                10.0,
+                "the Gateway's status at its new generation",
+                || async {
+                    let gw = get(c, "Gateway", Some(NS), "edge").await?;
+                    (cond(&gw["status"]["conditions"], "Accepted")?.2 == generation).then_some(())
+                },
+            )
+            .await?;
+        }
+        let mut dropped = 0;
+        for t in &mut tunnels {
+            if !matches!(t.echo().await.as_deref(), Ok("gw-a")) {
+                dropped += 1;
+            }
+        }
         ensure!(
-            echoed == "gw-a",
-            "after 20 edits the tunnel echoed from {echoed}"
+            dropped == 0,
+            "{dropped} of 200 tunnels dropped over 100 edits"
         );
+        println!("    100 edits (50 HTTPRoute, 50 Gateway) with 200 tunnels open: 0 dropped");
+        drop(tunnels);
 
-        // The Gateway gone: its Service goes, its port stops taking connections,
-        // and the open tunnel stays.
+        // The Gateway gone: its Service goes and its port stops taking connections
+        // (its tunnels drain as a removed route's do, after the grace period).
         c.delete(GW_API, "Gateway", Some(NS), "edge").await?;
         eventually(15.0, "the Gateway's Service deleted", || async {
             let out = c
