@@ -349,6 +349,8 @@ pub struct Built {
     ports: Ports,
     /// Each WebSocketPolicy's status.
     policies: BTreeMap<Key, PolicyStatus>,
+    /// The listener hostnames on each data-plane port (for listener isolation).
+    pub listeners: std::collections::HashMap<u16, Vec<Option<HostMatch>>>,
 }
 
 /// Resolves everything; binds this replica's data-plane listeners.
@@ -470,11 +472,16 @@ pub fn build(watches: &Watches, cluster: &Cluster, opts: &Options, leader: bool)
     }
 
     let mut wanted: BTreeMap<u16, Port> = BTreeMap::new();
+    let mut listeners: std::collections::HashMap<u16, Vec<Option<HostMatch>>> = Default::default();
     for gw in &output.gateways {
         for l in &gw.listeners {
             let Some(&dp) = ports.get(&(gw.key.clone(), l.port)) else {
                 continue;
             };
+            listeners
+                .entry(dp)
+                .or_default()
+                .push(l.hostname.as_deref().and_then(HostMatch::parse));
             let port = wanted.entry(dp).or_default();
             port.tls |= l.tls;
             for c in &l.certificates {
@@ -492,6 +499,7 @@ pub fn build(watches: &Watches, cluster: &Cluster, opts: &Options, leader: bool)
         output,
         ports,
         policies: policy_statuses,
+        listeners,
     }
 }
 

@@ -316,7 +316,8 @@ pub async fn run(client: kube::Client, opts: Options, proxy: Arc<Proxy>) {
                 .map(|r| (**r).clone())
                 .chain(gb.routes.iter().cloned())
                 .collect();
-            build.table = crate::proxy::route::table::RouteTable::new(all);
+            build.table = crate::proxy::route::table::RouteTable::new(all)
+                .with_gateway_listeners(gb.listeners.clone());
         }
         let served = build.table.routes().len();
         proxy.apply(build.table);

@@ -241,6 +241,9 @@ pub struct RouteTable {
     routes: Vec<Arc<Route>>,
     /// Gateway API rules by data-plane port, each list in precedence order.
     gateway_ports: Arc<HashMap<u16, Vec<usize>>>,
+    /// The hostnames of the Gateway listeners on each data-plane port (`None`: a
+    /// listener without one), those without routes included.
+    gateway_listeners: Arc<HashMap<u16, Vec<Option<HostMatch>>>>,
     /// Which routes a request's host can match, so a handshake scores a handful of
     /// routes rather than all of them (thousands of hosts in one table are common).
     by_host: Arc<HostIndex>,
@@ -311,6 +314,7 @@ impl RouteTable {
         RouteTable {
             by_host: Arc::new(HostIndex::new(&routes)),
             gateway_ports: Arc::new(gateway_ports),
+            gateway_listeners: Arc::default(),
             routes,
         }
     }
@@ -351,10 +355,22 @@ impl RouteTable {
         best.map(|(_, r)| r)
     }
 
+    /// The same table, knowing the hostnames of every Gateway listener on each
+    /// data-plane port (a listener without routes still takes the requests for
+    /// its hostname, and answers them 404).
+    pub fn with_gateway_listeners(
+        mut self,
+        listeners: HashMap<u16, Vec<Option<HostMatch>>>,
+    ) -> Self {
+        self.gateway_listeners = Arc::new(listeners);
+        self
+    }
+
     /// The Gateway API rule for a request on data-plane port `port`: the most
-    /// specific listener hostname matching the request's host picks the listener
-    /// (listener isolation), then the most specific route hostname, then the first
-    /// rule in precedence order whose path, method, headers and query match.
+    /// specific listener hostname matching the request's host picks the listener,
+    /// and only its rules are considered (listener isolation); then the most
+    /// specific route hostname, then the first rule in precedence order whose
+    /// path, method, headers and query match.
     pub fn find_gateway<B>(&self, port: u16, req: &http::Request<B>) -> Option<&Arc<Route>> {
         let host = normalize_host(&request_host(req));
         let path = req.uri().path();
@@ -362,17 +378,25 @@ impl RouteTable {
             None => Some(0),
             Some(h) => h.score(&host).map(|s| s.saturating_add(1)),
         };
-        let mut best: Option<((usize, usize), &Arc<Route>)> = None;
-        for route in self
-            .gateway_ports
-            .get(&port)?
-            .iter()
-            .map(|&i| &self.routes[i])
-        {
+        let rules = self.gateway_ports.get(&port)?;
+        let listener_hosts: Vec<&Option<HostMatch>> = match self.gateway_listeners.get(&port) {
+            Some(hosts) => hosts.iter().collect(),
+            None => rules
+                .iter()
+                .filter_map(|&i| self.routes[i].gateway.as_ref().map(|g| &g.listener_host))
+                .collect(),
+        };
+        let listener = listener_hosts
+            .into_iter()
+            .filter_map(|h| score(h).map(|s| (s, h)))
+            .max_by_key(|(s, _)| *s)
+            .map(|(_, h)| h)?;
+        let mut best: Option<(usize, &Arc<Route>)> = None;
+        for route in rules.iter().map(|&i| &self.routes[i]) {
             let g = route.gateway.as_ref().expect("indexed by its gateway rule");
-            let Some(listener) = score(&g.listener_host) else {
+            if g.listener_host != *listener {
                 continue;
-            };
+            }
             let host_score = if route.hosts.is_empty() {
                 Some(0)
             } else {
@@ -384,11 +408,11 @@ impl RouteTable {
                     .map(|s| s.saturating_add(1))
             };
             let Some(hs) = host_score else { continue };
-            if best.as_ref().is_some_and(|(b, _)| *b >= (listener, hs)) {
+            if best.as_ref().is_some_and(|(b, _)| *b >= hs) {
                 continue;
             }
             if route.path.score(path).is_some() && g.matches(req) {
-                best = Some(((listener, hs), route));
+                best = Some((hs, route));
             }
         }
         best.map(|(_, r)| r)
@@ -453,6 +477,71 @@ mod tests {
         r.hosts = hosts.iter().map(|h| HostMatch::parse(h).unwrap()).collect();
         r.path = path;
         r
+    }
+
+    /// A Gateway API rule on data-plane port 7000, attached to a listener of `listener` hostname.
+    fn gateway_rule(name: &str, listener: Option<&str>, path: &str) -> Route {
+        let mut r = route(name, &[], PathRule::Prefix(path.into()));
+        r.gateway = Some(Arc::new(super::super::gateway::GatewayRule {
+            port: 7000,
+            listener_host: listener.and_then(HostMatch::parse),
+            total_weight: 1,
+            ..Default::default()
+        }));
+        r
+    }
+
+    #[test]
+    fn a_gateway_request_is_served_by_its_most_specific_listener_only() {
+        let listeners = HashMap::from([(
+            7000,
+            vec![
+                None,
+                HostMatch::parse("*.example.com"),
+                HostMatch::parse("abc.foo.example.com"),
+            ],
+        )]);
+        let t = RouteTable::new(vec![
+            gateway_rule("empty", None, "/empty"),
+            gateway_rule("wild", Some("*.example.com"), "/wild"),
+            route("wsr", &[], PathRule::Prefix("/".into())),
+        ])
+        .with_gateway_listeners(listeners);
+        let name = |host: &str, path: &str| {
+            let req = http::Request::builder()
+                .uri(path)
+                .header("host", host)
+                .body(())
+                .unwrap();
+            t.find_gateway(7000, &req).map(|r| r.key.name.clone())
+        };
+        assert_eq!(name("bar.com", "/empty").as_deref(), Some("empty"));
+        assert_eq!(
+            name("bar.com", "/wild"),
+            None,
+            "bar.com is the empty-hostname listener's"
+        );
+        assert_eq!(name("bar.example.com", "/wild").as_deref(), Some("wild"));
+        assert_eq!(
+            name("bar.example.com", "/empty"),
+            None,
+            "no fallback to a less specific listener"
+        );
+        assert_eq!(
+            name("abc.foo.example.com", "/wild"),
+            None,
+            "a listener without routes still takes its hostname's requests (404)"
+        );
+        assert_eq!(
+            name("bar.com", "/"),
+            None,
+            "a WebSocketRoute is never served on a Gateway port"
+        );
+        assert_eq!(
+            t.find("bar.com", "/empty").map(|r| r.key.name.as_str()),
+            Some("wsr"),
+            "nor a Gateway rule on wsgate's own listener"
+        );
     }
 
     #[test]
@@ -541,6 +630,7 @@ mod tests {
                     any: (0..t.routes.len()).collect(),
                 }),
                 gateway_ports: Arc::default(),
+                gateway_listeners: Arc::default(),
                 routes: t.routes.clone(),
             };
             let name = |t: &RouteTable| t.find(host, path).map(|r| r.key.name.clone());
