@@ -107,6 +107,10 @@ const ALL: &[Scenario] = &[
     ),
     ("20 gateway-api", gateway_api::gateway_api),
     ("21 websocket-policy", gateway_api::websocket_policy),
+    (
+        "22 websocket-policy-behaviour",
+        gateway_api::websocket_behaviour,
+    ),
 ];
 
 /// Runs `fut`, failing with `what` when it takes longer than `secs`.

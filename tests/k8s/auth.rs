@@ -18,17 +18,17 @@ use crate::objects::{
 };
 use crate::{Env, Run};
 
-const ISSUER: &str = "https://id.s12.test";
+pub const ISSUER: &str = "https://id.s12.test";
 
 /// An Ed25519 signing key and its JWKS.
-struct Key {
+pub struct Key {
     kid: String,
     pkcs8: Vec<u8>,
     jwks: String,
 }
 
 impl Key {
-    fn new(kid: &str) -> Result<Key> {
+    pub fn new(kid: &str) -> Result<Key> {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
             .map_err(|_| anyhow::anyhow!("key generation"))?;
         let pair =
@@ -43,10 +43,15 @@ impl Key {
     }
 
     fn token(&self) -> Result<String> {
+        self.token_for(600)
+    }
+
+    /// A token for `aud: chat` that expires in `secs`.
+    pub fn token_for(&self, secs: u64) -> Result<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         let mut h = Header::new(Algorithm::EdDSA);
         h.kid = Some(self.kid.clone());
-        let claims = json!({"iss": ISSUER, "aud": "chat", "sub": "alice", "exp": now + 600});
+        let claims = json!({"iss": ISSUER, "aud": "chat", "sub": "alice", "exp": now + secs});
         Ok(jsonwebtoken::encode(
             &h,
             &claims,
@@ -55,7 +60,7 @@ impl Key {
     }
 }
 
-fn jwks_secret(ns: &str, name: &str, key: &Key) -> Value {
+pub fn jwks_secret(ns: &str, name: &str, key: &Key) -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
         "type": "Opaque", "data": {"jwks.json": STANDARD.encode(&key.jwks)}})
 }

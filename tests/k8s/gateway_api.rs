@@ -495,3 +495,131 @@ pub fn websocket_policy(env: &mut Env) -> Run<'_> {
         Ok(())
     })
 }
+
+/// An upgrade through a Gateway port; the stream, to watch its frames.
+async fn raw_upgrade(
+    at: SocketAddr,
+    path: &str,
+) -> Result<std::result::Result<tokio_tungstenite::WebSocketStream<TcpStream>, u16>> {
+    let tcp = within(5.0, "TCP connect", TcpStream::connect(at)).await??;
+    let req = format!("ws://gateway.test{path}").into_client_request()?;
+    match within(5.0, "upgrade", tokio_tungstenite::client_async(req, tcp)).await? {
+        Ok((ws, _)) => Ok(Ok(ws)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Ok(Err(resp.status().as_u16())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The first Ping or Close a client sees within `secs`, reading as an idle client
+/// would (tungstenite answers the pings).
+async fn next_control(
+    ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
+    secs: f64,
+) -> Result<Message> {
+    within(secs, "a ping or a close from the proxy", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(m @ (Message::Ping(_) | Message::Close(_)))) => return Ok(m),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(anyhow::anyhow!("tunnel error: {e}")),
+                None => return Err(anyhow::anyhow!("tunnel ended without a Close")),
+            }
+        }
+    })
+    .await?
+}
+
+fn close_code(m: &Message) -> Option<u16> {
+    match m {
+        Message::Close(Some(f)) => Some(f.code.into()),
+        _ => None,
+    }
+}
+
+/// Scenario 22. What a WebSocketPolicy brings to an HTTPRoute, end to end: the
+/// proxy's keepalive pings seen by an idle client, `auth.jwt` refusing a missing
+/// token with 401 and closing at the token's `exp` with 1008, and Close 1001 after
+/// the policy's drain grace period when the route's backend is removed.
+pub fn websocket_behaviour(env: &mut Env) -> Run<'_> {
+    Box::pin(async move {
+        let c = &env.cluster;
+        let ns = "s22";
+        let pod = Backend::start("b-a", "192.0.2.20").await?;
+        c.apply(namespace(ns)).await?;
+        c.apply(service(ns, "svc")).await?;
+        c.apply(slice(ns, "svc-1", "svc", &[Ready(&pod)])).await?;
+        let key = crate::auth::Key::new("s22")?;
+        c.apply(crate::auth::jwks_secret(ns, "jwks", &key)).await?;
+        c.apply(
+            json!({"apiVersion": GW_API, "kind": "GatewayClass", "metadata": {"name": "wsgate-s22"},
+            "spec": {"controllerName": "wsgate.io/gateway-controller"}}),
+        )
+        .await?;
+        c.apply(json!({"apiVersion": GW_API, "kind": "Gateway", "metadata": {"name": "behave", "namespace": ns},
+            "spec": {"gatewayClassName": "wsgate-s22", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}))
+            .await?;
+        c.apply(json!({"apiVersion": GW_API, "kind": "HTTPRoute", "metadata": {"name": "live", "namespace": ns},
+            "spec": {"parentRefs": [{"name": "behave"}], "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]}}))
+            .await?;
+        c.apply(json!({"apiVersion": "wsgate.io/v1alpha1", "kind": "WebSocketPolicy",
+            "metadata": {"name": "live", "namespace": ns},
+            "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "live"}],
+                "keepalive": {"interval": "1s", "timeout": "5s"},
+                "drain": {"gracePeriod": "1s"},
+                "auth": {"jwt": {"issuer": crate::auth::ISSUER, "audiences": ["chat"],
+                    "jwks": {"secretName": "jwks", "key": "jwks.json"},
+                    "tokenFrom": [{"query": "access_token"}]}}}}))
+            .await?;
+        let at = SocketAddr::new(env.gw.listen.ip(), data_plane_port(c, "behave").await?);
+        eventually(
+            20.0,
+            "the policy's auth.jwt in force: no token gets 401",
+            || async { (raw_upgrade(at, "/").await.ok()?.err()? == 401).then_some(()) },
+        )
+        .await?;
+
+        // An idle client sees the proxy's pings, then Close 1008 at the token's exp.
+        let token = key.token_for(4)?;
+        let mut ws = raw_upgrade(at, &format!("/?access_token={token}"))
+            .await?
+            .map_err(|s| anyhow::anyhow!("a valid token refused with {s}"))?;
+        let first = next_control(&mut ws, 3.0).await?;
+        ensure!(
+            matches!(first, Message::Ping(_)),
+            "an idle client saw {first:?} before any ping"
+        );
+        let closed = loop {
+            let m = next_control(&mut ws, 8.0).await?;
+            if let Message::Close(_) = m {
+                break m;
+            }
+        };
+        ensure!(
+            close_code(&closed) == Some(1008),
+            "at exp the tunnel closed with {closed:?}"
+        );
+
+        // The backend removed from the route: Close 1001 after the grace period.
+        let mut ws = raw_upgrade(at, &format!("/?access_token={}", key.token_for(600)?))
+            .await?
+            .map_err(|s| anyhow::anyhow!("a valid token refused with {s}"))?;
+        c.delete("discovery.k8s.io/v1", "EndpointSlice", Some(ns), "svc-1")
+            .await?;
+        let t0 = std::time::Instant::now();
+        let closed = loop {
+            let m = next_control(&mut ws, 10.0).await?;
+            if let Message::Close(_) = m {
+                break m;
+            }
+        };
+        ensure!(
+            close_code(&closed) == Some(1001),
+            "the drained tunnel closed with {closed:?}"
+        );
+        println!("    pings seen idle; Close 1008 at exp; Close 1001 {:.1}s after the backend went (grace 1s)", t0.elapsed().as_secs_f64());
+
+        c.delete(GW_API, "Gateway", Some(ns), "behave").await?;
+        c.delete(GW_API, "GatewayClass", None, "wsgate-s22").await?;
+        Ok(())
+    })
+}
