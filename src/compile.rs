@@ -19,6 +19,7 @@ use crate::proxy::route::auth::{self, KeySet, Keys, RemoteJwks, TokenSource};
 use crate::proxy::route::backend_tls::{self, Material};
 use crate::proxy::route::policy::{
     Balance, ClientAccess, Exceed, HashKey, LegPing, PassiveHealth, RateLimit, RebalancePolicy,
+    Tracing,
 };
 use crate::proxy::route::table::{BackendAddr, HostMatch, PathRule, Route, RouteKey};
 
@@ -474,6 +475,14 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
         validate_backend_tls(t, &mut err);
     }
     validate_client_access(spec, &mut err);
+    if let Some(r) = spec.tracing.as_ref().and_then(|t| t.sampling_ratio) {
+        if !(0.0..=1.0).contains(&r) {
+            err(
+                "spec.tracing.samplingRatio".into(),
+                format!("{r} must be from 0 to 1"),
+            );
+        }
+    }
     errs
 }
 
@@ -700,6 +709,13 @@ pub fn compile(
         },
         backend_tls,
         client_access: spec.client_access.as_ref().and_then(client_access),
+        tracing: spec
+            .tracing
+            .as_ref()
+            .map_or_else(Default::default, |t| Tracing {
+                sampling_ratio: t.sampling_ratio,
+                trust_incoming_context: t.trust_incoming_context,
+            }),
     })
 }
 

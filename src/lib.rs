@@ -10,6 +10,7 @@ pub mod config;
 pub mod controller;
 pub mod metrics;
 pub mod proxy;
+pub mod telemetry;
 
 /// The `WebSocketRoute` CustomResourceDefinition as YAML (what `wsgate crd` prints).
 pub fn crd_yaml() -> String {
