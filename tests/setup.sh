@@ -102,6 +102,10 @@ if ! "$tools/bin/cargo-deny" --version 2>/dev/null | grep -qF "$cargo_deny_versi
   rm -rf "$cache/tools-target"
 fi
 
+# Jaeger v2 (tests/tracing.rs, bench/tracing.sh): the OTLP receiver traces are
+# asserted from, built once from the Go module proxy (several minutes cold).
+jaeger_dir=$("$here/../hack/jaeger.sh" | tail -n 1)
+
 cat >&2 <<INFO
 setup: peers ready
   node modules  $node_dir/node_modules   (NODE_PATH for tests/peers/*.js)
@@ -109,4 +113,5 @@ setup: peers ready
   python        $venv/bin/python         ($("$venv/bin/python" -c 'import websockets; print("websockets", websockets.__version__)'))
   websocat      $tools/bin/websocat      ($("$tools/bin/websocat" --version))
   cargo-deny    $tools/bin/cargo-deny    ($("$tools/bin/cargo-deny" --version))
+  jaeger        $jaeger_dir/jaeger
 INFO

@@ -217,7 +217,9 @@ impl RequestTrace {
     /// Starts the tunnel's span (after the 101), when the trace is recorded.
     pub fn tunnel(&self, route: &Route) -> Option<TunnelSpan> {
         let a = self.inner.as_ref()?;
-        if !a.cx.span().is_recording() {
+        // The SERVER span has ended by now (at the 101): its flags say whether
+        // the trace is recorded.
+        if !a.cx.span().span_context().is_sampled() {
             return None;
         }
         let span = a
