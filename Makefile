@@ -33,6 +33,7 @@ e2e-node:
 bench:
 	bash bench/run.sh
 	bash bench/saturated.sh | tee bench/results/saturated.txt
+	bash bench/tracing.sh | tee bench/results/tracing.txt
 
 ## bench-controller: the controller with 2,000 WebSocketRoutes in a real kube-apiserver
 bench-controller:

@@ -169,24 +169,15 @@ struct Common {
     /// OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set.
     #[arg(long, value_name = "URL")]
     otel_endpoint: Option<String>,
-    /// OTLP transport: `http/protobuf` (port 4318) or `grpc` (port 4317, needs a
-    /// build with the otlp-grpc feature).
-    #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_PROTOCOL",
-        default_value = "http/protobuf",
-        value_name = "http/protobuf|grpc"
-    )]
-    otel_protocol: telemetry::Protocol,
+    /// OTLP transport: `http/protobuf` (port 4318, the default) or `grpc` (port
+    /// 4317, needs a build with the otlp-grpc feature); else OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(long, value_name = "http/protobuf|grpc")]
+    otel_protocol: Option<telemetry::Protocol>,
     /// Share of new traces recorded, 0 to 1 (parent-based: a trusted client's
-    /// sampled traceparent is followed); a route's tracing.samplingRatio wins.
-    #[arg(
-        long,
-        env = "OTEL_TRACES_SAMPLER_ARG",
-        default_value_t = 0.05,
-        value_name = "RATIO"
-    )]
-    otel_sampling_ratio: f64,
+    /// sampled traceparent is followed; a route's tracing.samplingRatio wins);
+    /// else OTEL_TRACES_SAMPLER_ARG, else 0.05.
+    #[arg(long, value_name = "RATIO")]
+    otel_sampling_ratio: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]

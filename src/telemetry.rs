@@ -8,7 +8,8 @@
 //! (the SDK's reactor trap: an async client on the processor's thread panics with
 //! "there is no reactor running", opentelemetry-rust#2673) and a collector that is
 //! slow or down stalls that thread alone, never a handshake. With the `otlp-grpc`
-//! feature, `--otel-protocol grpc` exports through tonic on a runtime of its own.
+//! feature (default), `--otel-protocol grpc` exports through tonic: each export is
+//! a task on wsgate's runtime (tonic needs its reactor), awaited from that thread.
 //!
 //! **Counted drops.** The SDK counts spans its full queue refuses but does not say
 //! so; [`Counted`] sits in front of it with the same bound and counts them itself
@@ -29,6 +30,8 @@ use opentelemetry_sdk::trace::{
 };
 use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
+
+use crate::proxy::trace::RouteRatio;
 
 /// The OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,11 +63,13 @@ pub struct Settings {
     /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT` decide,
     /// and with neither, traces are off.
     pub endpoint: Option<String>,
-    /// `--otel-protocol`.
-    pub protocol: Protocol,
+    /// `--otel-protocol`; else `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`, else
+    /// http/protobuf.
+    pub protocol: Option<Protocol>,
     /// `--otel-sampling-ratio`: the share of new traces recorded (a route's
-    /// `tracing.samplingRatio` overrides it; a trusted parent's decision wins).
-    pub ratio: f64,
+    /// `tracing.samplingRatio` overrides it; a trusted parent's decision wins);
+    /// else `OTEL_TRACES_SAMPLER_ARG`, else 0.05.
+    pub ratio: Option<f64>,
 }
 
 /// Traces are exported: the tracer the proxy uses and the provider to flush at exit.
@@ -106,11 +111,31 @@ pub fn start(settings: &Settings, dropped: IntCounter) -> anyhow::Result<Option<
     if !enabled(settings) {
         return Ok(None);
     }
-    if !(0.0..=1.0).contains(&settings.ratio) {
-        anyhow::bail!(
-            "--otel-sampling-ratio {}: must be from 0 to 1",
-            settings.ratio
-        );
+    // The variables are read only now: a platform that sets OTEL_* for every pod
+    // (say http/json) cannot stop a wsgate that exports nothing.
+    let protocol = match settings.protocol {
+        Some(p) => p,
+        None => match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        {
+            Some(p) => p
+                .parse()
+                .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_PROTOCOL {e}"))?,
+            None => Protocol::HttpProtobuf,
+        },
+    };
+    let ratio = match settings.ratio {
+        Some(r) => r,
+        None => match env("OTEL_TRACES_SAMPLER_ARG") {
+            Some(r) => r
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("OTEL_TRACES_SAMPLER_ARG {r:?}: not a number"))?,
+            None => 0.05,
+        },
+    };
+    if !(0.0..=1.0).contains(&ratio) {
+        anyhow::bail!("--otel-sampling-ratio {ratio}: must be from 0 to 1");
     }
     // The SDK reads OTEL_BSP_MAX_QUEUE_SIZE too; the same bound is kept here so
     // `Counted` refuses exactly what the SDK's queue would.
@@ -122,7 +147,7 @@ pub fn start(settings: &Settings, dropped: IntCounter) -> anyhow::Result<Option<
     let config = BatchConfigBuilder::default()
         .with_max_queue_size(queue)
         .build();
-    let processor = match settings.protocol {
+    let processor = match protocol {
         Protocol::HttpProtobuf => {
             use opentelemetry_otlp::WithExportConfig;
             let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
@@ -149,16 +174,17 @@ pub fn start(settings: &Settings, dropped: IntCounter) -> anyhow::Result<Option<
             queue,
             dropped,
         })
-        .with_sampler(RouteSampler {
-            ratio: settings.ratio,
-        })
+        .with_sampler(RouteSampler { ratio })
         .with_resource(resource())
         .build();
     let tracer = provider.tracer("wsgate");
     tracing::info!(
-        endpoint = settings.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_*)"),
-        protocol = ?settings.protocol,
-        ratio = settings.ratio,
+        endpoint = settings
+            .endpoint
+            .as_deref()
+            .unwrap_or("(from OTEL_EXPORTER_OTLP_*)"),
+        ?protocol,
+        ratio,
         "traces: exporting over OTLP"
     );
     Ok(Some(Telemetry { provider, tracer }))
@@ -275,11 +301,6 @@ fn resource() -> Resource {
     }
     Resource::builder_empty().with_attributes(merged).build()
 }
-
-/// The ratio of a route, carried to the sampler in the parent context of the
-/// request's first span.
-#[derive(Clone, Copy, Debug)]
-pub struct RouteRatio(pub f64);
 
 /// Parent-based ratio sampling: a span with a (trusted) parent follows the
 /// parent's decision; a new trace is recorded with the route's ratio when the
@@ -400,5 +421,61 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceState};
+    use opentelemetry_sdk::trace::SamplingDecision;
+
+    fn decide(sampler: &RouteSampler, cx: &Context) -> SamplingDecision {
+        let id = TraceId::from_bytes([0xff; 16]);
+        sampler
+            .should_sample(Some(cx), id, "GET chat", &SpanKind::Server, &[], &[])
+            .decision
+    }
+
+    fn parent(sampled: bool) -> Context {
+        let flags = if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_bytes([1; 16]),
+            SpanId::from_bytes([2; 8]),
+            flags,
+            true,
+            TraceState::default(),
+        ))
+    }
+
+    #[test]
+    fn a_new_trace_takes_the_routes_ratio_and_a_parent_decides_for_its_children() {
+        let s = RouteSampler { ratio: 1.0 };
+        let record = SamplingDecision::RecordAndSample;
+        assert_eq!(decide(&s, &Context::new()), record);
+        let quiet = Context::new().with_value(RouteRatio(0.0));
+        assert_eq!(decide(&s, &quiet), SamplingDecision::Drop);
+        // A sampled parent wins over the route's 0, an unsampled one over 1.
+        assert_eq!(
+            decide(&s, &parent(true).with_value(RouteRatio(0.0))),
+            record
+        );
+        assert_eq!(decide(&s, &parent(false)), SamplingDecision::Drop);
+        let off = RouteSampler { ratio: 0.0 };
+        assert_eq!(
+            decide(&off, &Context::new().with_value(RouteRatio(1.0))),
+            record
+        );
+    }
+
+    #[test]
+    fn protocols() {
+        assert_eq!("grpc".parse(), Ok(Protocol::Grpc));
+        assert_eq!("http/protobuf".parse(), Ok(Protocol::HttpProtobuf));
+        assert!("http/json".parse::<Protocol>().is_err());
     }
 }

@@ -222,6 +222,46 @@ async fn the_upgrade_the_backend_handshake_and_the_tunnel_each_have_a_span() {
 }
 
 #[tokio::test]
+async fn otlp_over_grpc_reaches_jaeger_too() {
+    let jaeger = Jaeger::start().await;
+    let backend = EchoBackend::start("a").await;
+    let g = Wsgate::start_with(
+        Options {
+            args: vec![
+                "--otel-endpoint".into(),
+                format!("http://{}", jaeger.otlp_grpc),
+                "--otel-protocol".into(),
+                "grpc".into(),
+                "--otel-sampling-ratio".into(),
+                "1".into(),
+            ],
+            env: vec![("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into())],
+            ..Default::default()
+        },
+        &Route::new("chat").backend(backend.addr).yaml(),
+    )
+    .await;
+    let (trace, parent) = ids();
+    let mut ws = connect(
+        &g.url("/"),
+        &[("traceparent", &format!("00-{trace}-{parent}-01"))],
+    )
+    .await;
+    assert_eq!(ws_roundtrip(&mut ws, "hi", 5.0).await, "hi");
+    close_1000(&mut ws).await;
+    let spans = jaeger
+        .wait_spans(&trace, &["GET chat", "GET", "wsgate.tunnel"], 15.0)
+        .await;
+    assert_eq!(span(&spans, "GET chat").parent, parent);
+    assert_eq!(
+        span(&spans, "wsgate.tunnel")
+            .attr("wsgate.close.code")
+            .as_deref(),
+        Some("1000")
+    );
+}
+
+#[tokio::test]
 async fn an_untrusting_route_starts_a_new_trace_linked_to_the_clients() {
     let jaeger = Jaeger::start().await;
     let backend = EchoBackend::start("a").await;

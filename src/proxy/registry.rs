@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::task::AtomicWaker;
+use opentelemetry::trace::{Span as _, Status};
 use opentelemetry::KeyValue;
 
 use crate::metrics::Initiator;
 use crate::proxy::access_log::{self, AccessLog, Kind, Record};
 use crate::proxy::client::ClientAddr;
 use crate::proxy::route::table::Route;
-use crate::proxy::trace::TunnelSpan;
 
 /// Why a tunnel has a close deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,6 +293,35 @@ fn tunnel_record(t: &TunnelInfo, code: u16, initiator: Initiator) -> Record {
     r
 }
 
+/// An open tunnel's span, held by its registry entry (recorded traces only).
+pub struct TunnelSpan(Mutex<opentelemetry_sdk::trace::Span>);
+
+impl TunnelSpan {
+    /// Holds a started span (`proxy/trace.rs` makes it).
+    pub fn new(span: opentelemetry_sdk::trace::Span) -> Self {
+        TunnelSpan(Mutex::new(span))
+    }
+
+    /// A rare event of the tunnel (a close beginning, a limit, a revoked policy):
+    /// a handful per tunnel, never one per message.
+    pub fn event(&self, name: &'static str, attrs: Vec<KeyValue>) {
+        if let Ok(mut s) = self.0.lock() {
+            s.add_event(name, attrs);
+        }
+    }
+
+    /// Ends the span with what the registry knows of the tunnel.
+    pub fn end(&self, attrs: Vec<KeyValue>, error: Option<&'static str>) {
+        if let Ok(mut s) = self.0.lock() {
+            s.set_attributes(attrs);
+            if let Some(why) = error {
+                s.set_status(Status::error(why));
+            }
+            s.end_with_timestamp(SystemTime::now());
+        }
+    }
+}
+
 /// Ends a tunnel's span: how it closed, and its counters read once.
 fn end_span(t: &TunnelInfo, span: &TunnelSpan, code: u16, initiator: Initiator) {
     let end = t.end().unwrap_or(if code == 1006 {
@@ -490,5 +519,38 @@ impl Registry {
             t.signal.store(true, std::sync::atomic::Ordering::Release);
             t.waker.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CloseReason, TunnelEnd};
+
+    #[test]
+    fn every_tunnel_end_survives_its_atomic_code() {
+        let mut all = vec![
+            TunnelEnd::Closed,
+            TunnelEnd::Gone,
+            TunnelEnd::Idle,
+            TunnelEnd::MaxLifetime,
+            TunnelEnd::Keepalive,
+            TunnelEnd::RateLimit,
+            TunnelEnd::ProtocolError { backend: false },
+            TunnelEnd::ProtocolError { backend: true },
+        ];
+        for r in [
+            CloseReason::Drain,
+            CloseReason::Shutdown,
+            CloseReason::TokenExpired,
+            CloseReason::Rebalance,
+            CloseReason::ClientDenied,
+        ] {
+            all.push(TunnelEnd::Scheduled(r));
+        }
+        for e in all {
+            assert_ne!(e.code(), 0, "0 means still open");
+            assert_eq!(TunnelEnd::of_code(e.code()), Some(e));
+        }
+        assert_eq!(TunnelEnd::of_code(0), None);
     }
 }

@@ -11,19 +11,21 @@
 //!
 //! With traces off every handle here is empty and each call is one branch.
 
-use std::sync::Mutex;
-use std::time::SystemTime;
-
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{Link, Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, Span};
+use opentelemetry_sdk::trace::SdkTracer;
 
 use crate::proxy::client::ClientAddr;
+use crate::proxy::registry::TunnelSpan;
 use crate::proxy::route::table::Route;
-use crate::telemetry::RouteRatio;
+
+/// A route's `tracing.samplingRatio`, carried to the sampler (`telemetry.rs`) in
+/// the parent context of the request's SERVER span.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteRatio(pub f64);
 
 /// A request's spans: its SERVER span, the parent of everything else it causes.
 /// Empty when traces are off.
@@ -87,6 +89,48 @@ fn authority<B>(req: &Request<B>) -> Option<(String, Option<i64>)> {
     Some((a.host().to_owned(), a.port_u16().map(i64::from)))
 }
 
+/// The stable HTTP server attributes of a request (and wsgate's own).
+fn server_attributes<B>(
+    req: &Request<B>,
+    client: &ClientAddr,
+    route: Option<&Route>,
+) -> Vec<KeyValue> {
+    let mut attrs = vec![
+        KeyValue::new("http.request.method", req.method().as_str().to_owned()),
+        KeyValue::new("url.path", req.uri().path().to_owned()),
+        KeyValue::new("url.scheme", if client.tls { "https" } else { "http" }),
+        KeyValue::new("client.address", client.ip.to_canonical().to_string()),
+        KeyValue::new("network.peer.address", client.peer.ip().to_string()),
+        KeyValue::new("network.peer.port", i64::from(client.peer.port())),
+        KeyValue::new("network.protocol.version", protocol_version(req.version())),
+    ];
+    if let Some(port) = client.port {
+        attrs.push(KeyValue::new("client.port", i64::from(port)));
+    }
+    if let Some((host, port)) = authority(req) {
+        attrs.push(KeyValue::new("server.address", host));
+        if let Some(p) = port {
+            attrs.push(KeyValue::new("server.port", p));
+        }
+    }
+    if let Some(ua) = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        attrs.push(KeyValue::new("user_agent.original", ua.to_owned()));
+    }
+    if let Some(r) = route {
+        attrs.push(KeyValue::new("http.route", r.key.name.clone()));
+        attrs.push(KeyValue::new("wsgate.route", r.key.name.clone()));
+        attrs.push(KeyValue::new(
+            "wsgate.route.namespace",
+            r.key.namespace.clone(),
+        ));
+    }
+    attrs
+}
+
 impl RequestTrace {
     /// Starts the SERVER span of `req` for `route` (`None`: no route matched).
     /// `name` is the span's name without the route (`GET` for every upgrade, so
@@ -113,53 +157,22 @@ impl RequestTrace {
         if let Some(ratio) = route.and_then(|r| r.tracing.sampling_ratio) {
             parent = parent.with_value(RouteRatio(ratio));
         }
-        let mut attrs = vec![
-            KeyValue::new("http.request.method", req.method().as_str().to_owned()),
-            KeyValue::new("url.path", req.uri().path().to_owned()),
-            KeyValue::new("url.scheme", if client.tls { "https" } else { "http" }),
-            KeyValue::new("client.address", client.ip.to_canonical().to_string()),
-            KeyValue::new("network.peer.address", client.peer.ip().to_string()),
-            KeyValue::new("network.peer.port", i64::from(client.peer.port())),
-            KeyValue::new("network.protocol.version", protocol_version(req.version())),
-        ];
-        if let Some(port) = client.port {
-            attrs.push(KeyValue::new("client.port", i64::from(port)));
-        }
-        if let Some((host, port)) = authority(req) {
-            attrs.push(KeyValue::new("server.address", host));
-            if let Some(p) = port {
-                attrs.push(KeyValue::new("server.port", p));
-            }
-        }
-        if let Some(ua) = req
-            .headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-        {
-            attrs.push(KeyValue::new("user_agent.original", ua.to_owned()));
-        }
         let span_name = match route {
-            Some(r) => {
-                attrs.push(KeyValue::new("http.route", r.key.name.clone()));
-                attrs.push(KeyValue::new("wsgate.route", r.key.name.clone()));
-                attrs.push(KeyValue::new(
-                    "wsgate.route.namespace",
-                    r.key.namespace.clone(),
-                ));
-                format!("{name} {}", r.key.name)
-            }
+            Some(r) => format!("{name} {}", r.key.name),
             None => name.to_owned(),
         };
-        let mut builder = tracer
-            .span_builder(span_name)
-            .with_kind(SpanKind::Server)
-            .with_attributes(attrs);
+        let mut builder = tracer.span_builder(span_name).with_kind(SpanKind::Server);
         if !trust && incoming.is_valid() {
             // A new root, linked to what the client claimed (it may not choose the
             // trace id nor force sampling).
             builder = builder.with_links(vec![Link::with_context(incoming)]);
         }
-        let span = tracer.build_with_context(builder, &parent);
+        let mut span = tracer.build_with_context(builder, &parent);
+        // Attributes only for a recorded span (the sampler reads none): an
+        // unrecorded request costs its ids and the header, not a dozen strings.
+        if span.is_recording() {
+            span.set_attributes(server_attributes(req, client, route));
+        }
         RequestTrace {
             inner: Some(Box::new(Active {
                 tracer: tracer.clone(),
@@ -231,7 +244,7 @@ impl RequestTrace {
                 KeyValue::new("wsgate.route.namespace", route.key.namespace.clone()),
             ])
             .start_with_context(&a.tracer, &a.cx);
-        Some(TunnelSpan(Mutex::new(span)))
+        Some(TunnelSpan::new(span))
     }
 }
 
@@ -283,29 +296,5 @@ impl BackendSpan {
             }
         }
         span.end();
-    }
-}
-
-/// An open tunnel's span, held by its registry entry (recorded traces only).
-pub struct TunnelSpan(Mutex<Span>);
-
-impl TunnelSpan {
-    /// A rare event of the tunnel (a close beginning, a limit, a revoked policy):
-    /// a handful per tunnel, never one per message.
-    pub fn event(&self, name: &'static str, attrs: Vec<KeyValue>) {
-        if let Ok(mut s) = self.0.lock() {
-            s.add_event(name, attrs);
-        }
-    }
-
-    /// Ends the span with what the registry knows of the tunnel.
-    pub fn end(&self, attrs: Vec<KeyValue>, error: Option<&'static str>) {
-        if let Ok(mut s) = self.0.lock() {
-            s.set_attributes(attrs);
-            if let Some(why) = error {
-                s.set_status(Status::error(why));
-            }
-            s.end_with_timestamp(SystemTime::now());
-        }
     }
 }
