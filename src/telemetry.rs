@@ -137,6 +137,19 @@ pub fn start(settings: &Settings, dropped: IntCounter) -> anyhow::Result<Option<
     if !(0.0..=1.0).contains(&ratio) {
         anyhow::bail!("--otel-sampling-ratio {ratio}: must be from 0 to 1");
     }
+    let endpoint = settings
+        .endpoint
+        .clone()
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .unwrap_or_default();
+    if protocol == Protocol::Grpc && endpoint.starts_with("https:") {
+        // tonic is built without TLS: say so now rather than drop every span.
+        anyhow::bail!(
+            "--otel-endpoint {endpoint}: gRPC over TLS is not supported; \
+             use --otel-protocol http/protobuf (https works there) or a plain http:// collector"
+        );
+    }
     // The SDK reads OTEL_BSP_MAX_QUEUE_SIZE too; the same bound is kept here so
     // `Counted` refuses exactly what the SDK's queue would.
     let queue = env("OTEL_BSP_MAX_QUEUE_SIZE")
@@ -149,6 +162,11 @@ pub fn start(settings: &Settings, dropped: IntCounter) -> anyhow::Result<Option<
         .build();
     let processor = match protocol {
         Protocol::HttpProtobuf => {
+            // An https:// collector: reqwest's rustls takes the process's default
+            // provider, wsgate's own (ring), which nothing else installs.
+            let _ = rustls::crypto::CryptoProvider::install_default(
+                crate::proxy::crypto::provider().as_ref().clone(),
+            );
             use opentelemetry_otlp::WithExportConfig;
             let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
             if let Some(base) = &settings.endpoint {

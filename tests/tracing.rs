@@ -262,6 +262,78 @@ async fn otlp_over_grpc_reaches_jaeger_too() {
 }
 
 #[tokio::test]
+async fn an_https_collector_is_verified_against_the_trust_store() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let (ca_file, cert_file, key_file) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let jaeger = Jaeger::start_with(Some((&cert_file, &key_file))).await;
+    let backend = EchoBackend::start("a").await;
+    let start = |trusted: bool| {
+        let mut env = vec![("OTEL_BSP_SCHEDULE_DELAY".to_string(), "100".to_string())];
+        if trusted {
+            env.push(("SSL_CERT_FILE".into(), ca_file.display().to_string()));
+        }
+        let args = vec![
+            "--otel-endpoint".to_string(),
+            format!("https://localhost:{}", jaeger.otlp_http.port()),
+            "--otel-sampling-ratio".into(),
+            "1".into(),
+        ];
+        let routes = Route::new("chat").backend(backend.addr).yaml();
+        async move {
+            Wsgate::start_with(
+                Options {
+                    args,
+                    env,
+                    ..Default::default()
+                },
+                &routes,
+            )
+            .await
+        }
+    };
+    let g = start(true).await;
+    let (trace, parent) = ids();
+    let mut ws = connect(
+        &g.url("/"),
+        &[("traceparent", &format!("00-{trace}-{parent}-01"))],
+    )
+    .await;
+    close_1000(&mut ws).await;
+    jaeger
+        .wait_spans(&trace, &["GET chat", "GET", "wsgate.tunnel"], 15.0)
+        .await;
+    // Without the CA the collector's certificate is refused: nothing is
+    // delivered, the spans are counted as dropped.
+    let g = start(false).await;
+    let (trace, parent) = ids();
+    let mut ws = connect(
+        &g.url("/"),
+        &[("traceparent", &format!("00-{trace}-{parent}-01"))],
+    )
+    .await;
+    close_1000(&mut ws).await;
+    g.wait_metric(10.0, "wsgate_trace_spans_dropped_total", &[], |v| v >= 3.0)
+        .await;
+    assert!(jaeger.spans(&trace).await.is_empty());
+}
+
+#[tokio::test]
 async fn an_untrusting_route_starts_a_new_trace_linked_to_the_clients() {
     let jaeger = Jaeger::start().await;
     let backend = EchoBackend::start("a").await;

@@ -96,7 +96,21 @@ fn num(v: &Value) -> u128 {
 impl Jaeger {
     /// Starts Jaeger and waits until it answers queries.
     pub async fn start() -> Jaeger {
+        Jaeger::start_with(None).await
+    }
+
+    /// Starts Jaeger; with `tls` (certificate and key PEM files) its OTLP/HTTP
+    /// receiver speaks https.
+    pub async fn start_with(tls: Option<(&std::path::Path, &std::path::Path)>) -> Jaeger {
         let bin = jaeger_bin();
+        let http_tls = match tls {
+            Some((cert, key)) => format!(
+                ", tls: {{cert_file: \"{}\", key_file: \"{}\"}}",
+                cert.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         for attempt in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -117,7 +131,7 @@ extensions:
     http: {{endpoint: \"{query}\"}}
     grpc: {{endpoint: \"{query_grpc}\"}}
 receivers:
-  otlp: {{protocols: {{grpc: {{endpoint: \"{otlp_grpc}\"}}, http: {{endpoint: \"{otlp_http}\"}}}}}}
+  otlp: {{protocols: {{grpc: {{endpoint: \"{otlp_grpc}\"}}, http: {{endpoint: \"{otlp_http}\"{http_tls}}}}}}}
 processors: {{batch: {{timeout: 50ms}}}}
 exporters: {{jaeger_storage_exporter: {{trace_storage: mem}}}}
 "
