@@ -255,10 +255,14 @@ pub struct BackendSpan {
 }
 
 impl BackendSpan {
-    /// Names the backend reached (`host:port`).
+    /// Names the backend reached (`host:port`) and the path asked for (its query
+    /// is left out: it may carry credentials).
     pub fn backend(&self, address: &str, path: &str, tls: bool) {
         let Some(cx) = &self.cx else { return };
         let span = cx.span();
+        if !span.is_recording() {
+            return;
+        }
         let (host, port) = address.rsplit_once(':').unwrap_or((address, ""));
         span.set_attribute(KeyValue::new(
             "server.address",
@@ -268,14 +272,16 @@ impl BackendSpan {
             span.set_attribute(KeyValue::new("server.port", p));
         }
         let scheme = if tls { "https" } else { "http" };
+        let path = path.split('?').next().unwrap_or("/");
         span.set_attribute(KeyValue::new(
             "url.full",
             format!("{scheme}://{address}{path}"),
         ));
     }
 
-    /// Ends the span with the backend's status, or with why there was none
-    /// (`error.type`; always an Error: wsgate answers 502/504 for it).
+    /// Ends the span with the backend's status (a 4xx or 5xx is an Error, as for
+    /// any HTTP client span), or with why there was none (`error.type`, an Error:
+    /// wsgate answers 502 or 504).
     pub fn end(&self, result: Result<StatusCode, &'static str>) {
         let Some(cx) = &self.cx else { return };
         let span = cx.span();
