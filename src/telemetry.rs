@@ -185,6 +185,28 @@ pub fn start(settings: &Settings, dropped: IntCounter) -> anyhow::Result<Option<
         }
         Protocol::Grpc => grpc_processor(settings, config, pending.clone(), dropped.clone())?,
     };
+    let telemetry = assemble(processor, pending, queue, dropped, ratio);
+    tracing::info!(
+        endpoint = settings
+            .endpoint
+            .as_deref()
+            .unwrap_or("(from OTEL_EXPORTER_OTLP_*)"),
+        ?protocol,
+        ratio,
+        "traces: exporting over OTLP"
+    );
+    Ok(Some(telemetry))
+}
+
+/// The provider around a batch processor: the gate that counts drops, the
+/// sampler, the resource.
+fn assemble(
+    processor: BatchSpanProcessor,
+    pending: Arc<AtomicUsize>,
+    queue: usize,
+    dropped: IntCounter,
+    ratio: f64,
+) -> Telemetry {
     let provider = SdkTracerProvider::builder()
         .with_span_processor(Gate {
             inner: processor,
@@ -196,16 +218,26 @@ pub fn start(settings: &Settings, dropped: IntCounter) -> anyhow::Result<Option<
         .with_resource(resource())
         .build();
     let tracer = provider.tracer("wsgate");
-    tracing::info!(
-        endpoint = settings
-            .endpoint
-            .as_deref()
-            .unwrap_or("(from OTEL_EXPORTER_OTLP_*)"),
-        ?protocol,
-        ratio,
-        "traces: exporting over OTLP"
+    Telemetry { provider, tracer }
+}
+
+/// What [`start`] builds, around another exporter (`examples/trace_cost.rs`
+/// measures the spans' own cost with one that discards them).
+pub fn with_exporter<E: SpanExporter + 'static>(
+    exporter: E,
+    ratio: f64,
+    dropped: IntCounter,
+) -> Telemetry {
+    let queue = 2048;
+    let pending = Arc::new(AtomicUsize::new(0));
+    let config = BatchConfigBuilder::default()
+        .with_max_queue_size(queue)
+        .build();
+    let processor = BatchSpanProcessor::new(
+        Counted::new(exporter, pending.clone(), dropped.clone()),
+        config,
     );
-    Ok(Some(Telemetry { provider, tracer }))
+    assemble(processor, pending, queue, dropped, ratio)
 }
 
 #[cfg(feature = "otlp-grpc")]

@@ -20,7 +20,7 @@ use opentelemetry_sdk::trace::SdkTracer;
 
 use crate::proxy::client::ClientAddr;
 use crate::proxy::registry::TunnelSpan;
-use crate::proxy::route::table::Route;
+use crate::proxy::route::table::{Route, RouteKey};
 
 /// A route's `tracing.samplingRatio`, carried to the sampler (`telemetry.rs`) in
 /// the parent context of the request's SERVER span.
@@ -228,7 +228,7 @@ impl RequestTrace {
     }
 
     /// Starts the tunnel's span (after the 101), when the trace is recorded.
-    pub fn tunnel(&self, route: &Route) -> Option<TunnelSpan> {
+    pub fn tunnel(&self, route: &RouteKey) -> Option<TunnelSpan> {
         let a = self.inner.as_ref()?;
         // The SERVER span has ended by now (at the 101): its flags say whether
         // the trace is recorded.
@@ -240,8 +240,8 @@ impl RequestTrace {
             .span_builder("wsgate.tunnel")
             .with_kind(SpanKind::Internal)
             .with_attributes([
-                KeyValue::new("wsgate.route", route.key.name.clone()),
-                KeyValue::new("wsgate.route.namespace", route.key.namespace.clone()),
+                KeyValue::new("wsgate.route", route.name.clone()),
+                KeyValue::new("wsgate.route.namespace", route.namespace.clone()),
             ])
             .start_with_context(&a.tracer, &a.cx);
         Some(TunnelSpan::new(span))

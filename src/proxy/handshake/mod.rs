@@ -344,7 +344,7 @@ async fn upgrade(
         let backend_early = b.read_buf.to_vec();
         drop(b.read_buf);
         // The tunnel's span starts once both sides switched protocols.
-        let span = trace.tunnel(&route);
+        let span = trace.tunnel(&route.key);
         drop(trace);
         let info = proxy
             .registry
