@@ -847,6 +847,20 @@ mod tests {
     }
 
     #[test]
+    fn a_sampling_ratio_outside_0_to_1_is_refused_with_the_field_named() {
+        let errs = validate(&spec(
+            "backends: [{address: '127.0.0.1:9000'}]\ntracing: {samplingRatio: 1.5}",
+        ));
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.tracing.samplingRatio"]);
+        let ok = spec("backends: [{address: '127.0.0.1:9000'}]\ntracing: {samplingRatio: 0}");
+        assert!(validate(&ok).is_empty());
+        let t = ok.tracing.unwrap();
+        assert!(t.trust_incoming_context, "trusted unless a route says not");
+        assert_eq!(t.sampling_ratio, Some(0.0));
+    }
+
+    #[test]
     fn client_access_lists_are_checked_with_the_field_named() {
         let errs = validate(&spec(
             "backends: [{address: '127.0.0.1:9000'}]\nclientAccess: {allow: [10.0.0.0/8, 10.0.0.0/33], deny: [nope], ipv6PrefixLength: 0}",
