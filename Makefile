@@ -39,6 +39,7 @@ conformance:
 bench:
 	bash bench/run.sh
 	bash bench/saturated.sh | tee bench/results/saturated.txt
+	bash bench/tracing.sh | tee bench/results/tracing.txt
 
 ## bench-controller: the controller with 2,000 WebSocketRoutes in a real kube-apiserver
 bench-controller:

@@ -19,6 +19,7 @@ use crate::proxy::route::auth::{self, KeySet, Keys, RemoteJwks, TokenSource};
 use crate::proxy::route::backend_tls::{self, Material};
 use crate::proxy::route::policy::{
     Balance, ClientAccess, Exceed, HashKey, LegPing, PassiveHealth, RateLimit, RebalancePolicy,
+    Tracing,
 };
 use crate::proxy::route::table::{BackendAddr, HostMatch, PathRule, Route, RouteKey};
 
@@ -474,6 +475,14 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
         validate_backend_tls(t, &mut err);
     }
     validate_client_access(spec, &mut err);
+    if let Some(r) = spec.tracing.as_ref().and_then(|t| t.sampling_ratio) {
+        if !(0.0..=1.0).contains(&r) {
+            err(
+                "spec.tracing.samplingRatio".into(),
+                format!("{r} must be from 0 to 1"),
+            );
+        }
+    }
     errs
 }
 
@@ -701,6 +710,13 @@ pub fn compile(
         backend_tls,
         client_access: spec.client_access.as_ref().and_then(client_access),
         gateway: None,
+        tracing: spec
+            .tracing
+            .as_ref()
+            .map_or_else(Default::default, |t| Tracing {
+                sampling_ratio: t.sampling_ratio,
+                trust_incoming_context: t.trust_incoming_context,
+            }),
     })
 }
 
@@ -829,6 +845,20 @@ mod tests {
         );
         assert!(validate(&ok).is_empty());
         assert_eq!(ok.rebalance.unwrap().over.to_string(), "5m");
+    }
+
+    #[test]
+    fn a_sampling_ratio_outside_0_to_1_is_refused_with_the_field_named() {
+        let errs = validate(&spec(
+            "backends: [{address: '127.0.0.1:9000'}]\ntracing: {samplingRatio: 1.5}",
+        ));
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.tracing.samplingRatio"]);
+        let ok = spec("backends: [{address: '127.0.0.1:9000'}]\ntracing: {samplingRatio: 0}");
+        assert!(validate(&ok).is_empty());
+        let t = ok.tracing.unwrap();
+        assert!(t.trust_incoming_context, "trusted unless a route says not");
+        assert_eq!(t.sampling_ratio, Some(0.0));
     }
 
     #[test]

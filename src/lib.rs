@@ -11,6 +11,7 @@ pub mod controller;
 pub mod gateway;
 pub mod metrics;
 pub mod proxy;
+pub mod telemetry;
 
 /// The `WebSocketRoute` CustomResourceDefinition as YAML (what `wsgate crd` prints).
 pub fn crd_yaml() -> String {

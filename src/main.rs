@@ -18,7 +18,7 @@ use wsgate::proxy::handshake::forwarded::ForwardedTrust;
 use wsgate::proxy::listen::limits::MIN_HEADER_BYTES;
 use wsgate::proxy::listen::proxy_protocol::{ProxyProtocol, Untrusted, Versions};
 use wsgate::proxy::{self, access_log, AccessLog, HeadLimits, Http2Settings, Listener, Proxy};
-use wsgate::{admin, config, controller};
+use wsgate::{admin, config, controller, telemetry};
 
 /// A WebSocket ingress: upgrade-aware proxy with keepalive pings, per-route metrics
 /// and reloads that never drop tunnels.
@@ -186,6 +186,20 @@ struct Common {
     /// X-Forwarded-For: the client is the N-th entry from the right.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     trusted_hops: Option<u16>,
+    /// Export OpenTelemetry traces over OTLP to this collector base URL (over
+    /// http/protobuf wsgate posts to URL/v1/traces). Off unless given or
+    /// OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set.
+    #[arg(long, value_name = "URL")]
+    otel_endpoint: Option<String>,
+    /// OTLP transport: `http/protobuf` (port 4318, the default) or `grpc` (port
+    /// 4317, needs a build with the otlp-grpc feature); else OTEL_EXPORTER_OTLP_PROTOCOL.
+    #[arg(long, value_name = "http/protobuf|grpc")]
+    otel_protocol: Option<telemetry::Protocol>,
+    /// Share of new traces recorded, 0 to 1 (parent-based: a trusted client's
+    /// sampled traceparent is followed; a route's tracing.samplingRatio wins);
+    /// else OTEL_TRACES_SAMPLER_ARG, else 0.05.
+    #[arg(long, value_name = "RATIO")]
+    otel_sampling_ratio: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -581,6 +595,17 @@ async fn serve(config_path: PathBuf, common: Common) -> anyhow::Result<()> {
 
 /// Binds the listeners, serves until SIGTERM/SIGINT, then drains.
 async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
+    let traces = telemetry::start(
+        &telemetry::Settings {
+            endpoint: common.otel_endpoint.clone(),
+            protocol: common.otel_protocol,
+            ratio: common.otel_sampling_ratio,
+        },
+        proxy.metrics.trace_spans_dropped_total.clone(),
+    )?;
+    if let Some(t) = &traces {
+        proxy.set_tracer(t.tracer.clone());
+    }
     let admin_socket = bind(common.admin_listen, "--admin-listen").await?;
     let metrics_socket = match common.metrics_listen {
         Some(addr) => Some(bind(addr, "--metrics-listen").await?),
@@ -655,6 +680,11 @@ async fn run_proxy(proxy: Arc<Proxy>, common: Common) -> anyhow::Result<()> {
     let _ =
         tokio::task::spawn_blocking(move || access_log.flush(std::time::Duration::from_secs(2)))
             .await;
+    // The tunnels are closed, so their spans (reason `shutdown`) are queued:
+    // export them before exit.
+    if let Some(t) = traces {
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
     Ok(())
 }
 

@@ -122,6 +122,9 @@ pub struct Metrics {
     /// any HTTP byte because of the PROXY protocol (`untrusted`, `invalid`,
     /// `timeout`, `too_large`, `crc`).
     pub proxy_protocol_rejections_total: IntCounterVec,
+    /// `wsgate_trace_spans_dropped_total`: spans never delivered to the
+    /// collector (export queue full, or the collector down, slow or refusing).
+    pub trace_spans_dropped_total: IntCounter,
 }
 
 /// Where a tunnel's close began.
@@ -217,7 +220,15 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(last_sync.clone()))
             .expect("unique metric");
+        let spans_dropped = IntCounter::new(
+            "wsgate_trace_spans_dropped_total",
+            "Trace spans not delivered to the OTLP collector: export queue full, or the collector down, slow or refusing.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(spans_dropped.clone()))
+            .expect("unique metric");
         Metrics {
+            trace_spans_dropped_total: spans_dropped,
             client_connections_active,
             connections_active,
             connections_total: counter(

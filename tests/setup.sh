@@ -106,6 +106,10 @@ fi
 # server: fetched here, outside the network namespace those tests run in.
 gateway_api_crds=$(bash "$here/../hack/k8s/conformance.sh" --crds | tail -n1)
 
+# Jaeger v2 (tests/tracing.rs, bench/tracing.sh): the OTLP receiver traces are
+# asserted from, built once from the Go module proxy (several minutes cold).
+jaeger_dir=$("$here/../hack/jaeger.sh" | tail -n 1)
+
 cat >&2 <<INFO
 setup: peers ready
   gateway API   $gateway_api_crds/crds/standard
@@ -114,4 +118,5 @@ setup: peers ready
   python        $venv/bin/python         ($("$venv/bin/python" -c 'import websockets; print("websockets", websockets.__version__)'))
   websocat      $tools/bin/websocat      ($("$tools/bin/websocat" --version))
   cargo-deny    $tools/bin/cargo-deny    ($("$tools/bin/cargo-deny" --version))
+  jaeger        $jaeger_dir/jaeger
 INFO

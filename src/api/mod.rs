@@ -115,6 +115,10 @@ pub struct WebSocketRouteSpec {
     /// `X-Forwarded-For`), not the load balancer's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_access: Option<ClientAccess>,
+    /// OpenTelemetry traces of the route's upgrades and tunnels, when wsgate
+    /// exports traces (`--otel-endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<RouteTracing>,
 }
 
 fn default_true() -> bool {
@@ -598,6 +602,23 @@ pub enum OnPolicyChange {
     CloseDenied,
     /// Leave open tunnels alone; the lists apply to new ones.
     KeepExisting,
+}
+
+/// `tracing`: how a route's requests are traced.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteTracing {
+    /// The share of new traces recorded, from 0 to 1 (a trusted client's sampled
+    /// `traceparent` is followed whatever this says); `--otel-sampling-ratio`
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sampling_ratio: Option<f64>,
+    /// Continue the client's W3C `traceparent`. `false` (for routes open to the
+    /// internet): every request starts a new trace, linked to the client's, so a
+    /// client can neither choose trace ids nor force sampling.
+    #[serde(default = "default_true")]
+    pub trust_incoming_context: bool,
 }
 
 /// Certificate for `wss`: a Secret in Kubernetes, files in standalone mode.

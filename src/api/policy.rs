@@ -12,7 +12,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Auth, ClientAccess, Drain, Keepalive, Limits, LoadBalancing, PassiveHealth, Rebalance, Timeouts,
+    Auth, ClientAccess, Drain, Keepalive, Limits, LoadBalancing, PassiveHealth, Rebalance,
+    RouteTracing, Timeouts,
 };
 
 /// WebSocket behaviour for HTTPRoutes: keepalive, limits, auth, drain, balancing.
@@ -65,6 +66,9 @@ pub struct WebSocketPolicySpec {
     /// As in `WebSocketRoute`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_access: Option<ClientAccess>,
+    /// As in `WebSocketRoute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<RouteTracing>,
 }
 
 /// A policy's target (GEP-713 `LocalPolicyTargetReference`).

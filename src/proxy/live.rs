@@ -43,6 +43,8 @@ pub struct Proxy {
     /// Where refused upgrades and plain HTTP requests are logged (tunnels log
     /// through the registry).
     pub access_log: AccessLog,
+    /// Makes the spans of requests and tunnels, when traces are exported.
+    tracer: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 impl Proxy {
@@ -69,7 +71,18 @@ impl Proxy {
             shutdown: tokio::sync::watch::channel(false).0,
             http_client: connect::client(),
             access_log,
+            tracer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Traces requests and tunnels from now on (`--otel-endpoint`); set once.
+    pub fn set_tracer(&self, tracer: opentelemetry_sdk::trace::SdkTracer) {
+        let _ = self.tracer.set(tracer);
+    }
+
+    /// The tracer, when traces are exported.
+    pub fn tracer(&self) -> Option<&opentelemetry_sdk::trace::SdkTracer> {
+        self.tracer.get()
     }
 
     pub(crate) fn live(&self) -> arc_swap::Guard<Arc<Live>> {

@@ -24,6 +24,7 @@ pub mod route;
 pub mod runtime;
 pub mod stream;
 pub mod timers;
+pub mod trace;
 pub mod trim;
 pub mod views;
 

@@ -3,11 +3,13 @@
 //! the relay updates its counters with relaxed atomics.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::task::AtomicWaker;
+use opentelemetry::trace::{Span as _, Status};
+use opentelemetry::KeyValue;
 
 use crate::metrics::Initiator;
 use crate::proxy::access_log::{self, AccessLog, Kind, Record};
@@ -30,6 +32,17 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Its name as `wsgate.close.reason` says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Drain => "drain",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::Rebalance => "rebalance",
+            CloseReason::ClientDenied => "client_denied",
+        }
+    }
+
     /// The Close code and reason sent to both sides when the deadline passes
     /// (a rebalance sends 1012 to the client and 1001 to the backend instead).
     pub fn close_frame(self) -> (u16, &'static str) {
@@ -42,6 +55,86 @@ impl CloseReason {
             // 1008 to the client (RFC 6455 §7.4.1, a policy); the backend gets 1001.
             CloseReason::ClientDenied => (1008, "client address no longer allowed"),
         }
+    }
+}
+
+/// How a tunnel's end began: the first Close (or loss) decides, as it decides the
+/// close code and initiator. `wsgate.close.reason` on the tunnel's span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// A peer sent Close (the initiator says which).
+    Closed,
+    /// A peer's connection ended without a Close (1006).
+    Gone,
+    /// No data message either way for `timeouts.idle`.
+    Idle,
+    /// `timeouts.maxLifetime` passed.
+    MaxLifetime,
+    /// A peer did not answer keepalive pings.
+    Keepalive,
+    /// The client went over `limits` (rate) with `onExceed: Close`.
+    RateLimit,
+    /// A peer broke RFC 6455 or sent a message over `maxMessageBytes`
+    /// (`backend`: the backend did).
+    ProtocolError {
+        /// The backend was at fault (the span is an Error).
+        backend: bool,
+    },
+    /// A deadline of the registry: drain, shutdown, token expiry, rebalance, a
+    /// revoked `clientAccess`.
+    Scheduled(CloseReason),
+}
+
+impl TunnelEnd {
+    /// The `wsgate.close.reason` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelEnd::Closed => "closed",
+            TunnelEnd::Gone => "gone",
+            TunnelEnd::Idle => "idle",
+            TunnelEnd::MaxLifetime => "max_lifetime",
+            TunnelEnd::Keepalive => "keepalive_timeout",
+            TunnelEnd::RateLimit => "rate_limit",
+            TunnelEnd::ProtocolError { .. } => "protocol_error",
+            TunnelEnd::Scheduled(r) => r.as_str(),
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            TunnelEnd::Closed => 1,
+            TunnelEnd::Gone => 2,
+            TunnelEnd::Idle => 3,
+            TunnelEnd::MaxLifetime => 4,
+            TunnelEnd::Keepalive => 5,
+            TunnelEnd::RateLimit => 6,
+            TunnelEnd::ProtocolError { backend: false } => 7,
+            TunnelEnd::ProtocolError { backend: true } => 13,
+            TunnelEnd::Scheduled(CloseReason::Drain) => 8,
+            TunnelEnd::Scheduled(CloseReason::Shutdown) => 9,
+            TunnelEnd::Scheduled(CloseReason::TokenExpired) => 10,
+            TunnelEnd::Scheduled(CloseReason::Rebalance) => 11,
+            TunnelEnd::Scheduled(CloseReason::ClientDenied) => 12,
+        }
+    }
+
+    fn of_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => TunnelEnd::Closed,
+            2 => TunnelEnd::Gone,
+            3 => TunnelEnd::Idle,
+            4 => TunnelEnd::MaxLifetime,
+            5 => TunnelEnd::Keepalive,
+            6 => TunnelEnd::RateLimit,
+            7 => TunnelEnd::ProtocolError { backend: false },
+            13 => TunnelEnd::ProtocolError { backend: true },
+            8 => TunnelEnd::Scheduled(CloseReason::Drain),
+            9 => TunnelEnd::Scheduled(CloseReason::Shutdown),
+            10 => TunnelEnd::Scheduled(CloseReason::TokenExpired),
+            11 => TunnelEnd::Scheduled(CloseReason::Rebalance),
+            12 => TunnelEnd::Scheduled(CloseReason::ClientDenied),
+            _ => return None,
+        })
     }
 }
 
@@ -82,6 +175,10 @@ pub struct TunnelInfo {
     /// The relay task, woken when `signal` is set (a waker, not a future: an idle
     /// tunnel keeps no pending future for it).
     pub(crate) waker: AtomicWaker,
+    /// [`TunnelEnd`] once the tunnel began to close (0: still open).
+    end: AtomicU8,
+    /// The tunnel's span, when its trace is recorded.
+    trace: Option<Box<TunnelSpan>>,
 }
 
 impl TunnelInfo {
@@ -91,6 +188,43 @@ impl TunnelInfo {
             u64::MAX => None,
             ms => Some(epoch + Duration::from_millis(ms)),
         }
+    }
+
+    /// Records how the tunnel's end began; the first call wins (like the first
+    /// Close's code). `code` is the Close code sent or received first.
+    pub(crate) fn closing(&self, why: TunnelEnd, code: u16) {
+        if self
+            .end
+            .compare_exchange(0, why.code(), Relaxed, Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let Some(span) = &self.trace else { return };
+        let reason = KeyValue::new("wsgate.close.reason", why.as_str());
+        match why {
+            TunnelEnd::RateLimit => span.event(
+                "wsgate.limit_exceeded",
+                vec![KeyValue::new("wsgate.limit", "rate"), reason.clone()],
+            ),
+            TunnelEnd::Scheduled(CloseReason::ClientDenied) => span.event(
+                "wsgate.policy_revoked",
+                vec![KeyValue::new("wsgate.policy", "clientAccess")],
+            ),
+            _ => {}
+        }
+        span.event(
+            "websocket.close",
+            vec![
+                KeyValue::new("websocket.close.code", i64::from(code)),
+                reason,
+            ],
+        );
+    }
+
+    /// How the tunnel's end began, once it did.
+    pub fn end(&self) -> Option<TunnelEnd> {
+        TunnelEnd::of_code(self.end.load(Relaxed))
     }
 
     /// Why the tunnel is scheduled to close.
@@ -159,6 +293,66 @@ fn tunnel_record(t: &TunnelInfo, code: u16, initiator: Initiator) -> Record {
     r
 }
 
+/// An open tunnel's span, held by its registry entry (recorded traces only).
+pub struct TunnelSpan(Mutex<opentelemetry_sdk::trace::Span>);
+
+impl TunnelSpan {
+    /// Holds a started span (`proxy/trace.rs` makes it).
+    pub fn new(span: opentelemetry_sdk::trace::Span) -> Self {
+        TunnelSpan(Mutex::new(span))
+    }
+
+    /// A rare event of the tunnel (a close beginning, a limit, a revoked policy):
+    /// a handful per tunnel, never one per message.
+    pub fn event(&self, name: &'static str, attrs: Vec<KeyValue>) {
+        if let Ok(mut s) = self.0.lock() {
+            s.add_event(name, attrs);
+        }
+    }
+
+    /// Ends the span with what the registry knows of the tunnel.
+    pub fn end(&self, attrs: Vec<KeyValue>, error: Option<&'static str>) {
+        if let Ok(mut s) = self.0.lock() {
+            s.set_attributes(attrs);
+            if let Some(why) = error {
+                s.set_status(Status::error(why));
+            }
+            s.end_with_timestamp(SystemTime::now());
+        }
+    }
+}
+
+/// Ends a tunnel's span: how it closed, and its counters read once.
+fn end_span(t: &TunnelInfo, span: &TunnelSpan, code: u16, initiator: Initiator) {
+    let end = t.end().unwrap_or(if code == 1006 {
+        TunnelEnd::Gone
+    } else {
+        TunnelEnd::Closed
+    });
+    let n = |a: &AtomicU64| a.load(Relaxed) as i64;
+    let attrs = vec![
+        KeyValue::new("wsgate.close.code", i64::from(code)),
+        KeyValue::new("wsgate.close.initiator", initiator.as_str()),
+        KeyValue::new("wsgate.close.reason", end.as_str()),
+        KeyValue::new("wsgate.client_to_backend.messages", n(&t.c2b_messages)),
+        KeyValue::new("wsgate.client_to_backend.bytes", n(&t.c2b_bytes)),
+        KeyValue::new("wsgate.backend_to_client.messages", n(&t.b2c_messages)),
+        KeyValue::new("wsgate.backend_to_client.bytes", n(&t.b2c_bytes)),
+        KeyValue::new("wsgate.backend", t.backend.to_string()),
+        KeyValue::new("network.protocol.name", "websocket"),
+    ];
+    // A normal close, a client leaving and wsgate's own closes are no errors; the
+    // backend vanishing or breaking the protocol is.
+    let error = match (end, initiator) {
+        (TunnelEnd::Gone, Initiator::Backend) => Some("backend connection lost"),
+        (TunnelEnd::ProtocolError { backend: true }, _) => {
+            Some("backend broke the WebSocket protocol")
+        }
+        _ => None,
+    };
+    span.end(attrs, error);
+}
+
 impl Registry {
     /// An empty registry that writes each closed tunnel's line to `access_log`.
     pub fn new(access_log: AccessLog) -> Self {
@@ -193,6 +387,7 @@ impl Registry {
         client: ClientAddr,
         client_protocol: ClientProtocol,
         backend: Arc<str>,
+        trace: Option<TunnelSpan>,
     ) -> Arc<TunnelInfo> {
         let info = Arc::new(TunnelInfo {
             id: self.next_id.fetch_add(1, Relaxed),
@@ -214,6 +409,8 @@ impl Registry {
             signal: std::sync::atomic::AtomicBool::new(false),
             timer: std::sync::atomic::AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            end: AtomicU8::new(0),
+            trace: trace.map(Box::new),
         });
         self.tunnels
             .lock()
@@ -226,7 +423,11 @@ impl Registry {
     /// Close code (1006 when none was sent) and `initiator` who sent it.
     pub fn close(&self, id: u64, code: u16, initiator: Initiator) {
         let gone = self.tunnels.lock().expect("lock").remove(&id);
-        if let Some(t) = gone.filter(|_| self.access_log.enabled()) {
+        let Some(t) = gone else { return };
+        if let Some(span) = &t.trace {
+            end_span(&t, span, code, initiator);
+        }
+        if self.access_log.enabled() {
             self.access_log.write(tunnel_record(&t, code, initiator));
         }
     }
@@ -318,5 +519,38 @@ impl Registry {
             t.signal.store(true, std::sync::atomic::Ordering::Release);
             t.waker.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CloseReason, TunnelEnd};
+
+    #[test]
+    fn every_tunnel_end_survives_its_atomic_code() {
+        let mut all = vec![
+            TunnelEnd::Closed,
+            TunnelEnd::Gone,
+            TunnelEnd::Idle,
+            TunnelEnd::MaxLifetime,
+            TunnelEnd::Keepalive,
+            TunnelEnd::RateLimit,
+            TunnelEnd::ProtocolError { backend: false },
+            TunnelEnd::ProtocolError { backend: true },
+        ];
+        for r in [
+            CloseReason::Drain,
+            CloseReason::Shutdown,
+            CloseReason::TokenExpired,
+            CloseReason::Rebalance,
+            CloseReason::ClientDenied,
+        ] {
+            all.push(TunnelEnd::Scheduled(r));
+        }
+        for e in all {
+            assert_ne!(e.code(), 0, "0 means still open");
+            assert_eq!(TunnelEnd::of_code(e.code()), Some(e));
+        }
+        assert_eq!(TunnelEnd::of_code(0), None);
     }
 }

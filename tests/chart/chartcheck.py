@@ -167,6 +167,19 @@ def cmd_render(values_file, rendered, chart):
           "POD_NAME from the downward API")
     check(env.get("POD_NAMESPACE", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
           == "metadata.namespace", "POD_NAMESPACE from the downward API")
+    check(env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+          == "spec.nodeName", "NODE_NAME from the downward API (k8s.node.name of traces)")
+    tr = v["tracing"]
+    otel = [a for a in args if a.startswith("--otel-")]
+    if tr["endpoint"]:
+        want = [f"--otel-endpoint={tr['endpoint']}", f"--otel-protocol={tr['protocol']}",
+                f"--otel-sampling-ratio={tr['samplingRatio']}"]
+        check(otel == want, f"tracing flags {otel} == {want}")
+    else:
+        check(otel == [], "no --otel-* flag while tracing.endpoint is empty")
+    attrs = ",".join(f"{k}={val}" for k, val in sorted(tr["resourceAttributes"].items()))
+    check(env.get("OTEL_RESOURCE_ATTRIBUTES", {}).get("value", "") == attrs,
+          f"OTEL_RESOURCE_ATTRIBUTES {attrs!r} from tracing.resourceAttributes")
     tgp = pod["terminationGracePeriodSeconds"]
     check(tgp == drain + pre + 15 and tgp > drain,
           f"terminationGracePeriodSeconds {tgp} == drain {drain} + preStop {pre} + 15")

@@ -64,6 +64,8 @@ refuse() {
   fi
 }
 refuse 'replicaCount=two' "at '/replicaCount': got string, want integer"
+refuse 'tracing.samplingRatio=2' "at '/tracing/samplingRatio': maximum"
+refuse 'tracing.protocol=http/json' "at '/tracing/protocol': value must be one of"
 refuse 'mode=ingress' "at '/mode': value must be one of 'gateway', 'sidecar'"
 refuse 'replicas=3' "additional properties 'replicas' not allowed"
 refuse 'drainTimeoutSeconds=-5' "at '/drainTimeoutSeconds': minimum"

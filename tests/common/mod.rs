@@ -10,6 +10,7 @@
 pub mod edge;
 pub mod frames;
 pub mod http;
+pub mod jaeger;
 pub mod metrics;
 pub mod peers;
 

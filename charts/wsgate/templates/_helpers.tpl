@@ -132,3 +132,15 @@ spec:
   volumeMounts:
     - {name: wsgate-routes, mountPath: /etc/wsgate, readOnly: true}
 {{- end }}
+
+{{/*
+OTEL_RESOURCE_ATTRIBUTES from tracing.resourceAttributes: key=value,key=value,
+sorted by key.
+*/}}
+{{- define "wsgate.resourceAttributes" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end }}

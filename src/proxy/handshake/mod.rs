@@ -33,7 +33,10 @@ use crate::proxy::relay::protocol::Extensions;
 use crate::proxy::relay::Relay;
 use crate::proxy::response::{status, Body, TunnelOpened};
 use crate::proxy::route::policy::client_permitted;
+use crate::proxy::route::table::Route;
+use crate::proxy::runtime::RouteRuntime;
 use crate::proxy::stream::{H2Leg, Stream};
+use crate::proxy::trace::RequestTrace;
 use headers::{for_http1, set_forwarded, strip_hop_by_hop};
 use validate::Invalid;
 
@@ -74,21 +77,43 @@ pub(crate) fn gateway_answer<B>(
     })
 }
 
-/// Handles an upgrade request (HTTP/1.1) or an extended CONNECT (HTTP/2) end to end.
+/// Handles an upgrade request (HTTP/1.1) or an extended CONNECT (HTTP/2) end to end,
+/// traced by its SERVER span from the request to the status written.
 pub async fn websocket(
+    proxy: &Arc<Proxy>,
+    req: Request<Incoming>,
+    client: ClientAddr,
+    protocol: ClientProtocol,
+) -> Response<Body> {
+    let found = proxy.route_for(&req, client.gateway_port);
+    let route = found.as_ref().map(|(r, _)| &**r);
+    let trace = RequestTrace::start(proxy.tracer(), &req, &client, route, "GET");
+    let resp = match found {
+        None => {
+            proxy
+                .metrics
+                .connections_total
+                .with_label_values(&["", "", "rejected"])
+                .inc();
+            status(StatusCode::NOT_FOUND, "no route for this host and path")
+        }
+        Some((route, runtime)) => {
+            upgrade(proxy, req, client, protocol, route, runtime, &trace).await
+        }
+    };
+    trace.end(&resp);
+    resp
+}
+
+async fn upgrade(
     proxy: &Arc<Proxy>,
     mut req: Request<Incoming>,
     client: ClientAddr,
     protocol: ClientProtocol,
+    route: Arc<Route>,
+    runtime: Arc<RouteRuntime>,
+    trace: &RequestTrace,
 ) -> Response<Body> {
-    let Some((route, runtime)) = proxy.route_for(&req, client.gateway_port) else {
-        proxy
-            .metrics
-            .connections_total
-            .with_label_values(&["", "", "rejected"])
-            .inc();
-        return status(StatusCode::NOT_FOUND, "no route for this host and path");
-    };
     let m = &runtime.metrics;
     // First, before anything else is looked at: a denied client learns nothing
     // about the route and no backend hears of it.
@@ -126,7 +151,7 @@ pub async fn websocket(
         Err(invalid) => return refused(invalid),
     };
     // Before the subprotocol check: a token entry is not a protocol the backend sees.
-    let verified = match auth::admit(&route, m, &mut req).await {
+    let verified = match auth::admit(&route, m, &mut req, trace).await {
         Ok(v) => v,
         Err(refusal) => {
             m.outcome("rejected");
@@ -142,6 +167,14 @@ pub async fn websocket(
         Ok(a) => a,
         Err(code) => {
             m.outcome("limited");
+            trace.set(
+                "wsgate.limit.rejected",
+                if code == 429 {
+                    "maxConnectionsPerClientIP"
+                } else {
+                    "maxConnections"
+                },
+            );
             let code = StatusCode::from_u16(code).expect("503 or 429");
             return status(code, "connection limit reached");
         }
@@ -152,6 +185,20 @@ pub async fn websocket(
     let mut req = Request::from_parts(parts, ());
     let on_client = hyper::upgrade::on(&mut req);
     let (parts, ()) = req.into_parts();
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    set_forwarded(&mut headers, &client);
+    let mut path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    if let Some(g) = &route.gateway {
+        path = g.edit_request(&mut headers, &path, &route.path);
+    }
+    let backend_span = trace.backend("GET", &mut headers);
 
     let exchange = async {
         let Some((index, stream)) =
@@ -178,19 +225,12 @@ pub async fn websocket(
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        let mut headers = parts.headers.clone();
-        strip_hop_by_hop(&mut headers);
-        headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        set_forwarded(&mut headers, &client);
-        let mut path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        if let Some(g) = &route.gateway {
-            path = g.edit_request(&mut headers, &path, &route.path);
-        }
+        let path = path.as_str();
+        backend_span.backend(
+            &route.backends[index].address,
+            path,
+            route.backend_tls.is_some(),
+        );
         let mut breq = Request::builder()
             .method(Method::GET)
             .uri(path)
@@ -227,6 +267,7 @@ pub async fn websocket(
     };
     let (index, mut resp) = match tokio::time::timeout(route.handshake_timeout, exchange).await {
         Err(_) => {
+            backend_span.end(Err("timeout"));
             m.outcome("timeout");
             tracing::warn!(route = %route.key, "backend did not answer the upgrade in time");
             return status(
@@ -235,10 +276,14 @@ pub async fn websocket(
             );
         }
         Ok(Err((code, outcome, why))) => {
+            backend_span.end(Err(outcome));
             m.outcome(outcome);
             return status(code, why);
         }
-        Ok(Ok(r)) => r,
+        Ok(Ok(r)) => {
+            backend_span.end(Ok(r.1.status()));
+            r
+        }
     };
     let backend = route.backends[index].address.clone();
     let cookie = choice
@@ -315,6 +360,7 @@ pub async fn websocket(
 
     let proxy = proxy.clone();
     let client_addr = client;
+    let trace = trace.clone();
     tokio::spawn(async move {
         let (client, backend_io) = match tokio::join!(on_client, on_backend) {
             (Ok(c), Ok(b)) => (c, b),
@@ -338,7 +384,12 @@ pub async fn websocket(
         };
         let backend_early = b.read_buf.to_vec();
         drop(b.read_buf);
-        let info = proxy.registry.open(route, client_addr, protocol, backend);
+        // The tunnel's span starts once both sides switched protocols.
+        let span = trace.tunnel(&route.key);
+        drop(trace);
+        let info = proxy
+            .registry
+            .open(route, client_addr, protocol, backend, span);
         if let Some(at) = expires {
             proxy.registry.expire_at(&info, at);
         }

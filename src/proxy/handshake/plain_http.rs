@@ -17,21 +17,43 @@ use crate::proxy::client::ClientAddr;
 use crate::proxy::live::Proxy;
 use crate::proxy::response::{status, Body};
 use crate::proxy::route::policy::client_permitted;
+use crate::proxy::route::table::Route;
+use crate::proxy::runtime::RouteRuntime;
+use crate::proxy::trace::RequestTrace;
 
-/// Proxies one plain HTTP request.
+/// Proxies one plain HTTP request, traced by a SERVER span (to the response's
+/// status) and a CLIENT span for the backend request.
 pub async fn forward(
     proxy: &Arc<Proxy>,
     req: Request<Incoming>,
     client: ClientAddr,
 ) -> Response<Body> {
-    let Some((route, runtime)) = proxy.route_for(&req, client.gateway_port) else {
-        proxy
-            .metrics
-            .http_requests_total
-            .with_label_values(&["", "", "404"])
-            .inc();
-        return status(StatusCode::NOT_FOUND, "no route for this host and path");
+    let found = proxy.route_for(&req, client.gateway_port);
+    let route = found.as_ref().map(|(r, _)| &**r);
+    let trace = RequestTrace::start(proxy.tracer(), &req, &client, route, req.method().as_str());
+    let resp = match found {
+        None => {
+            proxy
+                .metrics
+                .http_requests_total
+                .with_label_values(&["", "", "404"])
+                .inc();
+            status(StatusCode::NOT_FOUND, "no route for this host and path")
+        }
+        Some((route, runtime)) => request(proxy, req, client, route, runtime, &trace).await,
     };
+    trace.end(&resp);
+    resp
+}
+
+async fn request(
+    proxy: &Arc<Proxy>,
+    req: Request<Incoming>,
+    client: ClientAddr,
+    route: Arc<Route>,
+    runtime: Arc<RouteRuntime>,
+    trace: &RequestTrace,
+) -> Response<Body> {
     let m = &runtime.metrics;
     if !client_permitted(route.client_access.as_ref(), client.ip) {
         m.http(403);
@@ -54,7 +76,7 @@ pub async fn forward(
     let mut req = req;
     let uri = req.uri().clone();
     for_http1(req.headers_mut(), &uri);
-    if let Err(refusal) = super::auth::admit(&route, m, &mut req).await {
+    if let Err(refusal) = super::auth::admit(&route, m, &mut req, trace).await {
         m.http(refusal.status().as_u16());
         return refusal;
     }
@@ -62,6 +84,7 @@ pub async fn forward(
     let choice = balance::choose(&route, &runtime.backends, &parts, client.ip);
     strip_hop_by_hop(&mut parts.headers);
     set_forwarded(&mut parts.headers, &client);
+    let backend_span = trace.backend(parts.method.as_str(), &mut parts.headers);
     // Backends are spoken to in HTTP/1.1 whatever the client used.
     parts.version = http::Version::HTTP_11;
     let mut path = parts
@@ -97,6 +120,8 @@ pub async fn forward(
         };
         match result {
             Ok(resp) => {
+                backend_span.backend(&backend.address, &path, route.backend_tls.is_some());
+                backend_span.end(Ok(resp.status()));
                 health::record(&runtime.backends.health, m, &route, &backend.address, true);
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
@@ -128,6 +153,7 @@ pub async fn forward(
             }
         }
     }
+    backend_span.end(Err("backend_unavailable"));
     m.http(502);
     status(StatusCode::BAD_GATEWAY, "no backend reachable")
 }

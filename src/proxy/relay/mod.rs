@@ -29,7 +29,7 @@ use tokio::time::{sleep_until, Sleep};
 
 use crate::metrics::Initiator;
 use crate::proxy::live::Proxy;
-use crate::proxy::registry::{ClientProtocol, CloseReason, TunnelInfo};
+use crate::proxy::registry::{ClientProtocol, CloseReason, TunnelEnd, TunnelInfo};
 use crate::proxy::route::policy::{Exceed, LegPing};
 use crate::proxy::runtime::Admission;
 use crate::proxy::stream::Stream;
@@ -520,6 +520,7 @@ impl Relay {
                 Side::Backend => Initiator::Backend,
             };
             st.first_close.get_or_insert((code, initiator));
+            self.info.closing(TunnelEnd::Closed, code);
             st.closing.get_or_insert(now + CLOSE_HANDSHAKE);
         }
         if !alive {
@@ -547,6 +548,8 @@ impl Relay {
         tracing::debug!(tunnel = self.info.id, peer = ?offender, error = %e, "closing tunnel on a framing error");
         let (own, other) = e.close_codes();
         st.first_close.get_or_insert((own, Initiator::Proxy));
+        let backend = offender == Side::Backend;
+        self.info.closing(TunnelEnd::ProtocolError { backend }, own);
         self.send_close(offender, own, &e.to_string(), st);
         let why = match (e, offender) {
             (FrameError::TooBig { .. }, _) => "message too big",
@@ -590,6 +593,7 @@ impl Relay {
         if st.first_close.is_none() {
             // Abnormal closure (1006, never sent on the wire); tell the live side it went away.
             st.first_close = Some((1006, initiator));
+            self.info.closing(TunnelEnd::Gone, 1006);
             self.send_close(side_other(side), 1001, "peer went away", st);
         }
     }
@@ -617,8 +621,9 @@ impl Relay {
     }
 
     /// The proxy ends the tunnel: Close `code` to both live sides.
-    fn proxy_close(&mut self, code: u16, reason: &str, st: &mut State) {
+    fn proxy_close(&mut self, why: TunnelEnd, code: u16, reason: &str, st: &mut State) {
         st.first_close.get_or_insert((code, Initiator::Proxy));
+        self.info.closing(why, code);
         self.send_close(Side::Backend, code, reason, st);
         self.send_close(Side::Client, code, reason, st);
         self.linger(st);
@@ -649,7 +654,7 @@ impl Relay {
                     self.gone(Side::Backend, st);
                 }
             }
-            self.proxy_close(1008, "rate limit exceeded", st);
+            self.proxy_close(TunnelEnd::RateLimit, 1008, "rate limit exceeded", st);
         } else if l.on_exceed() == Exceed::Throttle && !l.paused() {
             if let Some(wait) = l.pause() {
                 l.pause_until(now + wait);
@@ -664,6 +669,8 @@ impl Relay {
     fn rebalance_close(&mut self, st: &mut State) {
         self.admission.runtime().metrics.rebalanced();
         st.first_close.get_or_insert((1012, Initiator::Proxy));
+        self.info
+            .closing(TunnelEnd::Scheduled(CloseReason::Rebalance), 1012);
         self.send_close(Side::Backend, 1001, "rebalancing", st);
         self.send_close(Side::Client, 1012, "rebalancing: please reconnect", st);
         let linger = Instant::now() + PROXY_CLOSE_LINGER;
@@ -692,12 +699,13 @@ impl Relay {
                 if reason == CloseReason::ClientDenied {
                     // The backend did nothing wrong: it is told its client went away.
                     st.first_close.get_or_insert((code, Initiator::Proxy));
+                    self.info.closing(TunnelEnd::Scheduled(reason), code);
                     self.send_close(Side::Backend, 1001, text, st);
                     self.send_close(Side::Client, code, text, st);
                     self.linger(st);
                     return;
                 }
-                self.proxy_close(code, text, st);
+                self.proxy_close(TunnelEnd::Scheduled(reason), code, text, st);
                 return;
             }
         }
@@ -706,11 +714,16 @@ impl Relay {
             .max_lifetime
             .is_some_and(|l| now >= self.info.opened + l)
         {
-            self.proxy_close(1001, "maximum tunnel lifetime reached", st);
+            self.proxy_close(
+                TunnelEnd::MaxLifetime,
+                1001,
+                "maximum tunnel lifetime reached",
+                st,
+            );
             return;
         }
         if route.idle_timeout.is_some_and(|i| now >= st.last_data + i) {
-            self.proxy_close(1001, "idle timeout", st);
+            self.proxy_close(TunnelEnd::Idle, 1001, "idle timeout", st);
             return;
         }
         for side in [Side::Client, Side::Backend] {
@@ -725,7 +738,12 @@ impl Relay {
                         Side::Backend => m.pong_timeouts_backend().inc(),
                     }
                     tracing::info!(tunnel = self.info.id, route = %route.key, peer = ?side, "no answer to keepalive ping; closing tunnel");
-                    self.proxy_close(1001, "peer did not answer keepalive ping", st);
+                    self.proxy_close(
+                        TunnelEnd::Keepalive,
+                        1001,
+                        "peer did not answer keepalive ping",
+                        st,
+                    );
                     return;
                 }
                 Due::Ping => self.ping(side, st),

@@ -188,3 +188,22 @@ mod tests {
         assert!(a.permits("2001:db8:1:3::1".parse().unwrap()));
     }
 }
+
+/// A route's `tracing`: its share of new traces and whether a client's
+/// `traceparent` is continued.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tracing {
+    /// The share of new traces recorded; `--otel-sampling-ratio` when `None`.
+    pub sampling_ratio: Option<f64>,
+    /// Continue the client's trace; `false`: a new root linked to it.
+    pub trust_incoming_context: bool,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Tracing {
+            sampling_ratio: None,
+            trust_incoming_context: true,
+        }
+    }
+}

@@ -174,6 +174,8 @@ pub struct Route {
     /// An HTTPRoute rule's listener, conditions and filters; `None` for a
     /// `WebSocketRoute`, served on wsgate's own listeners.
     pub gateway: Option<Arc<super::gateway::GatewayRule>>,
+    /// Traces of its requests and tunnels (`tracing`).
+    pub tracing: super::policy::Tracing,
 }
 
 impl fmt::Debug for Route {
@@ -231,6 +233,7 @@ impl Route {
             backend_tls: None,
             client_access: None,
             gateway: None,
+            tracing: Default::default(),
         }
     }
 }

@@ -238,6 +238,7 @@ async fn an_exp_past_what_a_clock_holds_means_never_not_a_panic() {
                 )),
                 ClientProtocol::Http1,
                 "127.0.0.1:1".into(),
+                None,
             );
             registry.expire_at(&t, at);
             assert_eq!(t.close_deadline(registry.epoch()), None, "exp {exp}");
