@@ -8,11 +8,13 @@ mod auth;
 mod backend_tls;
 mod crd;
 mod duration;
+mod fleet_limits;
 
 pub use auth::{Auth, ClaimToHeader, JwksRef, JwtAuth, TokenSource};
 pub use backend_tls::{BackendTls, CaCertificateRef, CaKind, SecretRef};
 pub use crd::crd;
 pub use duration::{Duration, DURATION_PATTERN};
+pub use fleet_limits::{BudgetExceed, BudgetScope, FleetLimits, MessageBudget};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -110,6 +112,10 @@ pub struct WebSocketRouteSpec {
     /// `X-Forwarded-For`), not the load balancer's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_access: Option<ClientAccess>,
+    /// Connection caps and message budgets shared by every replica through the
+    /// store of `--limits-store`; refused without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_limits: Option<FleetLimits>,
 }
 
 fn default_true() -> bool {

@@ -171,6 +171,8 @@ pub struct Route {
     pub backend_tls: Option<Arc<super::backend_tls::BackendTls>>,
     /// Which client addresses may use the route (`clientAccess`).
     pub client_access: Option<super::policy::ClientAccess>,
+    /// Caps and budgets shared across replicas (`fleetLimits`).
+    pub fleet: Option<super::policy::FleetPolicy>,
 }
 
 impl fmt::Debug for Route {
@@ -227,6 +229,7 @@ impl Route {
             passive_health: PassiveHealth::default(),
             backend_tls: None,
             client_access: None,
+            fleet: None,
         }
     }
 }
