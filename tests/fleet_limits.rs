@@ -839,3 +839,56 @@ fn a_route_with_fleet_limits_and_no_store_is_refused_naming_the_field() {
         "{out}"
     );
 }
+
+/// A Socket.IO client over WebSocket with `token`, through `gate`: `true` when it
+/// connected (and echoed through the server), `false` on `connect_error`.
+async fn socketio(gate: &Wsgate, token: &str) -> (Peer, bool) {
+    let mut p = Peer::node(
+        "socketio-hold.js",
+        &[&format!("http://{}", gate.listen), "--token", token],
+    );
+    let ev = p
+        .expect_where(15.0, "connect or connect_error", |v| {
+            v["event"] == "connect" || v["event"] == "connect_error"
+        })
+        .await;
+    let ok = ev["event"] == "connect";
+    (p, ok)
+}
+
+#[tokio::test]
+async fn socket_io_clients_through_two_replicas_share_a_per_subject_cap() {
+    let redis = Redis::start().await;
+    let tokens = Tokens::new();
+    let (_server, backend) = listening(Peer::node("socketio-server.js", &["--name", "A"])).await;
+    let routes = Route::new("chat")
+        .backend(backend)
+        .set("auth", &tokens.auth())
+        .set("fleetLimits", "{maxConnectionsPerSubject: 2}")
+        .yaml();
+    let a = replica("a", &redis.url(), &[], &routes).await;
+    let b = replica("b", &redis.url(), &[], &routes).await;
+    let alice = tokens.token("alice");
+    let (_p1, ok1) = socketio(&a, &alice).await;
+    let (_p2, ok2) = socketio(&b, &alice).await;
+    assert!(ok1 && ok2, "alice's first two");
+    let (_p3, ok3) = socketio(&a, &alice).await;
+    let (_p4, ok4) = socketio(&b, &alice).await;
+    assert!(!ok3 && !ok4, "alice's third on either replica");
+    let (_p5, ok5) = socketio(&b, &tokens.token("bob")).await;
+    assert!(ok5, "bob");
+    for gate in [&a, &b] {
+        let m = gate.metrics().await;
+        assert_eq!(
+            m.get(
+                "wsgate_fleet_limit_rejections_total",
+                &[
+                    ("namespace", "default"),
+                    ("route", "chat"),
+                    ("scope", "subject")
+                ]
+            ),
+            1.0
+        );
+    }
+}
