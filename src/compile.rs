@@ -475,7 +475,7 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
         validate_backend_tls(t, &mut err);
     }
     validate_client_access(spec, &mut err);
-    validate_fleet_limits(spec, crate::proxy::fleet::get().is_some(), &mut err);
+    validate_fleet_limits(spec, crate::proxy::fleet::configured(), &mut err);
     errs
 }
 

@@ -88,6 +88,15 @@ enum Command {
         /// A route file or a directory of *.yaml route files.
         #[arg(long)]
         config: PathBuf,
+        /// Validate as for `serve --limits-store`: routes may carry `fleetLimits`
+        /// (nothing is connected to).
+        #[arg(
+            long,
+            env = "WSGATE_LIMITS_STORE",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        limits_store: Option<String>,
     },
     /// Print the WebSocketRoute CustomResourceDefinition.
     Crd,
@@ -369,7 +378,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config,
+            limits_store,
+        } => {
+            if limits_store.is_some() {
+                fleet::declare_store();
+            }
+            check(&config)
+        }
         Command::Crd => {
             print!("{}", wsgate::crd_yaml());
             ExitCode::SUCCESS

@@ -838,6 +838,14 @@ fn a_route_with_fleet_limits_and_no_store_is_refused_naming_the_field() {
         out.contains("spec.fleetLimits: needs wsgate to run with --limits-store"),
         "{out}"
     );
+    let (code, out) = wsgate_cmd(&[
+        "check",
+        "--config",
+        file.to_str().unwrap(),
+        "--limits-store",
+        "redis://127.0.0.1:1",
+    ]);
+    assert_eq!(code, 0, "{out}");
 }
 
 /// A Socket.IO client over WebSocket with `token`, through `gate`: `true` when it

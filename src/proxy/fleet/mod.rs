@@ -25,7 +25,7 @@ mod store;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -104,6 +104,19 @@ pub struct Fleet {
 }
 
 static FLEET: OnceLock<Arc<Fleet>> = OnceLock::new();
+/// A store is configured: set by [`start`], or by `wsgate check --limits-store`,
+/// which validates routes for a fleet without connecting to it.
+static CONFIGURED: AtomicBool = AtomicBool::new(false);
+
+/// Whether routes may carry `fleetLimits`: a store is configured.
+pub fn configured() -> bool {
+    CONFIGURED.load(Relaxed)
+}
+
+/// Validate routes as for a process with a store (`wsgate check --limits-store`).
+pub fn declare_store() {
+    CONFIGURED.store(true, Relaxed);
+}
 
 /// The fleet limits, when `--limits-store` was given.
 pub fn get() -> Option<&'static Arc<Fleet>> {
@@ -147,6 +160,7 @@ pub fn start(settings: Settings, metrics: FleetMetrics) -> Arc<Fleet> {
     });
     fleet.show_mode(false);
     let _ = FLEET.set(fleet.clone());
+    declare_store();
     tokio::spawn(heartbeat(fleet.clone()));
     fleet
 }
