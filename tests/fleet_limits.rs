@@ -682,11 +682,13 @@ async fn redis_killed_and_restarted_counts_reappear_and_the_cap_holds() {
 
 /// Sends `n` messages as fast as the tunnel takes them, then counts the echoes
 /// (what reached the backend) until the Close.
-async fn flood(c: Client, n: usize) -> (usize, Option<u16>) {
+async fn flood(c: Client, n: usize, size: usize) -> (usize, Option<u16>) {
     let (mut tx, mut rx) = c.split();
     let send = async move {
         for i in 0..n {
-            if tx.send(Message::text(format!("m{i}"))).await.is_err() {
+            let mut m = format!("m{i}-");
+            m.extend(std::iter::repeat_n('x', size.saturating_sub(m.len())));
+            if tx.send(Message::text(m)).await.is_err() {
                 break;
             }
         }
@@ -721,7 +723,7 @@ async fn a_message_budget_is_never_exceeded_across_two_replicas() {
     let b = replica("b", &redis.url(), &[], &routes).await;
     let x = upgrade(&a, "127.0.0.2", None).await.open("on a");
     let y = upgrade(&b, "127.0.0.3", None).await.open("on b");
-    let ((ex, cx), (ey, cy)) = tokio::join!(flood(x, 80), flood(y, 80));
+    let ((ex, cx), (ey, cy)) = tokio::join!(flood(x, 80, 0), flood(y, 80, 0));
     // What the backend received is what the fleet let through (an echo in flight
     // when the proxy closes is lost, so the clients' counts may be lower).
     backend_peer.drain(1.0, 10.0).await;
@@ -756,6 +758,37 @@ async fn a_message_budget_is_never_exceeded_across_two_replicas() {
         .parse()
         .unwrap();
     assert!(left <= 100 - total as u64, "{left} left after {total}");
+}
+
+#[tokio::test]
+async fn a_byte_budget_is_never_exceeded_across_two_replicas() {
+    let redis = Redis::start().await;
+    let (mut backend_peer, backend) = node_backend("b", &[]).await;
+    let routes = route(
+        backend,
+        "{messageBudget: {scope: Route, bytes: 10000, window: 1m}}",
+    );
+    let a = replica("a", &redis.url(), &[], &routes).await;
+    let b = replica("b", &redis.url(), &[], &routes).await;
+    let x = upgrade(&a, "127.0.0.2", None).await.open("on a");
+    let y = upgrade(&b, "127.0.0.3", None).await.open("on b");
+    // 50-byte messages: under budget / 128, so none is refused for its size.
+    let ((_, cx), (_, cy)) = tokio::join!(flood(x, 160, 50), flood(y, 160, 50));
+    backend_peer.drain(1.0, 10.0).await;
+    let bytes: u64 = backend_peer
+        .seen_named("message")
+        .iter()
+        .map(|m| m["data"].as_str().map_or(0, |d| d.len() as u64))
+        .sum();
+    eprintln!("fleet-limits measure: byte budget 10000, two tunnels × 160 × 50 B: {bytes} B reached the backend, under-use {}", 10000 - bytes.min(10000));
+    assert!(bytes <= 10000, "{bytes} bytes over the budget of 10000");
+    // Under-use: at most 2 replicas × 2 chunks of 313 bytes.
+    assert!(bytes >= 10000 - 1252, "{bytes}: more under-use than stated");
+    assert_eq!(
+        (cx, cy),
+        (Some(1008), Some(1008)),
+        "both closed for the budget"
+    );
 }
 
 #[tokio::test]

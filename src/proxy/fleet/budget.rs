@@ -3,11 +3,12 @@
 //! Redis) and charges messages against it locally. A budget is never exceeded,
 //! since every message a replica lets through was leased first; the price is
 //! under-use, at most what the replicas hold unspent when the window ends
-//! (`replicas × 1.5 × chunk`, chunk = budget / 32: see `keys::lease_chunk`).
+//! (`replicas × 2 × chunk`, chunk = budget / 32: see `keys::lease_chunk`).
 //!
-//! The relay stops reading a client whose lease is empty while a new one is on
-//! its way (it never refuses for a lease in flight), and refuses (Close 1008)
-//! only once the store says the window is spent.
+//! The relay stops reading a client whose lease is low while a new one is on its
+//! way, and refuses (Close 1008) once the store says the window is spent; the one
+//! exception is a single message larger than a quarter of a lease of bytes
+//! (budget / 128), which may be refused while the window still has room.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -107,8 +108,8 @@ impl Account {
         } else {
             Take::Wait
         };
-        let low = (cm > 0 && l.messages.saturating_mul(2) < cm as u64)
-            || (cb > 0 && l.bytes.saturating_mul(2) < cb as u64);
+        // Below a chunk, the next is asked for: a lease holds at most two.
+        let low = (cm > 0 && l.messages < cm as u64) || (cb > 0 && l.bytes < cb as u64);
         let ask = !l.exhausted && (low || result == Take::Wait);
         drop(l);
         if ask && !self.refilling.swap(true, Relaxed) {
@@ -117,13 +118,16 @@ impl Account {
         result
     }
 
-    /// Whether reading the client should wait: the lease is empty and a new one
-    /// is on its way (or must be asked for, through `refill`).
+    /// Whether reading the client should wait while a new lease is on its way
+    /// (asked for through `refill`): no message left, or less than half a chunk
+    /// of bytes (see [`Account::read_cap`]: a frame the lease cannot pay cannot
+    /// be held back, it closes the tunnel).
     pub fn must_wait(&self, now: Instant, refill: impl FnOnce()) -> bool {
         let mut l = self.lease.lock().expect("lock");
         expire(&mut l, now);
         let (cm, cb) = self.chunk();
-        let empty = (cm > 0 && l.messages == 0) || (cb > 0 && l.bytes == 0);
+        let empty =
+            (cm > 0 && l.messages == 0) || (cb > 0 && l.bytes.saturating_mul(2) < cb as u64);
         let wait = empty && !l.exhausted;
         drop(l);
         if wait && !self.refilling.swap(true, Relaxed) {
@@ -133,7 +137,11 @@ impl Account {
     }
 
     /// The most wire bytes one read may take so that the frames in it cannot
-    /// outrun the lease: a masked client frame is at least 6 bytes.
+    /// outrun the lease. A masked client frame is at least 6 bytes, so a read
+    /// holds at most cap / 6 messages. Whole frames in a read carry at most cap
+    /// payload bytes, and the frame the read ends inside charges its whole
+    /// payload: leaving a quarter chunk for it, any message up to budget / 128
+    /// bytes always fits.
     pub fn read_cap(&self, max: usize) -> usize {
         let l = self.lease.lock().expect("lock");
         if l.exhausted {
@@ -145,7 +153,7 @@ impl Account {
             cap = cap.min(l.messages.saturating_mul(6));
         }
         if cb > 0 {
-            cap = cap.min(l.bytes.saturating_add(14));
+            cap = cap.min(l.bytes.saturating_sub(cb as u64 / 4));
         }
         (cap as usize).max(1)
     }
@@ -243,18 +251,23 @@ mod tests {
         assert!(!a.must_wait(t0, || asked += 1));
         assert_eq!(a.read_cap(65536), 12, "two messages of at least 6 bytes");
         assert_eq!(a.take(1, 10, t0, || asked += 1), Take::Charged);
-        assert_eq!(asked, 1, "1 of 2 left is not below half a chunk");
+        assert_eq!(asked, 2, "below a chunk: the next lease is asked for");
         assert_eq!(a.take(0, 10, t0, || asked += 1), Take::Charged);
-        assert_eq!(a.take(1, 10, t0, || asked += 1), Take::Charged);
-        assert_eq!(asked, 2, "empty: a refill is asked for");
+        assert_eq!(asked, 2, "one request in flight");
+        a.grant(g(2), t0);
+        assert_eq!(a.read_cap(65536), 18);
+        for _ in 0..3 {
+            assert_eq!(a.take(1, 10, t0, || asked += 1), Take::Charged);
+        }
+        assert_eq!(asked, 3);
         a.grant(g(0), t0);
         assert_eq!(a.take(1, 1, t0, || asked += 1), Take::Exhausted);
         assert!(!a.must_wait(t0, || asked += 1));
-        assert_eq!(asked, 2, "a spent window asks no more");
+        assert_eq!(asked, 3, "a spent window asks no more");
         // The next window starts empty and asks again.
         let t1 = t0 + Duration::from_secs(31);
         assert_eq!(a.take(1, 1, t1, || asked += 1), Take::Wait);
-        assert_eq!(asked, 3);
+        assert_eq!(asked, 4);
     }
 
     #[test]
@@ -268,8 +281,12 @@ mod tests {
         };
         a.grant(g(1), t0);
         a.grant(g(59), t0);
-        assert_eq!(a.read_cap(65536), 114);
-        assert_eq!(a.take(1, 100, t0, || ()), Take::Charged);
-        assert_eq!(a.take(1, 1, t0, || ()), Take::Wait);
+        // 100 bytes leased, chunk 100: reads leave a quarter chunk for the frame
+        // they end inside.
+        assert_eq!(a.read_cap(65536), 75);
+        assert!(!a.must_wait(t0, || ()), "100 bytes is a whole chunk");
+        assert_eq!(a.take(1, 60, t0, || ()), Take::Charged);
+        assert!(a.must_wait(t0, || ()), "40 bytes is under half a chunk");
+        assert_eq!(a.take(1, 41, t0, || ()), Take::Wait);
     }
 }

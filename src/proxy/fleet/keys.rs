@@ -84,7 +84,8 @@ pub fn local_share(limit: u64, live: u64) -> u64 {
 }
 
 /// A budget's lease: 1/32 of it (at least 1), so replicas re-lease often enough
-/// to share it and a replica never holds much more than it uses.
+/// to share it and a replica never holds much more than it uses (at most two
+/// chunks: the next is asked for when less than one is left).
 pub fn lease_chunk(budget: u64) -> u64 {
     budget.div_ceil(32).max(1)
 }
