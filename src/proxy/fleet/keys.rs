@@ -4,8 +4,8 @@
 
 use std::net::IpAddr;
 
+use crate::proxy::client::client_key;
 use crate::proxy::route::table::RouteKey;
-use crate::proxy::runtime::client_key;
 
 /// The dimension a cap counts, as a metric's `scope` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
