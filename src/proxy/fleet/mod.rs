@@ -23,7 +23,7 @@ pub mod budget;
 pub mod keys;
 mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -100,6 +100,10 @@ pub struct Fleet {
     /// Live replicas last seen in the store (local-share's N).
     live: AtomicU64,
     accounts: Mutex<HashMap<String, Weak<Account>>>,
+    /// Keys whose count went down since the last release write, and the wake of
+    /// the task that writes them (see [`releases`]).
+    released: Mutex<HashSet<String>>,
+    release_wake: tokio::sync::Notify,
     metrics: FleetMetrics,
 }
 
@@ -155,6 +159,8 @@ pub fn start(settings: Settings, metrics: FleetMetrics) -> Arc<Fleet> {
         counts: Mutex::default(),
         live: AtomicU64::new(1),
         accounts: Mutex::default(),
+        released: Mutex::default(),
+        release_wake: tokio::sync::Notify::new(),
         settings,
         metrics,
     });
@@ -162,6 +168,7 @@ pub fn start(settings: Settings, metrics: FleetMetrics) -> Arc<Fleet> {
     let _ = FLEET.set(fleet.clone());
     declare_store();
     tokio::spawn(heartbeat(fleet.clone()));
+    tokio::spawn(releases(fleet.clone()));
     fleet
 }
 
@@ -202,13 +209,13 @@ impl Drop for Ticket {
         if self.keys.is_empty() {
             return;
         }
-        let counts = self.fleet.uncount(&self.keys);
-        // The absolute count, like a heartbeat: a release that is lost or comes
-        // late can only leave the count too high until the next heartbeat.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let fleet = self.fleet.clone();
-            rt.spawn(async move { fleet.write_counts(&counts).await });
-        }
+        self.fleet.uncount(&self.keys);
+        self.fleet
+            .released
+            .lock()
+            .expect("lock")
+            .extend(self.keys.drain(..));
+        self.fleet.release_wake.notify_one();
     }
 }
 
@@ -341,19 +348,24 @@ impl Fleet {
         .collect()
     }
 
-    /// Counts a closed tunnel out; returns the keys' new counts to write.
-    fn uncount(&self, keys: &[String]) -> Vec<(String, u64)> {
+    /// Counts a closed tunnel out. A zero stays until a write has sent it.
+    fn uncount(&self, keys: &[String]) {
         let mut counts = self.counts.lock().expect("lock");
-        keys.iter()
-            .map(|k| {
-                let n = counts.get_mut(k).map_or(0, |n| {
-                    *n = n.saturating_sub(1);
-                    *n
-                });
-                // A zero stays until the next heartbeat has written it.
-                (k.clone(), n)
-            })
-            .collect()
+        for k in keys {
+            if let Some(n) = counts.get_mut(k) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The current counts of `keys` (0 for a key no longer counted).
+    fn counts_of(&self, keys: impl Iterator<Item = String>) -> Vec<(String, u64)> {
+        let counts = self.counts.lock().expect("lock");
+        keys.map(|k| {
+            let n = counts.get(&k).copied().unwrap_or(0);
+            (k, n)
+        })
+        .collect()
     }
 
     async fn write_counts(&self, counts: &[(String, u64)]) {
@@ -515,6 +527,23 @@ impl Fleet {
             bytes: b,
             left,
         }))
+    }
+}
+
+/// Writes the counts of keys that went down, as soon as the previous write is
+/// done: a freed slot is usable by other replicas one store round trip after
+/// the close, and the closes that come meanwhile share the next call. The
+/// counts are absolute, like a heartbeat's: a write that is lost or late can
+/// only leave a count too high until the next heartbeat.
+async fn releases(fleet: Arc<Fleet>) {
+    loop {
+        fleet.release_wake.notified().await;
+        let keys = std::mem::take(&mut *fleet.released.lock().expect("lock"));
+        if keys.is_empty() {
+            continue;
+        }
+        let counts = fleet.counts_of(keys.into_iter());
+        fleet.write_counts(&counts).await;
     }
 }
 
