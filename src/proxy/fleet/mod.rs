@@ -256,7 +256,10 @@ impl Fleet {
         }
         let budget = policy.budget.as_ref().map(|b| {
             let key = keys::budget_key(route, b.per_subject.then_some(subject));
-            self.account(key, b)
+            let account = self.account(key, b);
+            // A lease asked for now is likely there by the first message.
+            account.must_wait(Instant::now(), || self.refill(&account));
+            account
         });
         // Counted before the store is asked: an acquire in flight is part of what
         // a heartbeat writes, so a heartbeat can never erase it.
@@ -530,14 +533,16 @@ impl Fleet {
     }
 }
 
-/// Writes the counts of keys that went down, as soon as the previous write is
-/// done: a freed slot is usable by other replicas one store round trip after
-/// the close, and the closes that come meanwhile share the next call. The
-/// counts are absolute, like a heartbeat's: a write that is lost or late can
-/// only leave a count too high until the next heartbeat.
+/// Writes the counts of keys that went down, gathered for [`RELEASE_BATCH`]: a
+/// freed slot is usable by other replicas a few ms after the close, and the
+/// closes of a busy replica share one call instead of paying one each (a store
+/// round trip costs a handshake more CPU than anything else fleet limits do).
+/// The counts are absolute, like a heartbeat's: a write that is lost or late
+/// can only leave a count too high until the next heartbeat.
 async fn releases(fleet: Arc<Fleet>) {
     loop {
         fleet.release_wake.notified().await;
+        tokio::time::sleep(RELEASE_BATCH).await;
         let keys = std::mem::take(&mut *fleet.released.lock().expect("lock"));
         if keys.is_empty() {
             continue;
@@ -546,6 +551,9 @@ async fn releases(fleet: Arc<Fleet>) {
         fleet.write_counts(&counts).await;
     }
 }
+
+/// How long closes are gathered before their counts are written.
+const RELEASE_BATCH: Duration = Duration::from_millis(5);
 
 /// Connects, then every heartbeat: marks this replica live (learning N), and
 /// writes its absolute counts. A heartbeat that gets through closes the breaker.
