@@ -13,6 +13,8 @@ use super::store::{StoreError, StoreMode};
 use super::{keys, Fleet};
 
 impl Fleet {
+    /// Writes these absolute counts, unless the breaker is open (the heartbeat
+    /// writes them once the store answers again).
     pub(super) async fn write_counts(&self, counts: &[(String, u64)]) {
         if self.gate() == Gate::Skip {
             return;
