@@ -190,7 +190,7 @@ WSGATE_NOTE=""
 WSGATE_SOURCE=""
 WSGATE_ORIG=""
 WSGATE_SHA=""
-if [[ ",$PROXIES,$H2,$EDGE," == *",wsgate,"* ]]; then
+if [[ ",$PROXIES,$H2,$EDGE," == *",wsgate,"* ]] || [ "$FLEET" = on ]; then
   if [ -n "${WSGATE_BIN:-}" ]; then
     WSGATE=$WSGATE_BIN
     WSGATE_SOURCE="WSGATE_BIN"
