@@ -209,6 +209,30 @@ def edge_lines(edge):
     return lines
 
 
+def fleet_lines(fleet):
+    """bench/fleet.sh's rows (issue 21), as printed."""
+    if not fleet:
+        return []
+    lines = ["", "Fleet-wide limits (issue 21): handshakes/s and CPU µs per handshake, median of the passes; Redis on loopback"]
+    for mode, what in (("off", "no fleet cap"), ("on", "fleet cap (route + client address)")):
+        r = fleet.get(mode)
+        if r:
+            lines.append(f"  {mode:<4} {r['per_s']:>6}/s  {r['proxy_cpu_us_per_handshake']:>6.1f} µs  {what}")
+    if "handshakes_on_vs_off" in fleet:
+        ok = fleet["handshakes_on_vs_off"] >= -0.10
+        lines.append(f"  with the cap: {fleet['handshakes_on_vs_off']:+.1%} handshakes/s, "
+                     f"{fleet['cpu_per_handshake_on_vs_off']:+.1%} CPU per handshake "
+                     f"(target: handshakes within 10% -> {'met' if ok else 'MISSED'})")
+    for key, what in (("steady_state", "8 client addresses"),
+                      ("steady_state_one_address_per_tunnel", "one address per tunnel")):
+        st = fleet.get(key) or {}
+        if st:
+            lines.append(f"  steady state, {st['tunnels']} tunnels, {what} ({st['keys']} keys): "
+                         f"{st['redis_ops_per_s_per_1000_tunnels']} Redis commands/s per 1,000 tunnels "
+                         f"({st['evalsha_per_s_per_1000_tunnels']} EVALSHA/s)")
+    return lines
+
+
 def h2_lines(h2):
     """The HTTP/2 table, as printed."""
     if not h2:
@@ -316,6 +340,7 @@ def main():
     res, per_round = collect_rounds(work)
     h2 = h2_collect(work)
     edge = edge_collect(work)
+    fleet = load(os.path.join(work, "fleet.json"))
 
     W = "wsgate"
     routes = load(os.path.join(work, "routes.json"))
@@ -395,6 +420,7 @@ def main():
         "routes": routes,
         "http2": h2,
         "client_address": edge,
+        "fleet_limits": fleet,
     }
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
@@ -485,6 +511,8 @@ def main():
     for line in h2_lines(h2):
         p(line)
     for line in edge_lines(edge):
+        p(line)
+    for line in fleet_lines(fleet):
         p(line)
     p()
     p("PRODUCT.md targets for wsgate (keepalive on)")

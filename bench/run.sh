@@ -7,6 +7,7 @@
 #                [--no-build] [--keep] [--wait-quiet SECONDS] [--rounds R]
 #                [--routes N] [--ramp DURATION] [--h2 wsgate,haproxy-h2|none]
 #                [--h2-conns C] [--h2-streams S] [--edge wsgate,wsgate-pp2,wsgate-cidr|none]
+#                [--fleet on|none]
 #
 # --proxies none skips the HTTP/1.1 rows (e.g. with --h2 for the HTTP/2 rows alone).
 #
@@ -21,6 +22,10 @@
 # wsgate-pp2 (--proxy-protocol v2; loadgen sends a v2 header on every connection)
 # and wsgate-cidr (the route has a clientAccess deny list of 1,000 CIDRs that do not
 # match the clients), in that order and then reversed, medians reported.
+#
+# --fleet on (default): what fleet-wide limits cost (issue 21), by bench/fleet.sh
+# after the edge rows: handshakes/s and CPU per handshake with a fleet cap (Redis
+# on loopback) against none, and Redis operations per 1,000 open tunnels.
 #
 # --routes N: the routes-at-scale step (wsgate only): N routes in one file,
 # memory per route, /metrics size, load and reload time (default 5000, 0 = off).
@@ -81,6 +86,7 @@ H2=wsgate,haproxy-h2
 H2_CONNS=40
 H2_STREAMS=100
 EDGE=wsgate,wsgate-pp2,wsgate-cidr
+FLEET=on
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -101,6 +107,8 @@ while [ $# -gt 0 ]; do
     --h2=*) H2=${1#--h2=} ;;
     --edge) EDGE=$2; shift ;;
     --edge=*) EDGE=${1#--edge=} ;;
+    --fleet) FLEET=$2; shift ;;
+    --fleet=*) FLEET=${1#--fleet=} ;;
     --h2-conns) H2_CONNS=$2; shift ;;
     --h2-streams) H2_STREAMS=$2; shift ;;
     --wait-quiet) WAIT_QUIET=$2; shift ;;
@@ -182,7 +190,7 @@ WSGATE_NOTE=""
 WSGATE_SOURCE=""
 WSGATE_ORIG=""
 WSGATE_SHA=""
-if [[ ",$PROXIES,$H2,$EDGE," == *",wsgate,"* ]]; then
+if [[ ",$PROXIES,$H2,$EDGE," == *",wsgate,"* ]] || [ "$FLEET" = on ]; then
   if [ -n "${WSGATE_BIN:-}" ]; then
     WSGATE=$WSGATE_BIN
     WSGATE_SOURCE="WSGATE_BIN"
@@ -575,6 +583,18 @@ if [ ${#EDGE_LIST[@]} -gt 0 ]; then
     stop_group "$PROXY_PID"
     sleep 2
   done
+fi
+
+# ---- fleet-wide limits (issue 21): bench/fleet.sh, its rows in the report ----
+if [ "$FLEET" = on ] && [ -n "$WSGATE" ]; then
+  step "fleet-wide limits: handshakes with a fleet cap (Redis on loopback) and without; Redis ops per 1,000 tunnels"
+  if ! command -v redis-server >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools && (service redis-server stop || true)) \
+      >"$WORK/apt-redis.log" 2>&1 || say "apt-get redis-server failed (see $WORK/apt-redis.log)"
+  fi
+  WSGATE_BIN=$WSGATE BENCH_SOURCES=$SOURCES timeout 600 bash "$HERE/fleet.sh" --seconds "${HS_DURATION%s}" \
+    --json "$WORK/fleet.json" >"$WORK/fleet.txt" 2>"$WORK/fleet.log" || { say "   fleet: failed"; tail -5 "$WORK/fleet.log" >&2; }
+  sed 's/^/   /' "$WORK/fleet.txt" >&2
 fi
 
 # ---- routes at scale (wsgate only): memory per route, /metrics size, reload time ----

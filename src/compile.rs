@@ -11,15 +11,15 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::api::{
-    Backend, BackendTls, ClientAccess as ApiClientAccess, JwksRef, JwtAuth, OnExceed,
-    OnPolicyChange, PathMatchType, Policy, Tls, WebSocketRouteSpec,
+    Backend, BackendTls, BudgetScope, ClientAccess as ApiClientAccess, FleetLimits, JwksRef,
+    JwtAuth, OnExceed, OnPolicyChange, PathMatchType, Policy, Tls, WebSocketRouteSpec,
 };
 use crate::proxy::client::{parse_cidr, Cidrs};
 use crate::proxy::route::auth::{self, KeySet, Keys, RemoteJwks, TokenSource};
 use crate::proxy::route::backend_tls::{self, Material};
 use crate::proxy::route::policy::{
-    Balance, ClientAccess, Exceed, HashKey, LegPing, PassiveHealth, RateLimit, RebalancePolicy,
-    Tracing,
+    Balance, BudgetPolicy, ClientAccess, Exceed, FleetPolicy, HashKey, LegPing, PassiveHealth,
+    RateLimit, RebalancePolicy, Tracing,
 };
 use crate::proxy::route::table::{BackendAddr, HostMatch, PathRule, Route, RouteKey};
 
@@ -483,7 +483,65 @@ pub fn validate(spec: &WebSocketRouteSpec) -> Vec<FieldError> {
             );
         }
     }
+    validate_fleet_limits(spec, crate::proxy::fleet::configured(), &mut err);
     errs
+}
+
+/// `fleetLimits`: only with a store to count in; a subject needs a token.
+fn validate_fleet_limits(
+    spec: &WebSocketRouteSpec,
+    store: bool,
+    err: &mut impl FnMut(String, String),
+) {
+    let Some(f) = &spec.fleet_limits else { return };
+    if !store {
+        err(
+            "spec.fleetLimits".into(),
+            "needs wsgate to run with --limits-store (the Redis the replicas count in)".into(),
+        );
+    }
+    let jwt = spec.auth.as_ref().is_some_and(|a| a.jwt.is_some());
+    if f.max_connections_per_subject > 0 && !jwt {
+        err(
+            "spec.fleetLimits.maxConnectionsPerSubject".into(),
+            "needs auth.jwt: the subject is the token's sub".into(),
+        );
+    }
+    if let Some(b) = &f.message_budget {
+        if b.scope == BudgetScope::Subject && !jwt {
+            err(
+                "spec.fleetLimits.messageBudget.scope".into(),
+                "Subject needs auth.jwt (or use scope Route)".into(),
+            );
+        }
+        if b.messages == 0 && b.bytes == 0 {
+            err(
+                "spec.fleetLimits.messageBudget".into(),
+                "set messages or bytes above 0".into(),
+            );
+        }
+        if b.window.is_zero() {
+            err(
+                "spec.fleetLimits.messageBudget.window".into(),
+                "must be above 0".into(),
+            );
+        }
+    }
+}
+
+/// The compiled `fleetLimits` (validated before).
+fn fleet_policy(f: &FleetLimits) -> FleetPolicy {
+    FleetPolicy {
+        max_connections: f.max_connections,
+        max_connections_per_client_ip: f.max_connections_per_client_ip,
+        max_connections_per_subject: f.max_connections_per_subject,
+        budget: f.message_budget.as_ref().map(|b| BudgetPolicy {
+            per_subject: b.scope == BudgetScope::Subject,
+            messages: b.messages,
+            bytes: b.bytes,
+            window: b.window.0,
+        }),
+    }
 }
 
 /// `limits`: a bucket depth means nothing without its rate.
@@ -717,6 +775,7 @@ pub fn compile(
                 sampling_ratio: t.sampling_ratio,
                 trust_incoming_context: t.trust_incoming_context,
             }),
+        fleet: spec.fleet_limits.as_ref().map(fleet_policy),
     })
 }
 
@@ -880,6 +939,44 @@ mod tests {
         let a = client_access(ok.client_access.as_ref().unwrap()).unwrap();
         assert!(a.close_denied);
         assert_eq!(a.ipv6_prefix_length, 128);
+    }
+
+    #[test]
+    fn fleet_limits_need_a_store_and_a_token_for_subjects() {
+        let f = |yaml: &str, store: bool| {
+            let mut errs = Vec::new();
+            let s = spec(&format!(
+                "backends: [{{address: '127.0.0.1:9000'}}]\n{yaml}"
+            ));
+            validate_fleet_limits(&s, store, &mut |f: String, _| errs.push(f));
+            errs
+        };
+        assert_eq!(
+            f("fleetLimits: {maxConnections: 3}", false),
+            ["spec.fleetLimits"]
+        );
+        assert!(f("fleetLimits: {maxConnections: 3}", true).is_empty());
+        assert_eq!(
+            f(
+                "fleetLimits: {maxConnectionsPerSubject: 1, messageBudget: {window: 0s}}",
+                true
+            ),
+            [
+                "spec.fleetLimits.maxConnectionsPerSubject",
+                "spec.fleetLimits.messageBudget.scope",
+                "spec.fleetLimits.messageBudget",
+                "spec.fleetLimits.messageBudget.window",
+            ]
+        );
+        let p = fleet_policy(
+            spec("backends: []\nfleetLimits: {messageBudget: {scope: Route, messages: 100, window: 10s}}")
+                .fleet_limits
+                .as_ref()
+                .unwrap(),
+        );
+        let b = p.budget.unwrap();
+        assert!(!b.per_subject);
+        assert_eq!((b.messages, b.bytes, b.window.as_secs()), (100, 0, 10));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use wsgate::api::Duration;
 use wsgate::metrics::Metrics;
 use wsgate::proxy::client::Cidrs;
+use wsgate::proxy::fleet;
 use wsgate::proxy::handshake::forwarded::ForwardedTrust;
 use wsgate::proxy::listen::limits::MIN_HEADER_BYTES;
 use wsgate::proxy::listen::proxy_protocol::{ProxyProtocol, Untrusted, Versions};
@@ -105,6 +106,15 @@ enum Command {
         /// A route file or a directory of *.yaml route files.
         #[arg(long)]
         config: PathBuf,
+        /// Validate as for `serve --limits-store`: routes may carry `fleetLimits`
+        /// (nothing is connected to).
+        #[arg(
+            long,
+            env = "WSGATE_LIMITS_STORE",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        limits_store: Option<String>,
     },
     /// Print a CustomResourceDefinition: WebSocketRoute, or WebSocketPolicy.
     Crd {
@@ -200,6 +210,51 @@ struct Common {
     /// else OTEL_TRACES_SAMPLER_ARG, else 0.05.
     #[arg(long, value_name = "RATIO")]
     otel_sampling_ratio: Option<f64>,
+    /// Redis for fleet-wide limits (routes' `fleetLimits`): `redis://` or
+    /// `rediss://` (TLS); comma-separated seed nodes in cluster mode, sentinels
+    /// (path = master name) in sentinel mode. Off unless given.
+    #[arg(
+        long,
+        env = "WSGATE_LIMITS_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    limits_store: Option<String>,
+    /// How the store is reached: `single`, `sentinel` or `cluster`.
+    #[arg(long, default_value = "single", value_name = "single|sentinel|cluster")]
+    limits_store_mode: StoreModeArg,
+    /// Deadline of one store call on a handshake; past it the fallback applies.
+    #[arg(long, default_value = "25ms", value_parser = positive_duration)]
+    limits_store_timeout: Duration,
+    /// How often each replica rewrites its counts in the store and marks itself live.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    limits_heartbeat: Duration,
+    /// A replica silent this long no longer counts (its tunnels died with it).
+    #[arg(long, default_value = "15s", value_parser = positive_duration)]
+    limits_stale_after: Duration,
+    /// While the store does not answer: `local-share` (each replica enforces
+    /// ceil(limit / live replicas)), `fail-open` (no fleet limit) or
+    /// `fail-closed` (503).
+    #[arg(
+        long,
+        default_value = "local-share",
+        value_name = "local-share|fail-open|fail-closed"
+    )]
+    limits_on_store_error: OnStoreErrorArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum StoreModeArg {
+    Single,
+    Sentinel,
+    Cluster,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum OnStoreErrorArg {
+    LocalShare,
+    FailOpen,
+    FailClosed,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -249,6 +304,53 @@ impl Common {
             },
             timeout: self.proxy_protocol_timeout.0,
         })))
+    }
+
+    /// Starts fleet-wide limits when `--limits-store` is given: before routes are
+    /// compiled, since a route with `fleetLimits` is refused without a store.
+    fn start_fleet(&self, metrics: &Metrics) -> anyhow::Result<()> {
+        let Some(url) = &self.limits_store else {
+            return Ok(());
+        };
+        let mode = match self.limits_store_mode {
+            StoreModeArg::Single => fleet::StoreMode::Single,
+            StoreModeArg::Sentinel => fleet::StoreMode::Sentinel,
+            StoreModeArg::Cluster => fleet::StoreMode::Cluster,
+        };
+        fleet::check_url(mode, url).map_err(|e| anyhow::anyhow!("--limits-store: {e}"))?;
+        if self.limits_stale_after.0 < self.limits_heartbeat.0 * 2 {
+            anyhow::bail!(
+                "--limits-stale-after must be at least twice --limits-heartbeat, or a live replica \
+                 whose heartbeat is a little late would stop counting"
+            );
+        }
+        let name = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "wsgate".into())
+        });
+        let settings = fleet::Settings {
+            url: url.clone(),
+            mode,
+            timeout: self.limits_store_timeout.0,
+            heartbeat: self.limits_heartbeat.0,
+            stale_after: self.limits_stale_after.0,
+            on_error: match self.limits_on_store_error {
+                OnStoreErrorArg::LocalShare => fleet::OnStoreError::LocalShare,
+                OnStoreErrorArg::FailOpen => fleet::OnStoreError::FailOpen,
+                OnStoreErrorArg::FailClosed => fleet::OnStoreError::FailClosed,
+            },
+            replica: fleet::replica_id(&name),
+        };
+        tracing::info!(mode = mode.as_str(), replica = %settings.replica, on_store_error = settings.on_error.as_str(), "fleet-wide limits on");
+        fleet::start(
+            settings,
+            fleet::FleetMetrics {
+                errors: metrics.limits_store_errors_total.clone(),
+                mode: metrics.limits_store_mode.clone(),
+            },
+        );
+        Ok(())
     }
 
     /// Whose X-Forwarded-For is believed.
@@ -312,7 +414,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config,
+            limits_store,
+        } => {
+            if limits_store.is_some() {
+                fleet::declare_store();
+            }
+            check(&config)
+        }
         Command::Crd { kind } => {
             match kind.as_str() {
                 "WebSocketPolicy" => print!("{}", wsgate::policy_crd_yaml()),
@@ -463,7 +573,9 @@ async fn run(
         )?,
     };
     let client = kube::Client::try_from(config).context("cannot build a Kubernetes client")?;
-    let proxy = Proxy::with_access_log(Metrics::new(), open_access_log(&common)?);
+    let metrics = Metrics::new();
+    common.start_fleet(&metrics)?;
+    let proxy = Proxy::with_access_log(metrics, open_access_log(&common)?);
     if let Some(g) = gateway {
         let template = proxy::listen::gateway::Template {
             ip: common.listen.ip(),
@@ -558,7 +670,9 @@ async fn serve(config_path: PathBuf, common: Common) -> anyhow::Result<()> {
     if let Err(e) = std::fs::metadata(&config_path) {
         anyhow::bail!("{}: cannot read route config: {e}", config_path.display());
     }
-    let proxy = Proxy::with_access_log(Metrics::new(), open_access_log(&common)?);
+    let metrics = Metrics::new();
+    common.start_fleet(&metrics)?;
+    let proxy = Proxy::with_access_log(metrics, open_access_log(&common)?);
     let loaded = config::load(&config_path).map_err(|errors| match errors.as_slice() {
         [one] => anyhow::anyhow!("{one}"),
         many => {

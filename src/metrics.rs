@@ -125,6 +125,16 @@ pub struct Metrics {
     /// `wsgate_trace_spans_dropped_total`: spans never delivered to the
     /// collector (export queue full, or the collector down, slow or refusing).
     pub trace_spans_dropped_total: IntCounter,
+    /// `wsgate_fleet_limit_rejections_total{namespace,route,scope}`: upgrades
+    /// refused over a fleet-wide cap (`route`, `client_ip`, `subject`) and tunnels
+    /// closed over a fleet budget (`budget`).
+    pub fleet_limit_rejections_total: IntCounterVec,
+    /// `wsgate_limits_store_errors_total`: limits-store calls that failed or
+    /// passed their deadline.
+    pub limits_store_errors_total: IntCounter,
+    /// `wsgate_limits_store_mode{mode}`: 1 for the mode in force (`store`, or the
+    /// fallback `local-share`, `fail-open`, `fail-closed`).
+    pub limits_store_mode: IntGaugeVec,
 }
 
 /// Where a tunnel's close began.
@@ -338,6 +348,33 @@ impl Metrics {
                 "Connections closed before any HTTP byte for their PROXY protocol header, by reason.",
                 &["reason"],
             ),
+            fleet_limit_rejections_total: counter(
+                &r,
+                "wsgate_fleet_limit_rejections_total",
+                "Upgrades refused over a fleet-wide cap and tunnels closed over a fleet budget, by scope.",
+                &["namespace", "route", "scope"],
+            ),
+            limits_store_errors_total: {
+                let c = IntCounter::new(
+                    "wsgate_limits_store_errors_total",
+                    "Limits-store calls that failed or passed their deadline.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            limits_store_mode: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "wsgate_limits_store_mode",
+                        "1 for the fleet-limits mode in force: store, or the fallback (local-share, fail-open, fail-closed).",
+                    ),
+                    &["mode"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             registry: r,
         }
     }
@@ -371,6 +408,7 @@ impl Metrics {
         forget(&self.rate_limited_total, gone);
         forget(&self.rebalanced_total, gone);
         forget(&self.backend_ejections_total, gone);
+        forget(&self.fleet_limit_rejections_total, gone);
     }
 }
 

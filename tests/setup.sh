@@ -62,6 +62,13 @@ if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null ||
   (service haproxy stop; service nginx stop) >/dev/null 2>&1 || true
 fi
 
+# Fleet-wide limits (tests/fleet_limits.rs): the tests start their own redis-server
+# instances (single and a three-node cluster); stop the packaged one.
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+  apt_install redis-server redis-tools
+  (service redis-server stop) >/dev/null 2>&1 || true
+fi
+
 # Node peers: `npm ci` into the cache when the lock file changed.
 node_dir=$cache/peers-node
 if ! cmp -s "$here/peers/package-lock.json" "$node_dir/package-lock.json" ||

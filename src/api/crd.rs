@@ -354,6 +354,7 @@ pub fn crd() -> CustomResourceDefinition {
         ("loadBalancing/properties/cookie", &["ttl"][..]),
         ("auth/properties/jwt", &["clockSkew"][..]),
         ("auth/properties/jwt/properties/jwks", &["refresh"][..]),
+        ("fleetLimits/properties/messageBudget", &["window"][..]),
     ] {
         for f in fields {
             add(

@@ -8,12 +8,14 @@ mod auth;
 mod backend_tls;
 mod crd;
 mod duration;
+mod fleet_limits;
 mod policy;
 
 pub use auth::{Auth, ClaimToHeader, JwksRef, JwtAuth, TokenSource};
 pub use backend_tls::{BackendTls, CaCertificateRef, CaKind, SecretRef};
 pub use crd::{crd, policy_crd};
 pub use duration::{Duration, DURATION_PATTERN};
+pub use fleet_limits::{BudgetExceed, BudgetScope, FleetLimits, MessageBudget};
 pub use policy::{
     AncestorRef, PolicyAncestorStatus, PolicyStatus, TargetRef, WebSocketPolicy,
     WebSocketPolicySpec,
@@ -119,6 +121,10 @@ pub struct WebSocketRouteSpec {
     /// exports traces (`--otel-endpoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<RouteTracing>,
+    /// Connection caps and message budgets shared by every replica through the
+    /// store of `--limits-store`; refused without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_limits: Option<FleetLimits>,
 }
 
 fn default_true() -> bool {

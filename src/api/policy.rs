@@ -12,8 +12,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Auth, ClientAccess, Drain, Keepalive, Limits, LoadBalancing, PassiveHealth, Rebalance,
-    RouteTracing, Timeouts,
+    Auth, ClientAccess, Drain, FleetLimits, Keepalive, Limits, LoadBalancing, PassiveHealth,
+    Rebalance, RouteTracing, Timeouts,
 };
 
 /// WebSocket behaviour for HTTPRoutes: keepalive, limits, auth, drain, balancing.
@@ -69,6 +69,9 @@ pub struct WebSocketPolicySpec {
     /// As in `WebSocketRoute`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<RouteTracing>,
+    /// As in `WebSocketRoute` (needs `--limits-store`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_limits: Option<FleetLimits>,
 }
 
 /// A policy's target (GEP-713 `LocalPolicyTargetReference`).

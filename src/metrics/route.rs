@@ -199,6 +199,14 @@ impl RouteMetrics {
             .inc();
     }
 
+    /// Counts a fleet-limit refusal (`route`, `client_ip`, `subject`, `budget`).
+    pub fn fleet_rejected(&self, scope: &str) {
+        self.all
+            .fleet_limit_rejections_total
+            .with_label_values(&[self.namespace.as_str(), &self.route, scope])
+            .inc();
+    }
+
     /// Counts a backend ejected by passive health.
     pub fn ejected(&self) {
         self.all

@@ -196,6 +196,20 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     Ok(net.trunc())
 }
 
+/// The key a client's tunnels are counted under for `maxConnectionsPerClientIP`:
+/// its IPv4 address, or the /64 of an IPv6 one. One IPv6 host is handed a whole
+/// /64 and picks addresses from it at will, so per-address counting would cap
+/// nothing; an IPv4-mapped address counts as the IPv4 one.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

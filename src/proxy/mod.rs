@@ -14,6 +14,7 @@ pub mod backends;
 pub mod client;
 pub mod crypto;
 pub mod first_head;
+pub mod fleet;
 pub mod handshake;
 pub mod listen;
 pub mod live;

@@ -74,6 +74,8 @@ pub enum TunnelEnd {
     Keepalive,
     /// The client went over `limits` (rate) with `onExceed: Close`.
     RateLimit,
+    /// The client went over its fleet-wide message budget (`fleetLimits`).
+    Budget,
     /// A peer broke RFC 6455 or sent a message over `maxMessageBytes`
     /// (`backend`: the backend did).
     ProtocolError {
@@ -95,6 +97,7 @@ impl TunnelEnd {
             TunnelEnd::MaxLifetime => "max_lifetime",
             TunnelEnd::Keepalive => "keepalive_timeout",
             TunnelEnd::RateLimit => "rate_limit",
+            TunnelEnd::Budget => "message_budget",
             TunnelEnd::ProtocolError { .. } => "protocol_error",
             TunnelEnd::Scheduled(r) => r.as_str(),
         }
@@ -108,6 +111,7 @@ impl TunnelEnd {
             TunnelEnd::MaxLifetime => 4,
             TunnelEnd::Keepalive => 5,
             TunnelEnd::RateLimit => 6,
+            TunnelEnd::Budget => 14,
             TunnelEnd::ProtocolError { backend: false } => 7,
             TunnelEnd::ProtocolError { backend: true } => 13,
             TunnelEnd::Scheduled(CloseReason::Drain) => 8,
@@ -126,6 +130,7 @@ impl TunnelEnd {
             4 => TunnelEnd::MaxLifetime,
             5 => TunnelEnd::Keepalive,
             6 => TunnelEnd::RateLimit,
+            14 => TunnelEnd::Budget,
             7 => TunnelEnd::ProtocolError { backend: false },
             13 => TunnelEnd::ProtocolError { backend: true },
             8 => TunnelEnd::Scheduled(CloseReason::Drain),
@@ -206,6 +211,13 @@ impl TunnelInfo {
             TunnelEnd::RateLimit => span.event(
                 "wsgate.limit_exceeded",
                 vec![KeyValue::new("wsgate.limit", "rate"), reason.clone()],
+            ),
+            TunnelEnd::Budget => span.event(
+                "wsgate.limit_exceeded",
+                vec![
+                    KeyValue::new("wsgate.limit", "fleet_budget"),
+                    reason.clone(),
+                ],
             ),
             TunnelEnd::Scheduled(CloseReason::ClientDenied) => span.event(
                 "wsgate.policy_revoked",
@@ -535,6 +547,7 @@ mod tests {
             TunnelEnd::MaxLifetime,
             TunnelEnd::Keepalive,
             TunnelEnd::RateLimit,
+            TunnelEnd::Budget,
             TunnelEnd::ProtocolError { backend: false },
             TunnelEnd::ProtocolError { backend: true },
         ];

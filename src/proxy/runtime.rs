@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::metrics::RouteMetrics;
 use crate::proxy::backends::BackendSet;
+pub use crate::proxy::client::client_key;
+use crate::proxy::fleet::budget::Account;
+use crate::proxy::fleet::Ticket;
 use crate::proxy::route::table::Route;
 
 /// A route's state that outlives reloads: open-tunnel counts for limits and
@@ -57,37 +60,68 @@ impl RouteRuntime {
         self.metrics.active().inc();
         Ok(Admission {
             runtime: self.clone(),
-            ip,
+            ip: PackedKey::new(ip),
             backend: None,
+            fleet: None,
         })
     }
 }
 
-/// The key a client's tunnels are counted under for `maxConnectionsPerClientIP`:
-/// its IPv4 address, or the /64 of an IPv6 one. One IPv6 host is handed a whole
-/// /64 and picks addresses from it at will, so per-address counting would cap
-/// nothing; an IPv4-mapped address counts as the IPv4 one.
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
+/// A [`client_key`] in 9 bytes: an IPv4 address or an IPv6 /64 is all a key
+/// holds. An `IpAddr` takes 17, which with the fleet ticket beside it would push
+/// every idle tunnel's task into the next 128-byte step.
+#[derive(Clone, Copy)]
+struct PackedKey([u8; 9]);
+
+impl PackedKey {
+    fn new(key: IpAddr) -> PackedKey {
+        let mut b = [0u8; 9];
+        match key {
+            IpAddr::V4(v4) => b[1..5].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => {
+                b[0] = 6;
+                b[1..].copy_from_slice(&v6.octets()[..8]);
+            }
+        }
+        PackedKey(b)
+    }
+
+    fn ip(self) -> IpAddr {
+        let b = self.0;
+        if b[0] == 6 {
+            let mut o = [0u8; 16];
+            o[..8].copy_from_slice(&b[1..]);
+            IpAddr::from(o)
+        } else {
+            IpAddr::from([b[1], b[2], b[3], b[4]])
+        }
     }
 }
 
 /// One admitted tunnel's place in the counts; released on drop.
 pub struct Admission {
     runtime: Arc<RouteRuntime>,
-    ip: IpAddr,
+    ip: PackedKey,
     backend: Option<Arc<str>>,
+    /// The tunnel's place in the fleet-wide counts (`fleetLimits`), released with
+    /// it; boxed, since every idle tunnel's task carries this field.
+    fleet: Option<Box<Ticket>>,
 }
 
 impl Admission {
     /// The route's state this tunnel is counted in.
     pub fn runtime(&self) -> &Arc<RouteRuntime> {
         &self.runtime
+    }
+
+    /// Holds the tunnel's fleet-wide counts until it closes.
+    pub fn set_fleet(&mut self, ticket: Ticket) {
+        self.fleet = Some(Box::new(ticket));
+    }
+
+    /// The fleet budget the tunnel's client messages are charged to.
+    pub fn budget(&self) -> Option<&Arc<Account>> {
+        self.fleet.as_deref().and_then(Ticket::budget)
     }
 
     /// Counts the tunnel against the backend it reached.
@@ -101,11 +135,12 @@ impl Drop for Admission {
     fn drop(&mut self) {
         self.runtime.active.fetch_sub(1, Relaxed);
         self.runtime.metrics.active().dec();
+        let ip = self.ip.ip();
         let mut per_ip = self.runtime.per_ip.lock().expect("lock");
-        if let Some(n) = per_ip.get_mut(&self.ip) {
+        if let Some(n) = per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
-                per_ip.remove(&self.ip);
+                per_ip.remove(&ip);
             }
         }
         drop(per_ip);
@@ -120,6 +155,14 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::proxy::route::policy::Balance;
+
+    #[test]
+    fn a_packed_key_is_the_key() {
+        for k in ["192.0.2.1", "0.0.0.0", "2001:db8:1:2::", "::"] {
+            let ip: IpAddr = k.parse().unwrap();
+            assert_eq!(PackedKey::new(client_key(ip)).ip(), client_key(ip));
+        }
+    }
 
     #[test]
     fn an_ipv6_client_is_counted_by_its_64() {

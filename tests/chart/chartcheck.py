@@ -157,6 +157,22 @@ def cmd_render(values_file, rendered, chart):
     check(("--tls-listen=0.0.0.0:8443" in args) == v["tls"]["enabled"], "--tls-listen iff tls.enabled")
     ns_args = [a.split("=", 1)[1] for a in args if a.startswith("--namespace=")]
     check(ns_args == v["watchNamespaces"], f"--namespace flags {ns_args} == watchNamespaces")
+    ls = v["limitsStore"]
+    store_on = bool(ls["url"] or ls["existingSecret"]["name"])
+    limit_args = [a for a in args if a.startswith("--limits-")]
+    if store_on:
+        want = [f"--limits-store-mode={ls['mode']}", f"--limits-store-timeout={ls['timeout']}",
+                f"--limits-heartbeat={ls['heartbeat']}", f"--limits-stale-after={ls['staleAfter']}",
+                f"--limits-on-store-error={ls['onStoreError']}"]
+        if not ls["existingSecret"]["name"]:
+            want.insert(0, f"--limits-store={ls['url']}")
+        check(limit_args == want, f"--limits-* flags {limit_args} == limitsStore")
+    else:
+        check(limit_args == [], "no --limits-* flag without limitsStore")
+    store_env = [e for e in c["env"] if e["name"] == "WSGATE_LIMITS_STORE"]
+    want_env = [{"name": "WSGATE_LIMITS_STORE", "valueFrom": {"secretKeyRef": dict(ls["existingSecret"])}}] \
+        if ls["existingSecret"]["name"] else []
+    check(store_env == want_env, f"WSGATE_LIMITS_STORE {store_env} from limitsStore.existingSecret")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     want_ports = {"http": 8080, "metrics": 9090, **({"https": 8443} if v["tls"]["enabled"] else {})}
     check(ports == want_ports, f"container ports {ports}")

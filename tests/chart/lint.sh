@@ -77,6 +77,8 @@ refuse 'sidecar.appPort=70000' "at '/sidecar/appPort': maximum"
 refuse 'sidecar.route.backends[0].address=10.0.0.1:80' "at '/sidecar/route': additional properties 'backends' not allowed"
 refuse 'metrics.prometheusRule.alerts.pongTimeouts.ratio=2' "at '/metrics/prometheusRule/alerts/pongTimeouts/ratio': maximum"
 refuse 'autoscaling.enabled=true,autoscaling.targetCPUUtilizationPercentage=null' "missing property 'targetCPUUtilizationPercentage'"
+refuse 'limitsStore.mode=replicated' "at '/limitsStore/mode': value must be one of"
+refuse 'limitsStore.url=http://redis:6379' "at '/limitsStore/url'"
 # Template-time guard (not expressible in the schema).
 refuse 'mode=sidecar,metrics.serviceMonitor.enabled=true' "set sidecar.podSelector"
 

@@ -29,6 +29,17 @@ if [[ "${WSGATE_E2E_NODE_INSIDE:-}" != 1 ]]; then
   WSGATE_K8S_NODE=1 "${ROOT}/hack/k8s/assets.sh" >/dev/null || { echo "e2e-node: hack/k8s/assets.sh failed" >&2; exit 2; }
   PROM_DIR="${PROM_DIR:-$("${ROOT}/hack/k8s/prometheus.sh" | tail -n1)}" || { echo "e2e-node: hack/k8s/prometheus.sh failed" >&2; exit 2; }
   IMAGES="$("${ROOT}/hack/image/build.sh" | tail -n1)" || { echo "e2e-node: hack/image/build.sh failed" >&2; exit 2; }
+  # Jaeger v2 as a pod (the tracing scenario): its binary from hack/jaeger.sh,
+  # packed once as an image next to it.
+  JAEGER_DIR="$("${ROOT}/hack/jaeger.sh" | tail -n1)" || { echo "e2e-node: hack/jaeger.sh failed" >&2; exit 2; }
+  if [[ ! -s "${JAEGER_DIR}/jaeger.oci.tar" ]]; then
+    jroot="$(mktemp -d)"; cp "${JAEGER_DIR}/jaeger" "${jroot}/jaeger"
+    jq -n '{User: "65532:65532", Entrypoint: ["/jaeger"]}' >"${jroot}.json"
+    "${ROOT}/hack/image/oci.sh" "${jroot}" "${jroot}.json" localhost/jaeger:e2e "${JAEGER_DIR}/jaeger.oci.tar.new" &&
+      mv "${JAEGER_DIR}/jaeger.oci.tar.new" "${JAEGER_DIR}/jaeger.oci.tar"
+    rm -rf "${jroot}" "${jroot}.json"
+  fi
+  export JAEGER_DIR
   echo "e2e-node: tools and images ready in $((SECONDS - t0))s"
   export HELM PROM_DIR IMAGES
   WSGATE_E2E_NODE_INSIDE=1 WSGATE_NETNS_MOUNT=1 exec "${ROOT}/hack/k8s/in-netns.sh" "${BASH_SOURCE[0]}" "$@"
@@ -63,7 +74,7 @@ APISERVER_BIND_ADDRESS=0.0.0.0 "${CP}" start "${STATE}" 2>"${STATE}/cp-start.log
 # shellcheck disable=SC1091
 source "${STATE}/env"
 APISERVER_PORT="${APISERVER_URL##*:}"
-"${NODE}" start "${STATE}" "${IMAGES}/pause.oci.tar" "${IMAGES}/wsgate.oci.tar" "${IMAGES}/echo.oci.tar" 2>"${STATE}/node-start.log" ||
+"${NODE}" start "${STATE}" "${IMAGES}/pause.oci.tar" "${IMAGES}/wsgate.oci.tar" "${IMAGES}/echo.oci.tar" "${JAEGER_DIR}/jaeger.oci.tar" 2>"${STATE}/node-start.log" ||
   { tail -n 30 "${STATE}/node-start.log"; tail -n 30 "${STATE}/node/kubelet.log"; echo "0 passed, 1 failed (node)"; exit 1; }
 echo "cluster with a node ready in $((SECONDS - t0))s"
 K=("${KUBECTL}" --kubeconfig "${KUBECONFIG}")
@@ -130,6 +141,7 @@ run poison-pill "a route no wsgate can read stored, then a wsgate pod deleted: i
 run rollout "kubectl rollout restart: open clients get Close 1001 spread over the drain window before the pod goes; new pods serve"
 run pdb "the PodDisruptionBudget: one eviction allowed, the next refused while a replica is down"
 run alerts "promtool test rules: every alert of the PrometheusRule fires when it should and stays quiet otherwise"
+run tracing "helm upgrade with tracing.endpoint: a tunnel's spans reach a Jaeger pod, parented by the client's traceparent, with the pod and node as resource"
 
 echo
 echo "${passed} passed, ${failed} failed"

@@ -378,3 +378,77 @@ scenario_pdb() {
   log "evicted ${a}; ${b} refused: $(grep -io "cannot evict.*budget[^.]*" <<<"${out}" | head -n1)"
   "${K[@]}" -n "${NS}" rollout status deploy/wsgate --timeout=90s >/dev/null || no "deployment did not recover"
 }
+
+# ---- tracing -------------------------------------------------------------------------
+# Jaeger v2 in a pod (OTLP in, memory storage, the query API), wsgate upgraded to
+# export to it; a client's traceparent starts the trace.
+scenario_tracing() {
+  "${K[@]}" -n "${APP}" apply -f - >/dev/null <<'EOF2' || no "applying Jaeger failed"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: jaeger}
+data:
+  jaeger.yaml: |
+    service:
+      extensions: [jaeger_storage, jaeger_query]
+      pipelines:
+        traces: {receivers: [otlp], processors: [batch], exporters: [jaeger_storage_exporter]}
+      telemetry: {metrics: {level: none}}
+    extensions:
+      jaeger_storage: {backends: {mem: {memory: {max_traces: 10000}}}}
+      jaeger_query: {storage: {traces: mem}, http: {endpoint: "0.0.0.0:16686"}, grpc: {endpoint: "0.0.0.0:16685"}}
+    receivers:
+      otlp: {protocols: {http: {endpoint: "0.0.0.0:4318"}}}
+    processors: {batch: {timeout: 100ms}}
+    exporters: {jaeger_storage_exporter: {trace_storage: mem}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: jaeger}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: jaeger}}
+  template:
+    metadata: {labels: {app: jaeger}}
+    spec:
+      automountServiceAccountToken: false
+      containers:
+        - name: jaeger
+          image: localhost/jaeger:e2e
+          imagePullPolicy: Never
+          args: ["--config", "file:/etc/jaeger/jaeger.yaml"]
+          ports: [{containerPort: 4318}, {containerPort: 16686}]
+          readinessProbe: {tcpSocket: {port: 16686}, periodSeconds: 1}
+          volumeMounts: [{name: config, mountPath: /etc/jaeger}]
+      volumes: [{name: config, configMap: {name: jaeger}}]
+EOF2
+  "${K[@]}" -n "${APP}" rollout status deploy/jaeger --timeout=90s || no "Jaeger not available"
+  local jip name ip trace parent got
+  jip="$("${K[@]}" -n "${APP}" get pods -l app=jaeger -o jsonpath='{.items[0].status.podIP}')"
+  [[ -n "${jip}" ]] || no "no Jaeger pod IP"
+  "${HELM}" --kubeconfig "${KUBECONFIG}" upgrade wsgate "${ROOT}/charts/wsgate" -n "${NS}" -f "${STATE}/values.yaml" \
+    --set "tracing.endpoint=http://${jip}:4318" --set tracing.samplingRatio=1 --wait --timeout 180s >/dev/null ||
+    no "helm upgrade with tracing values failed"
+  "${K[@]}" -n "${NS}" rollout status deploy/wsgate --timeout=120s >/dev/null || no "wsgate rollout not finished"
+  wait_until 30 route_programmed || no "route not Programmed after the upgrade"
+  read -r name ip < <(wsgate_pods | head -n1)
+  trace="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  parent="$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+  got="$( (printf 'traced\n'; sleep 1) | timeout 10 "${WEBSOCAT}" -H "traceparent: 00-${trace}-${parent}-01" "ws://${ip}:8080/echo" | head -n1)"
+  [[ "${got}" == traced ]] || no "echo through ${name} failed (${got})"
+  local spans=""
+  for _ in $(seq 1 60); do
+    spans="$(curl -fsS --max-time 2 "http://${jip}:16686/api/v3/traces/${trace}" 2>/dev/null)" &&
+      jq -e '[.result.resourceSpans[].scopeSpans[].spans[].name] | index("wsgate.tunnel")' <<<"${spans}" >/dev/null && break
+    sleep 0.5
+  done
+  jq -e '[.result.resourceSpans[].scopeSpans[].spans[].name] | index("wsgate.tunnel")' <<<"${spans}" >/dev/null ||
+    no "no wsgate.tunnel span for trace ${trace} in Jaeger: ${spans:0:300}"
+  local server pod node
+  server="$(jq -r --arg p "${parent}" '[.result.resourceSpans[].scopeSpans[].spans[] | select(.kind == 2)][0] | "\(.name) \(.parentSpanId)"' <<<"${spans}")"
+  [[ "${server}" == "GET echo ${parent}" ]] || no "SERVER span: ${server} (want GET echo with parent ${parent})"
+  pod="$(jq -r '.result.resourceSpans[0].resource.attributes[] | select(.key == "k8s.pod.name") | .value.stringValue' <<<"${spans}")"
+  node="$(jq -r '.result.resourceSpans[0].resource.attributes[] | select(.key == "k8s.node.name") | .value.stringValue' <<<"${spans}")"
+  [[ "${pod}" == "${name}" && "${node}" == wsgate-node ]] || no "resource k8s.pod.name=${pod} k8s.node.name=${node} (want ${name}, wsgate-node)"
+  log "trace ${trace} in Jaeger (pod ${jip}): GET echo (parent ${parent}), GET, wsgate.tunnel; resource pod ${pod}, node ${node}"
+}

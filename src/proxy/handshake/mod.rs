@@ -4,6 +4,7 @@
 //! [`Relay`](crate::proxy::relay::Relay).
 
 mod auth;
+mod fleet;
 pub mod forwarded;
 pub(crate) mod headers;
 pub(crate) mod path;
@@ -179,6 +180,13 @@ async fn upgrade(
             return status(code, "connection limit reached");
         }
     };
+
+    if let Some(policy) = &route.fleet {
+        match fleet::admit(&route, m, policy, client.ip, verified.subject.as_deref()).await {
+            Ok(ticket) => admission.set_fleet(ticket),
+            Err(refusal) => return refusal,
+        }
+    }
 
     let (parts, _) = req.into_parts();
     let choice = balance::choose(&route, &runtime.backends, &parts, client.ip);

@@ -221,12 +221,11 @@ impl Relay {
             closing: None,
             first_close: None,
             finished: false,
-            limiter: self
-                .info
-                .route
-                .rate_limit
-                .as_ref()
-                .map(|l| Box::new(Limiter::new(l, now))),
+            limiter: Limiter::for_tunnel(
+                self.info.route.rate_limit.as_ref(),
+                self.admission.budget(),
+                now,
+            ),
             filed: u64::MAX,
             resume: None,
         };
@@ -388,6 +387,13 @@ impl Relay {
             let mut scratch = cell.borrow_mut();
             let Scratch { read, out } = &mut *scratch;
             let mut exhausted = true;
+            if side == Side::Client {
+                if let Some(l) = st.limiter.as_deref_mut() {
+                    if l.wait_for_budget(Instant::now()) {
+                        return;
+                    }
+                }
+            }
             for _ in 0..READS_PER_WAKE {
                 if !st.can_read(side) {
                     break;
@@ -642,19 +648,31 @@ impl Relay {
             return;
         };
         if limited {
-            self.admission.runtime().metrics.rate_limited("close");
-            tracing::info!(tunnel = self.info.id, route = %self.info.route.key, "client above its rate limit; closing tunnel");
+            let reason = if l.over_budget() {
+                self.admission.runtime().metrics.fleet_rejected("budget");
+                tracing::info!(tunnel = self.info.id, route = %self.info.route.key, "client over its fleet message budget; closing tunnel");
+                "message budget exceeded"
+            } else {
+                self.admission.runtime().metrics.rate_limited("close");
+                tracing::info!(tunnel = self.info.id, route = %self.info.route.key, "client above its rate limit; closing tunnel");
+                "rate limit exceeded"
+            };
             // The refused frame's header was never forwarded, so a Close may start
             // on the backend's stream although the reader is inside that frame.
             if !st.c2b.close_sent && !st.b.eof {
                 st.c2b.close_sent = true;
-                let payload = frame::close_payload(1008, "rate limit exceeded");
+                let payload = frame::close_payload(1008, reason);
                 let bytes = frame::control_frame(OP_CLOSE, &payload, Some(rand::random()));
                 if !send(&mut self.backend, &mut st.c2b, &bytes) {
                     self.gone(Side::Backend, st);
                 }
             }
-            self.proxy_close(TunnelEnd::RateLimit, 1008, "rate limit exceeded", st);
+            let end = if reason == "message budget exceeded" {
+                TunnelEnd::Budget
+            } else {
+                TunnelEnd::RateLimit
+            };
+            self.proxy_close(end, 1008, reason, st);
         } else if l.on_exceed() == Exceed::Throttle && !l.paused() {
             if let Some(wait) = l.pause() {
                 l.pause_until(now + wait);

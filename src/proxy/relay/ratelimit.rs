@@ -9,9 +9,11 @@
 //! until the debt is paid back, so the client is held to the rate by TCP
 //! backpressure with nothing buffered in the proxy.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::frame::{FrameHeader, OP_CONTINUATION};
+use crate::proxy::fleet::budget::{Account, Take};
 use crate::proxy::route::policy::{Exceed, RateLimit};
 
 /// A token bucket. Tokens may go negative (debt) only in throttle mode.
@@ -55,7 +57,14 @@ pub struct Limiter {
     paused_until: Option<Instant>,
     /// A frame was refused (close mode): the tunnel is closing.
     refused: bool,
+    /// The fleet budget (`fleetLimits.messageBudget`) the client's messages draw
+    /// on, and whether a frame was refused for it.
+    budget: Option<Arc<Account>>,
+    over_budget: bool,
 }
+
+/// How long reading waits for a budget lease in flight before it looks again.
+const LEASE_WAIT: Duration = Duration::from_millis(5);
 
 /// Smallest read while throttled: a few frame headers' worth, so a resumed
 /// tunnel always makes progress.
@@ -77,7 +86,48 @@ impl Limiter {
             seen_bytes: 0,
             paused_until: None,
             refused: false,
+            budget: None,
+            over_budget: false,
         }
+    }
+
+    /// The limiter of a tunnel with these rate limits and this fleet budget;
+    /// none when it has neither.
+    pub fn for_tunnel(
+        limit: Option<&RateLimit>,
+        budget: Option<&Arc<Account>>,
+        now: Instant,
+    ) -> Option<Box<Limiter>> {
+        if limit.is_none() && budget.is_none() {
+            return None;
+        }
+        let none = RateLimit {
+            messages: None,
+            bytes: None,
+            on_exceed: Exceed::Close,
+        };
+        let mut l = Limiter::new(limit.unwrap_or(&none), now);
+        l.budget = budget.cloned();
+        Some(Box::new(l))
+    }
+
+    /// True once a frame was refused for the fleet budget (not the rate).
+    pub fn over_budget(&self) -> bool {
+        self.over_budget
+    }
+
+    /// Stops reading the client for a moment while its budget lease is empty and
+    /// a new one is on its way: a client is never refused for a lease in flight.
+    pub fn wait_for_budget(&mut self, now: Instant) -> bool {
+        let Some(b) = &self.budget else { return false };
+        if !b.must_wait(now, || refill(b)) {
+            return false;
+        }
+        self.paused_until = Some(
+            self.paused_until
+                .map_or(now + LEASE_WAIT, |p| p.max(now + LEASE_WAIT)),
+        );
+        true
     }
 
     /// True once a frame was refused: the tunnel is closing for its rate.
@@ -134,6 +184,18 @@ impl Limiter {
                 return false;
             }
         }
+        if let Some(b) = &self.budget {
+            // Charged after the rate check, so a frame the rate refuses costs no
+            // budget; a frame the lease cannot pay closes the tunnel.
+            if b.take(u64::from(first), h.payload_len, Instant::now(), || {
+                refill(b)
+            }) != Take::Charged
+            {
+                self.refused = true;
+                self.over_budget = true;
+                return false;
+            }
+        }
         if let Some(b) = &mut self.messages {
             b.tokens -= msg_cost;
         }
@@ -160,6 +222,7 @@ impl Limiter {
     /// How many bytes the next read may take, so a throttled tunnel overshoots its
     /// tokens by at most about one quantum's worth.
     pub fn read_cap(&self, max: usize) -> usize {
+        let max = self.budget.as_ref().map_or(max, |b| b.read_cap(max));
         if self.on_exceed == Exceed::Close {
             return max;
         }
@@ -177,6 +240,15 @@ impl Limiter {
             cap = cap.min(b.tokens.max(b.rate * QUANTUM) * per);
         }
         (cap as usize).clamp(MIN_READ.min(max), max)
+    }
+}
+
+/// Asks for a new lease of `budget` in the background.
+fn refill(budget: &Arc<Account>) {
+    if let Some(fleet) = crate::proxy::fleet::get() {
+        fleet.refill(budget);
+    } else {
+        budget.failed();
     }
 }
 

@@ -207,3 +207,30 @@ impl Default for Tracing {
         }
     }
 }
+
+/// `fleetLimits`, compiled: caps counted across every replica in the limits store
+/// (`0` = none) and a message budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetPolicy {
+    /// Open tunnels of the route (503 over it).
+    pub max_connections: u64,
+    /// Open tunnels per client address (429 over it).
+    pub max_connections_per_client_ip: u64,
+    /// Open tunnels per JWT subject (429 over it).
+    pub max_connections_per_subject: u64,
+    /// Messages and bytes per window, client to backend.
+    pub budget: Option<BudgetPolicy>,
+}
+
+/// A fleet-wide message budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetPolicy {
+    /// One budget per subject (else one for the route).
+    pub per_subject: bool,
+    /// Data messages per window (`0` = none).
+    pub messages: u64,
+    /// Payload bytes per window (`0` = none).
+    pub bytes: u64,
+    /// The window.
+    pub window: Duration,
+}

@@ -176,6 +176,8 @@ pub struct Route {
     pub gateway: Option<Arc<super::gateway::GatewayRule>>,
     /// Traces of its requests and tunnels (`tracing`).
     pub tracing: super::policy::Tracing,
+    /// Caps and budgets shared across replicas (`fleetLimits`).
+    pub fleet: Option<super::policy::FleetPolicy>,
 }
 
 impl fmt::Debug for Route {
@@ -234,6 +236,7 @@ impl Route {
             client_access: None,
             gateway: None,
             tracing: Default::default(),
+            fleet: None,
         }
     }
 }

@@ -128,6 +128,8 @@ pub struct Verified {
     /// The token's protocol entry, to echo in the client's 101 when it was the only
     /// subprotocol offered (browsers fail a handshake whose offer gets no answer).
     pub echo_protocol: Option<HeaderValue>,
+    /// The token's `sub` (fleet-wide caps and budgets count per subject).
+    pub subject: Option<String>,
 }
 
 /// A token taken out of a request.
@@ -167,9 +169,14 @@ impl JwtAuth {
             // no panic in the connection task.
             .and_then(|exp| Duration::try_from_secs_f64(exp.max(0.0)).ok())
             .and_then(|d| UNIX_EPOCH.checked_add(d));
+        let subject = match claims.get("sub") {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
         Ok(Verified {
             expires,
             echo_protocol: found.echo_protocol,
+            subject,
         })
     }
 
