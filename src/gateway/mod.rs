@@ -12,7 +12,26 @@ pub mod routes;
 
 /// The features `GatewayClass.status.supportedFeatures` lists: only those whose
 /// conformance tests wsgate passes in CI (`make conformance`).
-pub const SUPPORTED_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "Gateway",
+    "HTTPRoute",
+    "ReferenceGrant",
+    "HTTPRouteBackendProtocolWebSocket",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteHostRewrite",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePathRedirect",
+    "HTTPRouteSchemeRedirect",
+    "HTTPRoutePortRedirect",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "GatewayPort8080",
+    "HTTPRouteParentRefPort",
+    "GatewayHTTPListenerIsolation",
+];
 
 #[cfg(test)]
 mod tests;
