@@ -6,7 +6,7 @@
 use http::header::{HeaderName, HeaderValue, HOST, LOCATION};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 
-use super::table::{HostMatch, PathRule};
+use super::matching::{HostMatch, PathRule};
 
 /// A route compiled from an HTTPRoute rule's match.
 #[derive(Clone, Debug, Default)]
@@ -172,7 +172,7 @@ impl Redirect {
             .scheme
             .clone()
             .unwrap_or_else(|| if tls { "https" } else { "http" }.into());
-        let host_header = super::table::request_host(req);
+        let host_header = super::matching::request_host(req);
         let (req_host, _) = split_port(&host_header);
         let host = self
             .hostname

@@ -5,5 +5,6 @@
 pub mod auth;
 pub mod backend_tls;
 pub mod gateway;
+pub mod matching;
 pub mod policy;
 pub mod table;
