@@ -434,7 +434,7 @@ EOF2
   read -r name ip < <(wsgate_pods | head -n1)
   trace="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
   parent="$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
-  got="$( (printf 'traced\n'; sleep 1) | timeout 10 "${WEBSOCAT}" -H "traceparent: 00-${trace}-${parent}-01" "ws://${ip}:8080/echo" | head -n1)"
+  got="$( (printf 'traced\n'; sleep 1) | timeout 10 "${WEBSOCAT}" "ws://${ip}:8080/echo" -H="traceparent: 00-${trace}-${parent}-01" | head -n1)"
   [[ "${got}" == traced ]] || no "echo through ${name} failed (${got})"
   local spans=""
   for _ in $(seq 1 60); do
