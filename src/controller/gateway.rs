@@ -666,20 +666,15 @@ fn build_key<K: ResourceExt>(o: &K) -> Key {
     (o.namespace().unwrap_or_default(), o.name_any())
 }
 
-/// A condition unchanged but for its time keeps the time it had.
+/// A condition whose status did not change keeps the time it last changed.
 fn keep_times(want: &mut [Condition], have: &[Condition]) {
     for c in want {
-        if let Some(h) = have.iter().find(|h| h.type_ == c.type_) {
-            if h.status == c.status
-                && h.reason == c.reason
-                && h.message == c.message
-                && h.observed_generation == c.observed_generation
-            {
-                c.last_transition_time = h.last_transition_time.clone();
-            } else if h.status == c.status {
-                // A transition is a change of status only.
-                c.last_transition_time = h.last_transition_time.clone();
-            }
+        // A transition is a change of status; a new reason or generation is not.
+        if let Some(h) = have
+            .iter()
+            .find(|h| h.type_ == c.type_ && h.status == c.status)
+        {
+            c.last_transition_time = h.last_transition_time.clone();
         }
     }
 }

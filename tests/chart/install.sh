@@ -454,11 +454,14 @@ else
   echo "${out}" | indent; flunk "CRD upgrade by server-side apply"
 fi
 # The documented switch to crds.manage=true for an existing release.
-k annotate crd websocketroutes.wsgate.io meta.helm.sh/release-name="${REL}" meta.helm.sh/release-namespace="${RNS}" --overwrite >/dev/null
-k label crd websocketroutes.wsgate.io app.kubernetes.io/managed-by=Helm --overwrite >/dev/null
+for crd in websocketroutes.wsgate.io websocketpolicies.wsgate.io; do
+  k annotate crd "${crd}" meta.helm.sh/release-name="${REL}" meta.helm.sh/release-namespace="${RNS}" --overwrite >/dev/null
+  k label crd "${crd}" app.kubernetes.io/managed-by=Helm --overwrite >/dev/null
+done
 if out="$(h upgrade "${REL}" "${CHART}" -n "${RNS}" --reuse-values --set crds.manage=true 2>&1)" &&
-  [[ "$(k get crd websocketroutes.wsgate.io -o jsonpath='{.metadata.annotations.helm\.sh/resource-policy}')" == keep ]]; then
-  pass "CRD adopted by the release (crds.manage=true): helm.sh/resource-policy=keep"
+  [[ "$(k get crd websocketroutes.wsgate.io -o jsonpath='{.metadata.annotations.helm\.sh/resource-policy}')" == keep ]] &&
+  [[ "$(k get crd websocketpolicies.wsgate.io -o jsonpath='{.metadata.annotations.helm\.sh/resource-policy}')" == keep ]]; then
+  pass "CRDs adopted by the release (crds.manage=true): helm.sh/resource-policy=keep"
 else
   echo "${out}" | indent; flunk "CRD adoption with crds.manage=true"
 fi
