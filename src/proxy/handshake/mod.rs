@@ -59,10 +59,12 @@ pub(crate) fn gateway_answer<B>(
 ) -> Option<Response<Body>> {
     let g = route.gateway.as_ref()?;
     if let Some(redirect) = &g.redirect {
-        let mut r = status(StatusCode::FOUND, "");
-        let tmp: Response<()> = redirect.response(req, &route.path, client.tls, g.listener_port);
-        *r.status_mut() = tmp.status();
-        r.headers_mut().extend(tmp.headers().clone());
+        let code = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND);
+        let mut r = status(code, "");
+        let location = redirect.location(req, &route.path, client.tls, g.listener_port);
+        if let Ok(v) = HeaderValue::try_from(location) {
+            r.headers_mut().insert(http::header::LOCATION, v);
+        }
         return Some(r);
     }
     let draw = if g.total_weight == 0 {

@@ -3,8 +3,8 @@
 //! edits, redirect, rewrite) and the share of requests an unusable backendRef
 //! answers with 500.
 
-use http::header::{HeaderName, HeaderValue, HOST, LOCATION};
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{HeaderMap, Method, Request};
 
 use super::matching::{HostMatch, PathRule};
 
@@ -207,22 +207,6 @@ impl Redirect {
             .unwrap_or_default();
         format!("{scheme}://{authority}{path}{query}")
     }
-
-    /// The redirect response.
-    pub fn response<B, Body: Default>(
-        &self,
-        req: &Request<B>,
-        matched: &PathRule,
-        tls: bool,
-        listener_port: u16,
-    ) -> http::Response<Body> {
-        let mut r = http::Response::new(Body::default());
-        *r.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::FOUND);
-        if let Ok(v) = HeaderValue::try_from(self.location(req, matched, tls, listener_port)) {
-            r.headers_mut().insert(LOCATION, v);
-        }
-        r
-    }
 }
 
 impl GatewayRule {
@@ -253,25 +237,6 @@ impl GatewayRule {
                     Some(q) => format!("{path}?{q}"),
                     None => path,
                 }
-            }
-        }
-    }
-}
-
-impl Rewrite {
-    /// Rewrites the request's Host and path before it goes to the backend.
-    pub fn apply(&self, parts: &mut http::request::Parts, matched: &PathRule) {
-        if let Some(h) = &self.hostname {
-            parts.headers.insert(HOST, h.clone());
-        }
-        if let Some(edit) = &self.path {
-            let path = replace_path(parts.uri.path(), matched, edit);
-            let pq = match parts.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            if let Ok(uri) = pq.parse::<Uri>() {
-                parts.uri = uri;
             }
         }
     }

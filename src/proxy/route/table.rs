@@ -356,11 +356,6 @@ impl RouteTable {
         best.map(|(_, r)| r)
     }
 
-    /// Whether any Gateway API rule is served on data-plane port `port`.
-    pub fn serves_gateway_port(&self, port: u16) -> bool {
-        self.gateway_ports.contains_key(&port)
-    }
-
     /// The certificate for an SNI name (or the only one, without SNI).
     pub fn certificate(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let with_tls = || self.routes.iter().filter(|r| r.tls.is_some());
