@@ -211,7 +211,7 @@ impl Redirect {
 
 impl GatewayRule {
     /// The request toward the backend: header edits, then the rewrite; returns the
-    /// path and query to send.
+    /// path and query to send (always a valid request target).
     pub fn edit_request(
         &self,
         headers: &mut HeaderMap,
@@ -233,9 +233,17 @@ impl GatewayRule {
                     None => (path_and_query, None),
                 };
                 let path = replace_path(path, matched, edit);
-                match query {
+                let rewritten = match query {
                     Some(q) => format!("{path}?{q}"),
                     None => path,
+                };
+                // A replacement the API server let through but that is no request
+                // target (a space, a control byte) leaves the path as it was.
+                if rewritten.parse::<http::uri::PathAndQuery>().is_ok() {
+                    rewritten
+                } else {
+                    tracing::warn!(path = %rewritten, "URLRewrite made an invalid path; sending the original");
+                    path_and_query.to_string()
                 }
             }
         }
@@ -314,6 +322,27 @@ mod tests {
         assert_eq!(
             replace_path("/any", &p, &PathEdit::Full("/full".into())),
             "/full"
+        );
+    }
+
+    #[test]
+    fn a_rewrite_to_an_invalid_path_sends_the_original() {
+        let rule = |to: &str| GatewayRule {
+            rewrite: Some(Rewrite {
+                hostname: None,
+                path: Some(PathEdit::Full(to.into())),
+            }),
+            ..Default::default()
+        };
+        let mut h = HeaderMap::new();
+        let m = PathRule::Prefix("/".into());
+        assert_eq!(
+            rule("/new").edit_request(&mut h, "/old?q=1", &m),
+            "/new?q=1"
+        );
+        assert_eq!(
+            rule("/a b").edit_request(&mut h, "/old?q=1", &m),
+            "/old?q=1"
         );
     }
 
