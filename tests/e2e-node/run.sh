@@ -26,7 +26,9 @@ if [[ "${WSGATE_E2E_NODE_INSIDE:-}" != 1 ]]; then
     command -v "${c}" >/dev/null || { echo "e2e-node: ${c} missing; tests/setup.sh installs it" >&2; exit 2; }
   done
   HELM="${HELM:-$("${ROOT}/hack/k8s/helm.sh" | tail -n1)}" || { echo "e2e-node: hack/k8s/helm.sh failed" >&2; exit 2; }
-  WSGATE_K8S_NODE=1 "${ROOT}/hack/k8s/assets.sh" >/dev/null || { echo "e2e-node: hack/k8s/assets.sh failed" >&2; exit 2; }
+  WSGATE_K8S_NODE=1 WSGATE_K8S_KUBE_PROXY=1 "${ROOT}/hack/k8s/assets.sh" >/dev/null || { echo "e2e-node: hack/k8s/assets.sh failed" >&2; exit 2; }
+  # The Gateway API CRDs (standard channel, v1.6.3): the cluster has them, as most do.
+  GWAPI_CRDS="$("${ROOT}/hack/k8s/conformance.sh" --crds | tail -n1)/crds/standard" || { echo "e2e-node: Gateway API CRDs not fetched" >&2; exit 2; }
   PROM_DIR="${PROM_DIR:-$("${ROOT}/hack/k8s/prometheus.sh" | tail -n1)}" || { echo "e2e-node: hack/k8s/prometheus.sh failed" >&2; exit 2; }
   IMAGES="$("${ROOT}/hack/image/build.sh" | tail -n1)" || { echo "e2e-node: hack/image/build.sh failed" >&2; exit 2; }
   # Jaeger v2 as a pod (the tracing scenario): its binary from hack/jaeger.sh,
@@ -40,6 +42,10 @@ if [[ "${WSGATE_E2E_NODE_INSIDE:-}" != 1 ]]; then
     rm -rf "${jroot}" "${jroot}.json"
   fi
   export JAEGER_DIR
+  # The gateway-api scenario's chat back end (Node and Socket.IO) as an image.
+  CHAT_IMAGE="$("${HERE}/chat-app/image.sh" "${WSGATE_CACHE}/peers-node/chat.oci.tar" | tail -n1)" ||
+    { echo "e2e-node: the chat image failed" >&2; exit 2; }
+  export GWAPI_CRDS CHAT_IMAGE
   echo "e2e-node: tools and images ready in $((SECONDS - t0))s"
   export HELM PROM_DIR IMAGES
   WSGATE_E2E_NODE_INSIDE=1 WSGATE_NETNS_MOUNT=1 exec "${ROOT}/hack/k8s/in-netns.sh" "${BASH_SOURCE[0]}" "$@"
@@ -74,7 +80,7 @@ APISERVER_BIND_ADDRESS=0.0.0.0 "${CP}" start "${STATE}" 2>"${STATE}/cp-start.log
 # shellcheck disable=SC1091
 source "${STATE}/env"
 APISERVER_PORT="${APISERVER_URL##*:}"
-"${NODE}" start "${STATE}" "${IMAGES}/pause.oci.tar" "${IMAGES}/wsgate.oci.tar" "${IMAGES}/echo.oci.tar" "${JAEGER_DIR}/jaeger.oci.tar" 2>"${STATE}/node-start.log" ||
+"${NODE}" start "${STATE}" "${IMAGES}/pause.oci.tar" "${IMAGES}/wsgate.oci.tar" "${IMAGES}/echo.oci.tar" "${JAEGER_DIR}/jaeger.oci.tar" "${CHAT_IMAGE}" 2>"${STATE}/node-start.log" ||
   { tail -n 30 "${STATE}/node-start.log"; tail -n 30 "${STATE}/node/kubelet.log"; echo "0 passed, 1 failed (node)"; exit 1; }
 echo "cluster with a node ready in $((SECONDS - t0))s"
 K=("${KUBECTL}" --kubeconfig "${KUBECONFIG}")
@@ -127,6 +133,7 @@ wait_until() { # SECONDS CMD...: retries CMD until it succeeds or SECONDS have p
 # ---- scenarios ----------------------------------------------------------------
 source "${HERE}/scenarios.sh"
 source "${HERE}/monitoring.sh"
+source "${HERE}/gateway.sh"
 
 run image "the image keeps the Dockerfile's runtime contract; its binary is stripped, symbols kept beside it"
 run install "helm install: pods Ready through the chart's probes, as UID 65532, read-only root, no capabilities, seccomp"
@@ -142,6 +149,7 @@ run rollout "kubectl rollout restart: open clients get Close 1001 spread over th
 run pdb "the PodDisruptionBudget: one eviction allowed, the next refused while a replica is down"
 run alerts "promtool test rules: every alert of the PrometheusRule fires when it should and stays quiet otherwise"
 run tracing "helm upgrade with tracing.endpoint: a tunnel's spans reach a Jaeger pod, parented by the client's traceparent, with the pod and node as resource"
+run gateway-api "a Gateway at its LoadBalancer address, HTTPRoutes and WebSocketPolicies: RefNotPermitted 500 until a ReferenceGrant, Socket.IO (polling, upgrade) from Node and Chromium across two replicas with cookie affinity, a browser WebSocket, keepalive pings, JWT 401 and 1008 at exp, Close 1001 when a backend goes"
 
 echo
 echo "${passed} passed, ${failed} failed"

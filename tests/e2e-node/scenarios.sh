@@ -54,12 +54,16 @@ EOF
 
 scenario_install() {
   write_values
+  # The Gateway API's CRDs first, as in most clusters: the chart then adds the GatewayClass.
+  "${K[@]}" apply --server-side -f "${GWAPI_CRDS}/" >/dev/null || no "Gateway API CRD apply failed"
+  "${K[@]}" wait --for=condition=Established crd --all --timeout=60s >/dev/null || no "Gateway API CRDs not Established"
   "${K[@]}" apply --server-side -f "${ROOT}/charts/wsgate/crds/" >/dev/null || no "CRD apply failed"
   "${HELM}" --kubeconfig "${KUBECONFIG}" install wsgate "${ROOT}/charts/wsgate" -n "${NS}" --create-namespace \
     -f "${STATE}/values.yaml" --wait --timeout 180s || {
     "${K[@]}" -n "${NS}" get pods -o wide; "${K[@]}" -n "${NS}" describe pods | tail -n 40
     no "helm install --wait failed"
   }
+  "${K[@]}" get gatewayclass wsgate >/dev/null || no "the chart made no GatewayClass wsgate"
   local pods name ip pid st
   mapfile -t pods < <(wsgate_pods)
   [[ ${#pods[@]} -eq 2 ]] || no "expected 2 Ready pods, got ${#pods[@]}"
