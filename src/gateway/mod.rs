@@ -28,6 +28,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRoute303RedirectStatusCode",
     "HTTPRoute307RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteBackendTimeout",
     "GatewayPort8080",
     "HTTPRouteParentRefPort",
     "GatewayHTTPListenerIsolation",

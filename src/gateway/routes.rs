@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 
@@ -13,7 +14,9 @@ use super::build::{BackendPlan, Key, Output, RulePlan};
 use super::policy::{self, Policies};
 use crate::api::{Backend, PortRef, ServiceRef, WebSocketRouteSpec};
 use crate::compile::{self, FieldError, Resolver};
-use crate::proxy::route::gateway::{GatewayRule, HeaderEdit, PathEdit, Redirect, Rewrite};
+use crate::proxy::route::gateway::{
+    GatewayRule, HeaderEdit, PathEdit, Redirect, Rewrite, Timeouts,
+};
 use crate::proxy::route::table::{BackendAddr, HostMatch, PathRule, Route, RouteKey};
 
 /// The data-plane port of each (Gateway, listener port).
@@ -193,8 +196,25 @@ fn route(
             .iter()
             .map(|q| (q.name.clone(), q.value.clone()))
             .collect(),
+        timeouts: Timeouts {
+            request: rule
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.request.as_deref())
+                .and_then(duration),
+            backend_request: rule
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.backend_request.as_deref())
+                .and_then(duration),
+        },
         ..Default::default()
     };
+    // An upgrade's exchange with its backend ends at the 101: the rule's timeouts
+    // bound it there (504), as they bound a plain request's response head.
+    if let Some(t) = g.timeouts.tightest() {
+        r.handshake_timeout = r.handshake_timeout.min(t);
+    }
     for f in &rule.filters {
         filter(&mut g, f);
     }
@@ -248,6 +268,37 @@ fn route(
     r.backends = backends;
     r.gateway = Some(Arc::new(g));
     Ok(r)
+}
+
+/// A Gateway API duration (GEP-2257): one to four `<1-5 digits><h|m|s|ms>`, e.g.
+/// `500ms`, `1h30m`. `0s` (no timeout) and anything else are `None`; the CRD's
+/// pattern admits nothing else.
+fn duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=5).contains(&digits) {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(n), 2)
+        } else {
+            match rest.as_bytes().first()? {
+                b'h' => (Duration::from_secs(n * 3600), 1),
+                b'm' => (Duration::from_secs(n * 60), 1),
+                b's' => (Duration::from_secs(n), 1),
+                _ => return None,
+            }
+        };
+        total += unit;
+        rest = &rest[len..];
+        parts += 1;
+    }
+    (parts <= 4 && !total.is_zero()).then_some(total)
 }
 
 fn edit(m: &HeaderModifier) -> HeaderEdit {
@@ -322,6 +373,29 @@ fn filter(g: &mut GatewayRule, f: &HTTPRouteFilter) {
 mod tests {
     use super::*;
     use crate::gateway::build::ServicePort;
+
+    #[test]
+    fn gateway_durations_are_read_as_gep_2257_writes_them() {
+        let ms = Duration::from_millis;
+        assert_eq!(duration("500ms"), Some(ms(500)));
+        assert_eq!(duration("1h30m"), Some(ms(5_400_000)));
+        assert_eq!(duration("1h1m1s1ms"), Some(ms(3_661_001)));
+        assert_eq!(duration("10s"), Some(ms(10_000)));
+        for none in [
+            "0s",
+            "0ms",
+            "",
+            "1",
+            "1d",
+            "1.5s",
+            "123456s",
+            "1h1m1s1ms1h",
+            "s",
+            "-1s",
+        ] {
+            assert_eq!(duration(none), None, "{none}");
+        }
+    }
 
     /// Services with 1, 2 or 3 endpoints (by name: `one`, `two`, `three`).
     struct Endpoints;

@@ -124,8 +124,10 @@ spec:
     - matches: [{path: {type: PathPrefix, value: /socket.io}}, {path: {type: Exact, value: /}}]
       backendRefs: [{name: chat, port: 80}]
     # The echo Service of the e2e namespace: allowed by a ReferenceGrant there (below).
+    # Its request timeout ends at the 101: the tunnels below outlive it many times.
     - matches: [{path: {type: PathPrefix, value: /echo}}]
       backendRefs: [{name: echo, namespace: ${APP}, port: 9001}]
+      timeouts: {request: 1s}
     - matches: [{path: {type: PathPrefix, value: /gone}}]
       backendRefs: [{name: gone, port: 9001}]
 ---
@@ -180,9 +182,9 @@ gw_cond() { # KIND NAME TYPE [JSONPATH PREFIX]: the condition's "status reason"
 gw_is() { [[ "$(gw_cond "$1" "$2" "$3")" == "$4"* ]]; }
 gw_address() { "${K[@]}" -n "${GW_NS}" get gateway edge -o jsonpath='{.status.addresses[0].value}'; }
 http_code() { curl -s -o /dev/null --max-time 5 -w '%{http_code}' "$@"; }
-upgrade_code() { # URL: the status of a WebSocket upgrade request
+upgrade_code() { # [CURL_ARG...] URL: the status of a WebSocket upgrade request
   http_code -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
-    -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' "$1"
+    -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' "$@"
 }
 
 # The page's script in headless Chromium: Socket.IO from the page (polling, then
@@ -210,6 +212,49 @@ GW_BROWSER_SCRIPT='(async () => {
   });
   return {sio, ws, page: document.body.innerText.trim()};
 })()'
+
+# examples/gateway-api/chat.yaml as a user applies it (in namespace gw-example, its
+# image the local one): the Gateway answers for chat.example.com only.
+gw_example() {
+  python3 - "${ROOT}/examples/gateway-api/chat.yaml" "${VERSION}" >"${STATE}/gw-example.yaml" <<'PY' || no "could not adapt the example"
+import sys, yaml
+docs = list(yaml.safe_load_all(open(sys.argv[1])))
+for d in docs:
+    # The sidecar scenario has a namespace chat already.
+    if d and d["kind"] == "Namespace":
+        d["metadata"]["name"] = "gw-example"
+    elif d:
+        d["metadata"]["namespace"] = "gw-example"
+    if d and d["kind"] == "Deployment":
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            c["imagePullPolicy"] = "Never"
+            c["image"] = f"docker.io/library/wsgate-echo:{sys.argv[2]}"
+print(yaml.safe_dump_all([d for d in docs if d]))
+PY
+  "${K[@]}" apply -f "${STATE}/gw-example.yaml" >/dev/null || no "kubectl apply of examples/gateway-api/chat.yaml failed"
+  "${K[@]}" -n gw-example rollout status deploy/chat --timeout=90s >/dev/null || no "the example's chat Deployment not available"
+  local ex
+  for _ in $(seq 1 150); do
+    ex="$("${K[@]}" -n gw-example get gateway edge -o json | jq -r 'select(any(.status.conditions[]?; .type == "Programmed" and .status == "True")) | .status.addresses[0].value')"
+    [[ -n "${ex}" ]] && break
+    sleep 0.2
+  done
+  [[ -n "${ex}" ]] || no "the example's Gateway not Programmed: $("${K[@]}" -n gw-example get gateway edge -o jsonpath='{.status}')"
+  wait_until 20 gw_example_policy_accepted || no "the example's WebSocketPolicy: $(gw_example_policy)"
+  local c path
+  for path in /ws /socket.io/; do
+    # A 101 leaves curl waiting for the tunnel to end: --max-time ends it.
+    wait_until 15 test "$(upgrade_code --max-time 2 -H 'Host: chat.example.com' "http://${ex}${path}")" = 101 ||
+      no "the example: an upgrade to chat.example.com${path} at ${ex} got $(upgrade_code --max-time 2 -H 'Host: chat.example.com' "http://${ex}${path}")"
+  done
+  c="$(upgrade_code -H 'Host: other.example.com' "http://${ex}/ws")"
+  [[ "${c}" == 404 ]] || no "the example: another host got ${c} (want 404)"
+  log "examples/gateway-api/chat.yaml: Gateway edge at ${ex}, policy Accepted; upgrades to chat.example.com /ws and /socket.io/ 101, another host 404"
+}
+gw_example_policy() {
+  "${K[@]}" -n gw-example get websocketpolicy chat -o json | jq -r '[.status.ancestors[]?.conditions[]? | select(.type == "Accepted")][0] | "\(.status) \(.reason)"'
+}
+gw_example_policy_accepted() { [[ "$(gw_example_policy)" == "True Accepted" ]]; }
 
 scenario_gateway_api() {
   gw_start_kube_proxy
@@ -306,6 +351,11 @@ scenario_gateway_api() {
   jq -se --argjson t0 "${t0}" --argjson g "${GW_GRACE}" '[.[] | select(.event == "close")] | all(.code == 1001 and .t >= $t0 + $g - 0.5)' "${g}" >/dev/null ||
     no "closes not all 1001 after the ${GW_GRACE}s grace: $(jq -sc --argjson t0 "${t0}" '[.[] | select(.event == "close") | {code, after: (.t - $t0)}]' "${g}")"
   [[ "$(closes "${e}")" -eq 0 ]] || no "tunnels to /echo closed when /gone's backend went: $(grep close "${e}")"
-  log "gone's backend scaled to 0: closes (code, seconds after) $(jq -sc --argjson t0 "${t0}" '[.[] | select(.event == "close") | [.code, ((.t - $t0) * 10 | round / 10)]]' "${g}"); /echo's 4 tunnels stay"
+  local open_s
+  open_s="$(jq -s --argjson now "$(date +%s.%N)" '[.[] | select(.event == "ready")][0] | $now - .t | floor' "${e}")"
+  ((open_s >= 2)) || no "the /echo tunnels were open only ${open_s} s"
+  log "gone's backend scaled to 0: closes (code, seconds after) $(jq -sc --argjson t0 "${t0}" '[.[] | select(.event == "close") | [.code, ((.t - $t0) * 10 | round / 10)]]' "${g}"); /echo's 4 tunnels stay, open ${open_s} s with their rule's request timeout at 1 s"
   kill "${gone_pid}" "${stay_pid}" 2>/dev/null || true
+
+  gw_example
 }

@@ -8,6 +8,7 @@ use http::header::{HeaderValue, SET_COOKIE, UPGRADE};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 use super::headers::{for_http1, set_forwarded, strip_hop_by_hop};
 use crate::proxy::backends::balance::{self, affinity_cookie};
@@ -54,6 +55,12 @@ async fn request(
     runtime: Arc<RouteRuntime>,
     trace: &RequestTrace,
 ) -> Response<Body> {
+    let started = Instant::now();
+    let timeouts = route
+        .gateway
+        .as_ref()
+        .map(|g| g.timeouts)
+        .unwrap_or_default();
     let m = &runtime.metrics;
     if !client_permitted(route.client_access.as_ref(), client.ip) {
         m.http(403);
@@ -103,20 +110,37 @@ async fn request(
         let backend = &route.backends[index];
         let Some(b) = body.take() else { break };
         let mut p = parts.clone();
-        let result = match &route.backend_tls {
-            None => {
-                let Ok(uri) = format!("http://{}{}", backend.address, path).parse::<Uri>() else {
-                    break;
-                };
-                p.uri = uri;
-                let r = proxy.http_client.request(Request::from_parts(p, b)).await;
-                r.map_err(|e| (e.is_connect(), e.to_string()))
+        let uri = match &route.backend_tls {
+            None => format!("http://{}{}", backend.address, path).parse::<Uri>(),
+            Some(_) => path.parse::<Uri>(),
+        };
+        let Ok(uri) = uri else { break };
+        p.uri = uri;
+        let send = async {
+            match &route.backend_tls {
+                None => {
+                    let r = proxy.http_client.request(Request::from_parts(p, b)).await;
+                    r.map_err(|e| (e.is_connect(), e.to_string()))
+                }
+                Some(tls) => {
+                    over_tls(&route, tls, &backend.address, Request::from_parts(p, b)).await
+                }
             }
-            Some(tls) => {
-                let Ok(uri) = path.parse::<Uri>() else { break };
-                p.uri = uri;
-                over_tls(&route, tls, &backend.address, Request::from_parts(p, b)).await
-            }
+        };
+        let result = match timeouts.limit(started) {
+            None => send.await,
+            Some(limit) => match tokio::time::timeout(limit, send).await {
+                Ok(r) => r,
+                Err(_) => {
+                    backend_span.end(Err("timeout"));
+                    tracing::warn!(route = %route.key, backend = %backend.address, "backend did not answer within the route's timeout");
+                    m.http(504);
+                    return status(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "backend did not answer within the route's timeout",
+                    );
+                }
+            },
         };
         match result {
             Ok(resp) => {

@@ -1,7 +1,9 @@
 //! What an HTTPRoute rule adds to a route: the listener it is served on, the
 //! method, header and query conditions beyond host and path, its filters (header
-//! edits, redirect, rewrite) and the share of requests an unusable backendRef
-//! answers with 500.
+//! edits, redirect, rewrite), its timeouts and the share of requests an unusable
+//! backendRef answers with 500.
+
+use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Method, Request};
@@ -38,6 +40,40 @@ pub struct GatewayRule {
     pub unusable_weight: u32,
     /// Total weight of the rule's backendRefs (0: none, every request gets 500).
     pub total_weight: u32,
+    /// GEP-1742 `timeouts`: until the response head (a WebSocket's 101), never
+    /// longer; a tunnel's life is not bounded by them.
+    pub timeouts: Timeouts,
+}
+
+/// GEP-1742 timeouts of a rule; `None` is none (unset or `0s`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `request`: from the request's arrival to the response head, retries included.
+    pub request: Option<Duration>,
+    /// `backendRequest`: one request to one backend, to its response head.
+    pub backend_request: Option<Duration>,
+}
+
+impl Timeouts {
+    /// How long the next backend request may take, for a request that arrived at
+    /// `started`: what is left of `request`, at most `backend_request`.
+    pub fn limit(&self, started: tokio::time::Instant) -> Option<Duration> {
+        let left = self
+            .request
+            .map(|t| (started + t).saturating_duration_since(tokio::time::Instant::now()));
+        match (left, self.backend_request) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The tighter of the two, bounding an upgrade's exchange with its backend.
+    pub fn tightest(&self) -> Option<Duration> {
+        match (self.request, self.backend_request) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Headers to set, add and remove.
