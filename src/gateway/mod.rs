@@ -30,6 +30,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRoute308RedirectStatusCode",
     "HTTPRouteRequestTimeout",
     "HTTPRouteBackendTimeout",
+    "HTTPRouteNamedRouteRule",
     "GatewayPort8080",
     "HTTPRouteParentRefPort",
     "GatewayHTTPListenerIsolation",

@@ -18,7 +18,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/wsgate/target}"
 export WSGATE_CACHE="${WSGATE_CACHE:-/var/cache/wsgate}"
 GWAPI_VERSION=v1.6.3
 # What wsgate claims: only features whose tests pass here (README, "Gateway API").
-SUPPORTED_FEATURES="${SUPPORTED_FEATURES:-Gateway,HTTPRoute,ReferenceGrant,HTTPRouteBackendProtocolWebSocket,HTTPRouteQueryParamMatching,HTTPRouteMethodMatching,HTTPRouteResponseHeaderModification,HTTPRouteHostRewrite,HTTPRoutePathRewrite,HTTPRoutePathRedirect,HTTPRouteSchemeRedirect,HTTPRoutePortRedirect,HTTPRoute303RedirectStatusCode,HTTPRoute307RedirectStatusCode,HTTPRoute308RedirectStatusCode,HTTPRouteRequestTimeout,HTTPRouteBackendTimeout,GatewayPort8080,HTTPRouteParentRefPort,GatewayHTTPListenerIsolation}"
+SUPPORTED_FEATURES="${SUPPORTED_FEATURES:-Gateway,HTTPRoute,ReferenceGrant,HTTPRouteBackendProtocolWebSocket,HTTPRouteQueryParamMatching,HTTPRouteMethodMatching,HTTPRouteResponseHeaderModification,HTTPRouteHostRewrite,HTTPRoutePathRewrite,HTTPRoutePathRedirect,HTTPRouteSchemeRedirect,HTTPRoutePortRedirect,HTTPRoute303RedirectStatusCode,HTTPRoute307RedirectStatusCode,HTTPRoute308RedirectStatusCode,HTTPRouteRequestTimeout,HTTPRouteBackendTimeout,HTTPRouteNamedRouteRule,GatewayPort8080,HTTPRouteParentRefPort,GatewayHTTPListenerIsolation}"
 
 if [[ "${WSGATE_CONFORMANCE_INSIDE:-}" != 1 ]]; then
   t0=${SECONDS}
