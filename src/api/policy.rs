@@ -84,6 +84,11 @@ pub struct TargetRef {
     pub kind: String,
     /// Its name, in the policy's namespace.
     pub name: String,
+    /// One part of it (GEP-713): an HTTPRoute rule by its `name`, or a Gateway
+    /// listener by its `name`. None: the whole object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub section_name: Option<String>,
 }
 
 /// What the controller reports on a policy, per ancestor (GEP-713).
@@ -119,4 +124,7 @@ pub struct AncestorRef {
     pub namespace: String,
     /// Name.
     pub name: String,
+    /// The rule or listener, when the policy targets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 }

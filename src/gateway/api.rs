@@ -251,6 +251,9 @@ pub struct ParentRef {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HTTPRouteRule {
+    /// The rule's name (GEP-995): a `WebSocketPolicy` can target it as `sectionName`.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Any of these matches selects the rule; none is `PathPrefix /`.
     #[serde(default)]
     pub matches: Vec<HTTPRouteMatch>,

@@ -102,6 +102,8 @@ pub struct RulePlan {
     pub route: Key,
     /// The rule's index in the route.
     pub rule: usize,
+    /// The rule's name, if it has one.
+    pub name: Option<String>,
     /// Host names it answers (the intersection with the listener's); empty is any.
     pub hostnames: Vec<String>,
     /// The match (path defaulted to `PathPrefix /`).
@@ -866,6 +868,7 @@ fn attach(
                     RulePlan {
                         route: rkey.clone(),
                         rule: ri,
+                        name: rule.name.clone(),
                         hostnames: hostnames.clone(),
                         matches: m,
                         filters: rule.filters.clone(),

@@ -17,15 +17,48 @@ use crate::api::{
     WebSocketRouteSpec,
 };
 
+/// A policy's target: its kind, the object, and the part of it (`sectionName`).
+pub type Target = (String, Key, Option<String>);
+
 /// The policies in force, by target.
 #[derive(Clone, Debug, Default)]
 pub struct Policies {
-    /// By HTTPRoute.
-    pub routes: BTreeMap<Key, Arc<WebSocketPolicySpec>>,
-    /// By Gateway (defaults for its routes).
-    pub gateways: BTreeMap<Key, Arc<WebSocketPolicySpec>>,
+    /// By target.
+    pub by_target: BTreeMap<Target, Arc<WebSocketPolicySpec>>,
     /// Which policy is in force on each target, for reporting a merge that fails.
-    pub owners: BTreeMap<(String, Key), Key>,
+    pub owners: BTreeMap<Target, Key>,
+}
+
+impl Policies {
+    /// What applies to a rule of `route` served on `listener` of `gateway`, from
+    /// the widest to the narrowest (each overrides the ones before it field by
+    /// field): the Gateway, its listener, the HTTPRoute, the rule.
+    pub fn layers(
+        &self,
+        gateway: &Key,
+        listener: &str,
+        route: &Key,
+        rule: Option<&str>,
+    ) -> Vec<(&Target, &WebSocketPolicySpec)> {
+        let targets = [
+            ("Gateway", gateway, None),
+            ("Gateway", gateway, Some(listener)),
+            ("HTTPRoute", route, None),
+            ("HTTPRoute", route, rule),
+        ];
+        let mut out = Vec::new();
+        for (i, (kind, key, section)) in targets.into_iter().enumerate() {
+            // A rule without a name has no section of its own.
+            if i == 3 && section.is_none() {
+                continue;
+            }
+            let t = (kind.to_string(), key.clone(), section.map(str::to_string));
+            if let Some((t, p)) = self.by_target.get_key_value(&t) {
+                out.push((t, &**p));
+            }
+        }
+        out
+    }
 }
 
 fn accepted(ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
@@ -54,13 +87,17 @@ pub fn attach(
             p.name_any(),
         )
     });
-    let exists = |kind: &str, key: &Key| match kind {
-        "HTTPRoute" => routes
-            .iter()
-            .any(|r| r.namespace().as_ref() == Some(&key.0) && r.name_any() == key.1),
-        _ => gateways
-            .iter()
-            .any(|g| g.namespace().as_ref() == Some(&key.0) && g.name_any() == key.1),
+    let exists = |kind: &str, key: &Key, section: Option<&str>| match kind {
+        "HTTPRoute" => routes.iter().any(|r| {
+            r.namespace().as_ref() == Some(&key.0)
+                && r.name_any() == key.1
+                && section.is_none_or(|s| r.spec.rules.iter().any(|x| x.name.as_deref() == Some(s)))
+        }),
+        _ => gateways.iter().any(|g| {
+            g.namespace().as_ref() == Some(&key.0)
+                && g.name_any() == key.1
+                && section.is_none_or(|s| g.spec.listeners.iter().any(|l| l.name == s))
+        }),
     };
     let mut out = Policies::default();
     let mut statuses = BTreeMap::new();
@@ -72,6 +109,12 @@ pub fn attach(
         let mut status = PolicyStatus::default();
         for t in &p.spec.target_refs {
             let target = (ns.clone(), t.name.clone());
+            let section = t.section_name.as_deref();
+            let what = match section {
+                Some(s) => format!("{} {}/{} section {s}", t.kind, target.0, target.1),
+                None => format!("{} {}/{}", t.kind, target.0, target.1),
+            };
+            let tkey: Target = (t.kind.clone(), target.clone(), t.section_name.clone());
             let condition =
                 if t.group != GROUP || !matches!(t.kind.as_str(), "HTTPRoute" | "Gateway") {
                     accepted(
@@ -83,40 +126,29 @@ pub fn attach(
                         ),
                         generation,
                     )
-                } else if !exists(&t.kind, &target) {
-                    accepted(
-                        false,
-                        "TargetNotFound",
-                        format!("{} {}/{} does not exist", t.kind, target.0, target.1),
-                        generation,
-                    )
-                } else if let Some(owner) = out
-                    .owners
-                    .get(&(t.kind.clone(), target.clone()))
-                    .filter(|o| **o != pkey)
-                {
+                } else if !exists(&t.kind, &target, section) {
+                    let missing = match section {
+                        Some(s) if t.kind == "HTTPRoute" => {
+                            format!("{what} does not exist (no rule is named {s})")
+                        }
+                        Some(s) => format!("{what} does not exist (no listener is named {s})"),
+                        None => format!("{what} does not exist"),
+                    };
+                    accepted(false, "TargetNotFound", missing, generation)
+                } else if let Some(owner) = out.owners.get(&tkey).filter(|o| **o != pkey) {
                     accepted(
                         false,
                         "Conflicted",
                         format!(
-                            "WebSocketPolicy {}/{} is older and applies to {} {}",
-                            owner.0, owner.1, t.kind, t.name
+                            "WebSocketPolicy {}/{} is older and applies to {what}",
+                            owner.0, owner.1
                         ),
                         generation,
                     )
                 } else {
-                    out.owners
-                        .insert((t.kind.clone(), target.clone()), pkey.clone());
-                    match t.kind.as_str() {
-                        "HTTPRoute" => out.routes.insert(target.clone(), spec.clone()),
-                        _ => out.gateways.insert(target.clone(), spec.clone()),
-                    };
-                    accepted(
-                        true,
-                        "Accepted",
-                        format!("applies to {} {}", t.kind, t.name),
-                        generation,
-                    )
+                    out.owners.insert(tkey.clone(), pkey.clone());
+                    out.by_target.insert(tkey, spec.clone());
+                    accepted(true, "Accepted", format!("applies to {what}"), generation)
                 };
             status.ancestors.push(PolicyAncestorStatus {
                 ancestor_ref: AncestorRef {
@@ -124,6 +156,7 @@ pub fn attach(
                     kind: t.kind.clone(),
                     namespace: ns.clone(),
                     name: t.name.clone(),
+                    section_name: t.section_name.clone(),
                 },
                 controller_name: CONTROLLER_NAME.into(),
                 conditions: vec![condition],
@@ -141,17 +174,15 @@ fn fields(spec: &WebSocketPolicySpec) -> Map<String, Value> {
     obj.into_iter().filter(|(k, _)| k != "targetRefs").collect()
 }
 
-/// What an HTTPRoute's tunnels get: the route's policy over its Gateway's, field by
-/// field, over a `WebSocketRoute`'s defaults (with `proxyHttp` on and a
-/// placeholder backend: the HTTPRoute says where requests go).
-pub fn settings(
-    gateway: Option<&WebSocketPolicySpec>,
-    route: Option<&WebSocketPolicySpec>,
-) -> Result<WebSocketRouteSpec, String> {
+/// What an HTTPRoute rule's tunnels get: its policies (widest first, see
+/// [`Policies::layers`]), each over the ones before it field by field, over a
+/// `WebSocketRoute`'s defaults (with `proxyHttp` on and a placeholder backend: the
+/// HTTPRoute says where requests go).
+pub fn settings(layers: &[&WebSocketPolicySpec]) -> Result<WebSocketRouteSpec, String> {
     let mut merged = Map::new();
     merged.insert("backends".into(), json!([{"address": "192.0.2.255:9"}]));
     merged.insert("proxyHttp".into(), json!(true));
-    for p in [gateway, route].into_iter().flatten() {
+    for p in layers {
         merged.extend(fields(p));
     }
     serde_json::from_value(Value::Object(merged)).map_err(|e| e.to_string())
@@ -229,11 +260,91 @@ spec:
             ("False", "Conflicted", Some(2))
         );
         assert_eq!(reason(&statuses[&key("defaults")], 0).1, "Accepted");
+        let target = |kind: &str, n: &str| (kind.to_string(), key(n), None);
         assert_eq!(
-            policies.routes[&key("chat")].allowed_origins.as_deref(),
+            policies.by_target[&target("HTTPRoute", "chat")]
+                .allowed_origins
+                .as_deref(),
             Some(&["https://chat.example.com".to_string()][..])
         );
-        assert!(policies.gateways.contains_key(&key("edge")));
+        assert!(policies.by_target.contains_key(&target("Gateway", "edge")));
+    }
+
+    #[test]
+    fn a_policy_on_a_rule_or_a_listener_narrows_the_wider_ones() {
+        let (p, r, g) = objects(
+            r#"
+kind: HTTPRoute
+metadata: {name: chat, namespace: apps}
+spec:
+  rules:
+  - {name: secure}
+  - {}
+---
+kind: Gateway
+metadata: {name: edge, namespace: apps}
+spec: {gatewayClassName: wsgate, listeners: [{name: http, port: 80, protocol: HTTP}]}
+---
+kind: WebSocketPolicy
+metadata: {name: route, namespace: apps, creationTimestamp: "2026-12-07T08:00:00Z"}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: chat}]
+  allowedOrigins: [https://chat.example.com]
+  subprotocols: [chat.v1]
+---
+kind: WebSocketPolicy
+metadata: {name: rule, namespace: apps, creationTimestamp: "2026-12-07T09:00:00Z"}
+spec:
+  targetRefs:
+  - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: chat, sectionName: secure}
+  - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: chat, sectionName: nope}
+  allowedOrigins: [https://secure.example.com]
+---
+kind: WebSocketPolicy
+metadata: {name: listener, namespace: apps}
+spec:
+  targetRefs:
+  - {group: gateway.networking.k8s.io, kind: Gateway, name: edge, sectionName: http}
+  - {group: gateway.networking.k8s.io, kind: Gateway, name: edge, sectionName: https}
+  keepalive: {interval: 7s}
+"#,
+        );
+        let (policies, statuses) = attach(&p, &r, &g);
+        let key = |n: &str| ("apps".to_string(), n.to_string());
+        // A rule's policy does not conflict with its route's: it is narrower.
+        assert_eq!(reason(&statuses[&key("rule")], 0).1, "Accepted");
+        let missing = &statuses[&key("rule")].ancestors[1];
+        assert_eq!(missing.conditions[0].reason, "TargetNotFound");
+        assert!(missing.conditions[0]
+            .message
+            .contains("no rule is named nope"));
+        assert_eq!(missing.ancestor_ref.section_name.as_deref(), Some("nope"));
+        assert_eq!(reason(&statuses[&key("listener")], 0).1, "Accepted");
+        assert_eq!(reason(&statuses[&key("listener")], 1).1, "TargetNotFound");
+
+        let merged = |rule: Option<&str>| {
+            let layers = policies.layers(&key("edge"), "http", &key("chat"), rule);
+            settings(&layers.iter().map(|(_, p)| *p).collect::<Vec<_>>()).unwrap()
+        };
+        let secure = merged(Some("secure"));
+        assert_eq!(
+            secure.allowed_origins,
+            ["https://secure.example.com"],
+            "the rule's policy wins"
+        );
+        assert_eq!(secure.subprotocols, ["chat.v1"], "the route's fills in");
+        assert_eq!(
+            secure.keepalive.interval.0.as_secs(),
+            7,
+            "the listener's fills in"
+        );
+        let other = merged(None);
+        assert_eq!(
+            other.allowed_origins,
+            ["https://chat.example.com"],
+            "an unnamed rule gets the route's"
+        );
+        assert_eq!(other.keepalive.interval.0.as_secs(), 7);
     }
 
     #[test]
@@ -241,11 +352,8 @@ spec:
         let (p, r, g) = objects(OBJECTS);
         let (policies, _) = attach(&p, &r, &g);
         let key = |n: &str| ("apps".to_string(), n.to_string());
-        let spec = settings(
-            policies.gateways.get(&key("edge")).map(|a| &**a),
-            policies.routes.get(&key("chat")).map(|a| &**a),
-        )
-        .unwrap();
+        let layers = policies.layers(&key("edge"), "http", &key("chat"), None);
+        let spec = settings(&layers.iter().map(|(_, p)| *p).collect::<Vec<_>>()).unwrap();
         assert_eq!(
             spec.allowed_origins,
             ["https://chat.example.com"],
@@ -257,7 +365,7 @@ spec:
             "the Gateway's fills what the route's leaves out"
         );
         assert!(spec.proxy_http);
-        let none = settings(None, None).unwrap();
+        let none = settings(&[]).unwrap();
         assert_eq!(
             none.keepalive,
             WebSocketRouteSpec::default().keepalive,
@@ -274,7 +382,7 @@ spec:
             .find(|b| b.contains("kind: WebSocketPolicy"))
             .expect("docs/gateway-api.md shows a WebSocketPolicy");
         let p: WebSocketPolicy = serde_yaml::from_str(yaml).expect("the example parses");
-        let spec = settings(None, Some(&p.spec)).expect("the example compiles into settings");
+        let spec = settings(&[&p.spec]).expect("the example compiles into settings");
         assert_eq!(spec.allowed_origins, ["https://chat.example.com"]);
         assert_eq!(spec.limits.max_connections_per_client_ip, 20);
         assert!(

@@ -49,15 +49,17 @@ pub fn routes(
 ) -> (Vec<Route>, BTreeMap<Key, String>) {
     let mut routes = Vec::new();
     let mut refused = BTreeMap::new();
-    let defaults = policy::settings(None, None).expect("the defaults compile");
+    let defaults = policy::settings(&[]).expect("the defaults compile");
     for gw in &out.gateways {
         for l in &gw.listeners {
             let Some(&port) = ports.get(&(gw.key.clone(), l.port)) else {
                 continue;
             };
             for rule in &l.rules {
-                let by_gateway = policies.gateways.get(&gw.key).map(|p| &**p);
-                let by_route = policies.routes.get(&rule.route).map(|p| &**p);
+                let layers = policies.layers(&gw.key, &l.name, &rule.route, rule.name.as_deref());
+                let specs: Vec<_> = layers.iter().map(|(_, p)| *p).collect();
+                // The narrowest policy is blamed when the merge does not compile.
+                let owner = layers.last().and_then(|(t, _)| policies.owners.get(*t));
                 let build = |spec: &WebSocketRouteSpec| {
                     route(
                         rule,
@@ -69,13 +71,18 @@ pub fn routes(
                         resolver,
                     )
                 };
-                let built = match policy::settings(by_gateway, by_route) {
+                let mut blame = |why: String| {
+                    if let Some(owner) = owner {
+                        refused.entry(owner.clone()).or_insert(why);
+                    }
+                };
+                let built = match policy::settings(&specs) {
                     Err(e) => {
-                        blame(policies, &gw.key, &rule.route, &mut refused, e);
+                        blame(e);
                         build(&defaults)
                     }
                     Ok(spec) => build(&spec).or_else(|e| {
-                        if by_gateway.is_none() && by_route.is_none() {
+                        if specs.is_empty() {
                             return Err(e);
                         }
                         let why = e
@@ -83,7 +90,7 @@ pub fn routes(
                             .map(ToString::to_string)
                             .collect::<Vec<_>>()
                             .join("; ");
-                        blame(policies, &gw.key, &rule.route, &mut refused, why);
+                        blame(why);
                         build(&defaults)
                     }),
                 };
@@ -97,23 +104,6 @@ pub fn routes(
         }
     }
     (routes, refused)
-}
-
-/// Records that the policy of this route (else of its Gateway) does not compile.
-fn blame(
-    policies: &Policies,
-    gw: &Key,
-    route: &Key,
-    refused: &mut BTreeMap<Key, String>,
-    why: String,
-) {
-    let owner = policies
-        .owners
-        .get(&("HTTPRoute".to_string(), route.clone()))
-        .or_else(|| policies.owners.get(&("Gateway".to_string(), gw.clone())));
-    if let Some(owner) = owner {
-        refused.entry(owner.clone()).or_insert(why);
-    }
 }
 
 /// A resolver for a policy's settings: its backends are the HTTPRoute's (resolved
@@ -441,6 +431,7 @@ mod tests {
         RulePlan {
             route: ("ns".into(), "r".into()),
             rule: 0,
+            name: None,
             hostnames: vec![],
             matches: Default::default(),
             filters: vec![],
@@ -465,7 +456,7 @@ mod tests {
     }
 
     fn weights(refs: &[(&str, u32)]) -> (Vec<u32>, u32, u32) {
-        let defaults = policy::settings(None, None).unwrap();
+        let defaults = policy::settings(&[]).unwrap();
         let r = route(&plan(refs), 20000, 80, "http", None, &defaults, &Endpoints).unwrap();
         let g = r.gateway.unwrap();
         (

@@ -130,14 +130,9 @@ spec:
       timeouts: {request: 1s}
     - matches: [{path: {type: PathPrefix, value: /gone}}]
       backendRefs: [{name: gone, port: 9001}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: secure}
-spec:
-  parentRefs: [{name: edge}]
-  rules:
-    - matches: [{path: {type: PathPrefix, value: /secure}}]
+    # A named rule: the secure policy below targets it alone (sectionName).
+    - name: secure
+      matches: [{path: {type: PathPrefix, value: /secure}}]
       backendRefs: [{name: echo, namespace: ${APP}, port: 9001}]
 ---
 apiVersion: wsgate.io/v1alpha1
@@ -153,7 +148,7 @@ apiVersion: wsgate.io/v1alpha1
 kind: WebSocketPolicy
 metadata: {name: secure}
 spec:
-  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: secure}]
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: chat, sectionName: secure}]
   auth:
     jwt:
       issuer: ${JWT_ISSUER}
@@ -318,7 +313,8 @@ scenario_gateway_api() {
   ((n >= 2)) || no "an idle client saw ${n} pings in 7 s (the policy's interval is 2s)"
   log "an idle client saw ${n} pings in 7 s (policy keepalive 2s)"
 
-  # The secure route's auth.jwt: no token 401; a token valid 4 s: Close 1008 at exp.
+  # The secure rule's auth.jwt (its own policy, over the route's): no token 401; a
+  # token valid 4 s: Close 1008 at exp. The route's other rules took no token above.
   wait_until 20 test "$(upgrade_code "http://${base}/secure")" = 401 ||
     no "an upgrade to /secure without a token: $(upgrade_code "http://${base}/secure") (want 401)"
   local f="${STATE}/gw-jwt.jsonl" t_exp

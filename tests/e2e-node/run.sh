@@ -149,7 +149,7 @@ run rollout "kubectl rollout restart: open clients get Close 1001 spread over th
 run pdb "the PodDisruptionBudget: one eviction allowed, the next refused while a replica is down"
 run alerts "promtool test rules: every alert of the PrometheusRule fires when it should and stays quiet otherwise"
 run tracing "helm upgrade with tracing.endpoint: a tunnel's spans reach a Jaeger pod, parented by the client's traceparent, with the pod and node as resource"
-run gateway-api "a Gateway at its LoadBalancer address, HTTPRoutes and WebSocketPolicies: RefNotPermitted 500 until a ReferenceGrant, Socket.IO (polling, upgrade) from Node and Chromium across two replicas with cookie affinity, a browser WebSocket, keepalive pings, JWT 401 and 1008 at exp, Close 1001 when a backend goes"
+run gateway-api "a Gateway at its LoadBalancer address, HTTPRoutes and WebSocketPolicies: RefNotPermitted 500 until a ReferenceGrant, Socket.IO (polling, upgrade) from Node and Chromium across two replicas with cookie affinity, a browser WebSocket, keepalive pings, JWT 401 and 1008 at exp on one named rule (a policy by sectionName), Close 1001 when a backend goes, examples/gateway-api"
 
 echo
 echo "${passed} passed, ${failed} failed"
