@@ -33,11 +33,12 @@ trap 'for p in "${job_pid[@]}"; do kill -- -"${p}" 2>/dev/null || true; done' EX
 # they start first and run beside the peers' downloads, the lint and the test
 # build; the tests themselves start only once both are done, on a quiet machine.
 # Warm, each finds its outputs cached and ends in seconds.
-step "in the background: kube-apiserver, etcd, the node's binaries and kube-proxy, helm, Prometheus and the Gateway API suite with its images (built from the Go module proxy once, then cached), then the release build"
-started "the Go builds" 'WSGATE_K8S_NODE=1 WSGATE_K8S_KUBE_PROXY=1 hack/k8s/assets.sh >/dev/null && hack/k8s/helm.sh >/dev/null && hack/k8s/prometheus.sh >/dev/null && hack/k8s/conformance.sh >/dev/null'
+step "in the background: kube-apiserver, etcd, the node's binaries and kube-proxy, helm, Prometheus, the Gateway API suite with its images and Jaeger (built from the Go module proxy once, then cached), then the release build"
+started "the Go builds" 'WSGATE_K8S_NODE=1 WSGATE_K8S_KUBE_PROXY=1 hack/k8s/assets.sh >/dev/null && hack/k8s/helm.sh >/dev/null && hack/k8s/prometheus.sh >/dev/null && hack/k8s/conformance.sh >/dev/null && hack/jaeger.sh >/dev/null'
 
 step "installing test peers and tools"
-bash tests/setup.sh
+# Jaeger is one of the Go builds above (9.5 min cold in the setup, 2026-12-07).
+WSGATE_SETUP_NO_JAEGER=1 bash tests/setup.sh
 # After the setup, which installs a C compiler and OpenSSL's headers if missing.
 started "the release build" 'cargo build --release --locked --bin wsgate --example echo'
 

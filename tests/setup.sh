@@ -115,7 +115,13 @@ gateway_api_crds=$(bash "$here/../hack/k8s/conformance.sh" --crds | tail -n1)
 
 # Jaeger v2 (tests/tracing.rs, bench/tracing.sh): the OTLP receiver traces are
 # asserted from, built once from the Go module proxy (several minutes cold).
-jaeger_dir=$("$here/../hack/jaeger.sh" | tail -n 1)
+# scripts/test.sh builds it in the background with the other Go builds instead
+# (WSGATE_SETUP_NO_JAEGER=1), so the lint and the test build need not wait for it.
+if [[ "${WSGATE_SETUP_NO_JAEGER:-}" == 1 ]]; then
+  jaeger_dir="(built in the background by scripts/test.sh)"
+else
+  jaeger_dir=$("$here/../hack/jaeger.sh" | tail -n 1)
+fi
 
 cat >&2 <<INFO
 setup: peers ready
