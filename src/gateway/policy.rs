@@ -40,24 +40,23 @@ impl Policies {
         route: &Key,
         rule: Option<&str>,
     ) -> Vec<(&Target, &WebSocketPolicySpec)> {
-        let targets = [
+        let mut targets = vec![
             ("Gateway", gateway, None),
             ("Gateway", gateway, Some(listener)),
             ("HTTPRoute", route, None),
-            ("HTTPRoute", route, rule),
         ];
-        let mut out = Vec::new();
-        for (i, (kind, key, section)) in targets.into_iter().enumerate() {
-            // A rule without a name has no section of its own.
-            if i == 3 && section.is_none() {
-                continue;
-            }
-            let t = (kind.to_string(), key.clone(), section.map(str::to_string));
-            if let Some((t, p)) = self.by_target.get_key_value(&t) {
-                out.push((t, &**p));
-            }
+        // A rule without a name has no section of its own.
+        if let Some(rule) = rule {
+            targets.push(("HTTPRoute", route, Some(rule)));
         }
-        out
+        targets
+            .into_iter()
+            .filter_map(|(kind, key, section)| {
+                let t = (kind.to_string(), key.clone(), section.map(str::to_string));
+                self.by_target.get_key_value(&t)
+            })
+            .map(|(t, p)| (t, &**p))
+            .collect()
     }
 }
 

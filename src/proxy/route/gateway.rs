@@ -61,18 +61,20 @@ impl Timeouts {
         let left = self
             .request
             .map(|t| (started + t).saturating_duration_since(tokio::time::Instant::now()));
-        match (left, self.backend_request) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        shorter(left, self.backend_request)
     }
 
     /// The tighter of the two, bounding an upgrade's exchange with its backend.
     pub fn tightest(&self) -> Option<Duration> {
-        match (self.request, self.backend_request) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        shorter(self.request, self.backend_request)
+    }
+}
+
+/// The shorter of two optional limits (`None`: no limit).
+fn shorter(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
