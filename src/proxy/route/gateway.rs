@@ -306,6 +306,29 @@ fn split_port(host: &str) -> (&str, Option<u16>) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_request_timeout_counts_from_arrival_and_a_backend_one_per_attempt() {
+        let ms = Duration::from_millis;
+        let now = tokio::time::Instant::now();
+        assert_eq!(Timeouts::default().limit(now), None);
+        let both = Timeouts {
+            request: Some(ms(1000)),
+            backend_request: Some(ms(300)),
+        };
+        assert_eq!(both.limit(now + ms(100)), Some(ms(300)));
+        assert_eq!(both.tightest(), Some(ms(300)));
+        let left = both.limit(now - ms(800)).unwrap();
+        assert!(
+            left <= ms(200) && left > ms(100),
+            "what is left of the request's: {left:?}"
+        );
+        assert_eq!(
+            both.limit(now - ms(1300)),
+            Some(Duration::ZERO),
+            "spent: the next attempt gets none"
+        );
+    }
+
     fn req(uri: &str, host: &str) -> Request<()> {
         Request::builder()
             .uri(uri)
