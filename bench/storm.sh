@@ -34,45 +34,12 @@ SOURCES=${BENCH_SOURCES:-127.0.0.2-9}
 # shellcheck source=bench/common.sh
 . "$HERE/common.sh"
 
-# One ECDSA P-256 certificate for every proxy (HAProxy wants key and chain in one file).
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
-cat "$WORK/cert.pem" "$WORK/key.pem" >"$WORK/haproxy.pem"
-somaxconn=$(cat /proc/sys/net/core/somaxconn)
-
-# fill TEMPLATE OUT LISTEN TLS_LISTEN PREFIX: the configs of bench/run.sh with a
-# TLS 1.3 listener beside the plain one (X25519, P-256, P-384 in that order).
-fill() {
-  sed -e "s#@LISTEN@#$3#g" -e "s#@BACKEND@#$BACKEND#g" -e "s#@PREFIX@#$5#g" "$1" >"$2"
-  case "$1" in
-    *.yaml) printf '  tls: {certFile: %s, keyFile: %s}\n' "$WORK/cert.pem" "$WORK/key.pem" >>"$2" ;;
-    *nginx.conf) sed -i "s#^\( *\)listen $3 backlog=4096;#&\n\1listen $4 ssl backlog=4096;\n\1ssl_certificate $WORK/cert.pem;\n\1ssl_certificate_key $WORK/key.pem;\n\1ssl_protocols TLSv1.3;\n\1ssl_ecdh_curve X25519:prime256v1:secp384r1;#" "$2" ;;
-    *.cfg) sed -i "s#^\( *\)bind $3\$#&\n\1bind $4 ssl crt $WORK/haproxy.pem ssl-min-ver TLSv1.3 curves X25519:P-256:P-384#" "$2" ;;
-  esac
-  grep -qE 'cert.pem|haproxy.pem' "$2" || { say "no TLS listener in $2"; exit 1; }
-}
+tls_cert
 overflows() { nstat -saz TcpExtListenOverflows | awk '/TcpExtListenOverflows/ {print $2}'; }
 
 for name in ${PROXIES//,/ }; do
   dir=$WORK/$name LISTEN=127.0.0.1:$(port) TLS=127.0.0.1:$(port)
-  mkdir -p "$dir/tmp"
-  case "$name" in
-    wsgate)
-      fill "$HERE/configs/wsgate.yaml" "$dir/wsgate.yaml" "" "$TLS" "$dir"
-      RUST_LOG=warn setsid "$WSGATE_BIN" serve --config "$dir/wsgate.yaml" --listen "$LISTEN" \
-        --tls-listen "$TLS" --admin-listen "127.0.0.1:$(port)" >"$dir/out.log" 2>&1 </dev/null & ;;
-    nginx)
-      fill "$HERE/configs/nginx.conf" "$dir/nginx.conf" "$LISTEN" "$TLS" "$dir"
-      setsid nginx -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' >"$dir/out.log" 2>&1 </dev/null & ;;
-    haproxy-http|haproxy-tcp)
-      fill "$HERE/configs/$name.cfg" "$dir/haproxy.cfg" "$LISTEN" "$TLS" "$dir"
-      setsid haproxy -db -f "$dir/haproxy.cfg" >"$dir/out.log" 2>&1 </dev/null & ;;
-    *) echo "unknown proxy $name" >&2; exit 2 ;;
-  esac
-  pid=$!
-  PIDS+=("$pid")
-  "$LOADGEN" wait --target "ws://$LISTEN/" --timeout 20s
+  start_tls_proxy "$name" "$dir" "$LISTEN" "$TLS"
   sleep 1
   before=$(overflows)
   "$LOADGEN" storm --target "ws://$LISTEN/" --tls-target "wss://$TLS/" --ca "$WORK/cert.pem" \
@@ -86,9 +53,9 @@ for name in ${PROXIES//,/ }; do
 done
 
 echo
-echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) cores; wsgate $WSGATE_BIN (sha256 $(sha256sum "$WSGATE_BIN" | cut -c1-12)); $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3)"
+proxy_versions
 echo "reconnect storm: $N clients at once ($TLS_N over TLS 1.3, ECDSA P-256, X25519), one message echoed each;"
-echo "listen backlog 4096 for every proxy (net.core.somaxconn = $somaxconn caps it); overflows are machine-wide (the echo backend's listener included)"
+echo "listen backlog 4096 for every proxy (net.core.somaxconn = $(cat /proc/sys/net/core/somaxconn) caps it); overflows are machine-wide (the echo backend's listener included)"
 python3 - "$WORK" "$PROXIES" <<'PY'
 import json, os, sys
 work, proxies = sys.argv[1], sys.argv[2].split(",")
