@@ -5,7 +5,7 @@
 //	loadgen idle        --target ws://127.0.0.1:8080/ --n 8000 --sources 127.0.0.2-9 [--proxy-pid PID]
 //	loadgen throughput  --target URL --conns 100 --messages 500000 --duration 20s [--proxy-pid PID]
 //	loadgen latency     --target URL --conns 4 --count 20000 --interval 1ms
-//	loadgen handshakes  --target URL --workers 16 --duration 10s [--proxy-pid PID]
+//	loadgen handshakes  --target URL --workers 16 --duration 10s [--proxy-pid PID] [--ca cert.pem --resume --groups x25519,p256 with wss://]
 //	loadgen storm       --target ws://127.0.0.1:8080/ --tls-target wss://127.0.0.1:8443/ --ca cert.pem --n 8000 --tls-n 4000 [--proxy-pid PID]
 //	loadgen h2-idle       --target 127.0.0.1:8080 --conns 40 --streams 100 [--proxy-pid PID]
 //	loadgen h2-throughput --target 127.0.0.1:8080 --conns 1 --streams 100 --window 8 [--proxy-pid PID]
