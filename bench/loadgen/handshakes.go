@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"crypto/sha1"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
 	"flag"
@@ -10,6 +12,7 @@ import (
 	"math/rand"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +26,10 @@ type handshakeResult struct {
 	Target         string    `json:"target"`
 	Workers        int       `json:"workers"`
 	Handshakes     int64     `json:"handshakes"`
+	TLS            bool      `json:"tls"`
+	Resume         bool      `json:"resume"`
+	Resumed        int64     `json:"resumed"` // TLS handshakes that resumed a session
+	Groups         string    `json:"groups,omitempty"`
 	ErrorCount     int64     `json:"error_count"`
 	Seconds        float64   `json:"seconds"`
 	PerSec         float64   `json:"per_s"`
@@ -50,6 +57,10 @@ func cmdHandshakes(args []string) {
 	backendPID := fs.Int("backend-pid", 0, "backend process, to tell foreign CPU load from ours; 0 = unknown")
 	gorilla := fs.Bool("gorilla", false, "use the gorilla client instead of the lean raw handshake")
 	proxyV2 := fs.Bool("proxy-v2", false, "send a PROXY protocol v2 header (PROXY, TCP4) before each request, as a load balancer would")
+	caFile := fs.String("ca", "", "wss://: PEM file of the certificate to trust")
+	serverName := fs.String("server-name", "localhost", "wss://: TLS server name (SNI)")
+	resume := fs.Bool("resume", false, "wss://: resume TLS sessions (a ticket cache per worker); off: every handshake is a full one")
+	groups := fs.String("groups", "x25519,p256", "wss://: key-exchange groups offered, in order (x25519, p256, p384); a key share is sent for the first")
 	_ = fs.Parse(args)
 	if *target == "" {
 		fatalf("handshakes: --target required")
@@ -60,11 +71,22 @@ func cmdHandshakes(args []string) {
 	}
 	dialer := newDialer(srcs, 1024)
 	u, err := url.Parse(*target)
-	if err != nil || u.Scheme != "ws" {
-		fatalf("handshakes: --target must be a ws:// URL")
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
+		fatalf("handshakes: --target must be a ws:// or wss:// URL")
+	}
+	var tlsCfg *tls.Config
+	if u.Scheme == "wss" {
+		if *gorilla {
+			fatalf("handshakes: --gorilla is for ws:// only")
+		}
+		tlsCfg = handshakeTLS(*caFile, *serverName, *groups)
 	}
 	errs := newErrSampler()
-	res := handshakeResult{Target: *target, Workers: *workers}
+	res := handshakeResult{Target: *target, Workers: *workers, TLS: tlsCfg != nil, Resume: *resume && tlsCfg != nil}
+	if tlsCfg != nil {
+		res.Groups = *groups
+	}
+	var resumed atomic.Int64
 	if *pid > 0 {
 		b, err := readProcTree(*pid)
 		if err != nil {
@@ -84,6 +106,13 @@ func cmdHandshakes(args []string) {
 			defer wg.Done()
 			hc := newRawHandshaker(u, srcs)
 			hc.proxyV2 = *proxyV2
+			if tlsCfg != nil {
+				hc.tls = tlsCfg.Clone()
+				if *resume {
+					hc.tls.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+				}
+				hc.resumed = &resumed
+			}
 			for time.Now().Before(stopAt) && claimed.Add(1) <= *max {
 				var err error
 				if *gorilla {
@@ -116,6 +145,7 @@ func cmdHandshakes(args []string) {
 		}
 	}
 	res.Handshakes = ok.Load()
+	res.Resumed = resumed.Load()
 	res.ErrorCount = errs.n.Load()
 	res.Errors = errs.samples()
 	res.Seconds = elapsed.Seconds()
@@ -159,6 +189,34 @@ type rawHandshaker struct {
 	rng     *rand.Rand
 	closeFr []byte
 	proxyV2 bool
+	tls     *tls.Config   // wss://: TLS 1.3 first, then the upgrade
+	resumed *atomic.Int64 // TLS handshakes that resumed a session
+}
+
+// handshakeTLS is the TLS client of a wss:// handshake loop: TLS 1.3 only, the
+// given groups in order (Go would put a post-quantum hybrid first; a browser's
+// classical first share is X25519), the benchmark's certificate trusted.
+func handshakeTLS(caFile, serverName, groups string) *tls.Config {
+	pool := x509.NewCertPool()
+	pem, err := os.ReadFile(caFile)
+	if err != nil || !pool.AppendCertsFromPEM(pem) {
+		fatalf("handshakes: --ca %q: no PEM certificate (%v)", caFile, err)
+	}
+	var curves []tls.CurveID
+	for _, g := range strings.Split(groups, ",") {
+		switch strings.TrimSpace(g) {
+		case "x25519":
+			curves = append(curves, tls.X25519)
+		case "p256":
+			curves = append(curves, tls.CurveP256)
+		case "p384":
+			curves = append(curves, tls.CurveP384)
+		default:
+			fatalf("handshakes: unknown group %q", g)
+		}
+	}
+	return &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS13,
+		MaxVersion: tls.VersionTLS13, CurvePreferences: curves, NextProtos: []string{"http/1.1"}}
 }
 
 // proxyV2Header is what an L4 load balancer sends first (HAProxy's
@@ -183,7 +241,11 @@ func proxyV2Header(src, dst net.Addr) []byte {
 func newRawHandshaker(u *url.URL, srcs []net.IP) *rawHandshaker {
 	addr := u.Host
 	if u.Port() == "" {
-		addr = net.JoinHostPort(u.Hostname(), "80")
+		port := "80"
+		if u.Scheme == "wss" {
+			port = "443"
+		}
+		addr = net.JoinHostPort(u.Hostname(), port)
 	}
 	path := u.RequestURI()
 	return &rawHandshaker{addr: addr, host: u.Host, path: path, srcs: srcs, buf: make([]byte, 4096),
@@ -202,12 +264,28 @@ func (h *rawHandshaker) cycle() error {
 			})
 		}
 	}
-	conn, err := nd.Dial("tcp", h.addr)
+	tcp, err := nd.Dial("tcp", h.addr)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	defer tcp.Close()
+	_ = tcp.SetDeadline(time.Now().Add(5 * time.Second))
+	conn := net.Conn(tcp)
+	if h.tls != nil {
+		if h.proxyV2 { // the PROXY header comes before the TLS ClientHello
+			if _, err := tcp.Write(proxyV2Header(tcp.LocalAddr(), tcp.RemoteAddr())); err != nil {
+				return err
+			}
+		}
+		tc := tls.Client(tcp, h.tls)
+		if err := tc.Handshake(); err != nil {
+			return fmt.Errorf("TLS: %w", err)
+		}
+		if tc.ConnectionState().DidResume {
+			h.resumed.Add(1)
+		}
+		conn = tc
+	}
 	var keyRaw [16]byte
 	h.rng.Read(keyRaw[:])
 	key := base64.StdEncoding.EncodeToString(keyRaw[:])
@@ -215,7 +293,7 @@ func (h *rawHandshaker) cycle() error {
 		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: " + key +
 		"\r\nSec-WebSocket-Version: 13\r\n\r\n"
 	out := []byte(req)
-	if h.proxyV2 {
+	if h.proxyV2 && h.tls == nil {
 		out = append(proxyV2Header(conn.LocalAddr(), conn.RemoteAddr()), out...)
 	}
 	if _, err := conn.Write(out); err != nil {

@@ -5,7 +5,8 @@
 //	loadgen idle        --target ws://127.0.0.1:8080/ --n 8000 --sources 127.0.0.2-9 [--proxy-pid PID]
 //	loadgen throughput  --target URL --conns 100 --messages 500000 --duration 20s [--proxy-pid PID]
 //	loadgen latency     --target URL --conns 4 --count 20000 --interval 1ms
-//	loadgen handshakes  --target URL --workers 16 --duration 10s [--proxy-pid PID]
+//	loadgen handshakes  --target URL --workers 16 --duration 10s [--proxy-pid PID] [--ca cert.pem --resume --groups x25519,p256 with wss://]
+//	loadgen storm       --target ws://127.0.0.1:8080/ --tls-target wss://127.0.0.1:8443/ --ca cert.pem --n 8000 --tls-n 4000 [--proxy-pid PID]
 //	loadgen h2-idle       --target 127.0.0.1:8080 --conns 40 --streams 100 [--proxy-pid PID]
 //	loadgen h2-throughput --target 127.0.0.1:8080 --conns 1 --streams 100 --window 8 [--proxy-pid PID]
 //	loadgen h2-handshakes --target 127.0.0.1:8080 --workers 16 --duration 10s [--proxy-pid PID]
@@ -23,7 +24,7 @@ import (
 )
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: loadgen echo-server|idle|throughput|latency|handshakes|h2-idle|h2-throughput|h2-handshakes|wait|routes|procstat [flags]")
+	fmt.Fprintln(os.Stderr, "usage: loadgen echo-server|idle|throughput|latency|handshakes|storm|h2-idle|h2-throughput|h2-handshakes|wait|routes|procstat [flags]")
 	os.Exit(2)
 }
 
@@ -44,6 +45,8 @@ func main() {
 		cmdLatency(args)
 	case "handshakes":
 		cmdHandshakes(args)
+	case "storm":
+		cmdStorm(args)
 	case "h2-idle":
 		cmdH2Idle(args)
 	case "h2-throughput":
