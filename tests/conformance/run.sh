@@ -66,19 +66,8 @@ APISERVER_PORT="${APISERVER_URL##*:}"
   { tail -n 30 "${STATE}/node-start.log"; die "the node did not start"; }
 K=("${KUBECTL}" --kubeconfig "${KUBECONFIG}")
 
-# kube-proxy in iptables mode on the node's network namespace (this one). Inside
-# a network namespace the conntrack table size is the host's: leave it alone.
-cat >"${STATE}/kube-proxy.yaml" <<EOF
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-clientConnection: {kubeconfig: ${KUBECONFIG}}
-mode: iptables
-hostnameOverride: wsgate-node
-clusterCIDR: 198.51.100.0/24
-conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
-iptables: {masqueradeAll: true}
-EOF
-"${K8S_ASSETS}/kube-proxy" --config="${STATE}/kube-proxy.yaml" >"${STATE}/kube-proxy.log" 2>&1 &
+# kube-proxy in iptables mode on the node's network namespace (this one).
+"${ROOT}/hack/k8s/kube-proxy.sh" "${STATE}" >"${STATE}/kube-proxy.log" 2>&1 &
 bg_pids+=($!)
 "${ROOT}/tests/conformance/lb-allocator.sh" 64 126 >"${STATE}/lb-allocator.log" 2>&1 &
 bg_pids+=($!)

@@ -12,17 +12,7 @@ JWT_ISSUER=https://id.e2e.test
 # kube-proxy in iptables mode in this network namespace, as tests/conformance/run.sh
 # runs it, and the load-balancer allocator beside it.
 gw_start_kube_proxy() {
-  cat >"${STATE}/kube-proxy.yaml" <<EOF
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-clientConnection: {kubeconfig: ${KUBECONFIG}}
-mode: iptables
-hostnameOverride: wsgate-node
-clusterCIDR: 198.51.100.0/24
-conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
-iptables: {masqueradeAll: true}
-EOF
-  "${K8S_ASSETS}/kube-proxy" --config="${STATE}/kube-proxy.yaml" >"${STATE}/kube-proxy.log" 2>&1 &
+  "${ROOT}/hack/k8s/kube-proxy.sh" "${STATE}" >"${STATE}/kube-proxy.log" 2>&1 &
   bg_pids+=($!)
   "${ROOT}/tests/conformance/lb-allocator.sh" 64 126 >"${STATE}/lb-allocator.log" 2>&1 &
   bg_pids+=($!)
@@ -181,6 +171,12 @@ upgrade_code() { # [CURL_ARG...] URL: the status of a WebSocket upgrade request
   http_code -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
     -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' "$@"
 }
+# For wait_until, which retries a command: the request is made on each try.
+upgrade_code_is() { # WANT [CURL_ARG...] URL
+  local want="$1"
+  shift
+  [[ "$(upgrade_code "$@")" == "${want}" ]]
+}
 
 # The page's script in headless Chromium: Socket.IO from the page (polling, then
 # the upgrade) and a plain `new WebSocket` to the echo rule.
@@ -239,7 +235,7 @@ PY
   local c path
   for path in /ws /socket.io/; do
     # A 101 leaves curl waiting for the tunnel to end: --max-time ends it.
-    wait_until 15 test "$(upgrade_code --max-time 2 -H 'Host: chat.example.com' "http://${ex}${path}")" = 101 ||
+    wait_until 15 upgrade_code_is 101 --max-time 2 -H 'Host: chat.example.com' "http://${ex}${path}" ||
       no "the example: an upgrade to chat.example.com${path} at ${ex} got $(upgrade_code --max-time 2 -H 'Host: chat.example.com' "http://${ex}${path}")"
   done
   c="$(upgrade_code -H 'Host: other.example.com' "http://${ex}/ws")"
@@ -270,7 +266,7 @@ scenario_gateway_api() {
   # A cross-namespace backendRef before its ReferenceGrant: RefNotPermitted, 500.
   wait_until 30 gw_is httproute chat ResolvedRefs "False RefNotPermitted" ||
     no "HTTPRoute chat ResolvedRefs: $(gw_cond httproute chat ResolvedRefs) (want False RefNotPermitted)"
-  wait_until 15 test "$(upgrade_code "http://${base}/echo")" = 500 ||
+  wait_until 15 upgrade_code_is 500 "http://${base}/echo" ||
     no "an upgrade to /echo without the ReferenceGrant: $(upgrade_code "http://${base}/echo") (want 500)"
   log "before the ReferenceGrant: ResolvedRefs False RefNotPermitted, /echo answers 500"
   gw_grant || no "applying the ReferenceGrant failed"
@@ -315,7 +311,7 @@ scenario_gateway_api() {
 
   # The secure rule's auth.jwt (its own policy, over the route's): no token 401; a
   # token valid 4 s: Close 1008 at exp. The route's other rules took no token above.
-  wait_until 20 test "$(upgrade_code "http://${base}/secure")" = 401 ||
+  wait_until 20 upgrade_code_is 401 "http://${base}/secure" ||
     no "an upgrade to /secure without a token: $(upgrade_code "http://${base}/secure") (want 401)"
   local f="${STATE}/gw-jwt.jsonl" t_exp
   t_exp=$(($(date +%s) + 4))
