@@ -548,3 +548,24 @@ fn hostnames_intersect_as_the_specification_says() {
         Some(vec!["*.foo.example.com".into()])
     );
 }
+
+/// `make conformance` claims exactly what the GatewayClass status says wsgate
+/// supports: the two lists are written twice and must not drift apart.
+#[test]
+fn the_conformance_run_claims_what_the_gatewayclass_says() {
+    let script = include_str!("../../tests/conformance/run.sh");
+    let line = script
+        .lines()
+        .find(|l| l.starts_with("SUPPORTED_FEATURES="))
+        .expect("tests/conformance/run.sh sets SUPPORTED_FEATURES");
+    let list = line
+        .split(":-")
+        .nth(1)
+        .and_then(|s| s.split('}').next())
+        .expect("SUPPORTED_FEATURES=\"${SUPPORTED_FEATURES:-...}\"");
+    let mut claimed: Vec<&str> = list.split(',').collect();
+    let mut supported = super::SUPPORTED_FEATURES.to_vec();
+    claimed.sort_unstable();
+    supported.sort_unstable();
+    assert_eq!(claimed, supported);
+}
