@@ -159,7 +159,7 @@ spec:
 EOF
 }
 
-gw_cond() { # KIND NAME TYPE [JSONPATH PREFIX]: the condition's "status reason"
+gw_cond() { # KIND NAME TYPE: "status reason" of that condition (own, per parent or per ancestor)
   "${K[@]}" -n "${GW_NS}" get "$1" "$2" -o json |
     jq -r --arg t "$3" '[(.status.conditions // []), (.status.parents // [] | map(.conditions) | add // []),
       (.status.ancestors // [] | map(.conditions) | add // [])] | add | map(select(.type == $t))[0] | "\(.status) \(.reason)"'
