@@ -7,6 +7,7 @@ mod common;
 use std::time::Instant;
 
 use common::*;
+use tokio::io::AsyncWriteExt;
 
 const ECHO: [(&str, &str); 2] = [("namespace", "default"), ("route", "echo")];
 
@@ -432,4 +433,93 @@ async fn an_unreachable_backend_is_passed_over_while_another_answers() {
         let name = backend_name(&gate, "app.example.com", "/").await;
         assert_eq!(name, Ok("live".into()), "upgrade {i} with one backend down");
     }
+}
+
+/// wsgate answers a connection's first upgrade itself and hands anything else to
+/// hyper with the bytes already read: after a refused upgrade the same connection
+/// still serves the next request, an upgrade included.
+#[tokio::test]
+async fn a_refused_upgrade_leaves_the_connection_to_the_next_request() {
+    let backend = EchoBackend::start("echo").await;
+    let route = Route::new("echo").backend(backend.addr).prefix("/chat");
+    let gate = Wsgate::start(&route.yaml()).await;
+    let host = gate.listen.to_string();
+    let mut refused = raw_upgrade(gate.listen, "/nowhere", &[]).await;
+    assert_eq!(refused.response.status, 404, "{:?}", refused.response);
+    assert!(
+        refused.response.header("date").is_some(),
+        "a refusal carries a Date like hyper's answers: {:?}",
+        refused.response
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&refused.response.body),
+        "no route for this host and path\n"
+    );
+
+    let key = new_key();
+    refused
+        .ws
+        .send_bytes(upgrade_request(&host, "/chat", &key, &[]).as_bytes())
+        .await;
+    let resp = within(5.0, "the second request's answer", async {
+        read_response(&mut refused.ws.io, "GET").await.unwrap()
+    })
+    .await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(
+        resp.header("sec-websocket-accept"),
+        Some(&*accept_key(&key))
+    );
+    let mut ws = refused.ws;
+    ws.send(&Frame::text("again").masked([1, 2, 3, 4])).await;
+    assert_eq!(ws.recv_data(5.0).await.payload, b"again");
+}
+
+/// A head that trickles in byte by byte is read to its end, and a frame the client
+/// sent in the same write as the head's last bytes is relayed, not lost.
+#[tokio::test]
+async fn a_trickled_head_and_a_frame_sent_with_it_both_arrive() {
+    let backend = EchoBackend::start("echo").await;
+    let gate = Wsgate::start(&Route::new("echo").backend(backend.addr).yaml()).await;
+    let key = new_key();
+    let head = upgrade_request(&gate.listen.to_string(), "/chat", &key, &[]);
+    let (first, last) = head.as_bytes().split_at(head.len() - 2);
+    let mut io = tokio::io::BufReader::new(connect_from(None, gate.listen).await);
+    for b in first {
+        io.get_mut().write_all(&[*b]).await.unwrap();
+        pause(0.002).await;
+    }
+    let mut tail = last.to_vec();
+    tail.extend(Frame::text("early").masked([9, 8, 7, 6]).encode());
+    io.get_mut().write_all(&tail).await.unwrap();
+    let resp = within(5.0, "the upgrade's answer", async {
+        read_response(&mut io, "GET").await.unwrap()
+    })
+    .await;
+    assert_eq!(resp.status, 101, "{resp:?}");
+    let mut ws = RawWs { io };
+    assert_eq!(ws.recv_data(5.0).await.payload, b"early");
+}
+
+/// A backend's refusal whose body has no length (chunked) reaches the client whole.
+#[tokio::test]
+async fn a_backend_refusal_with_a_chunked_body_reaches_the_client_whole() {
+    let backend = RawBackend::bind().await;
+    let gate = Wsgate::start(&Route::new("echo").backend(backend.addr).yaml()).await;
+    let answer = tokio::spawn(async move {
+        let req = backend.accept(5.0).await;
+        let _ws = req
+            .respond(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 6\r\nnot yo\r\n8\r\nur room\n\r\n0\r\n\r\n",
+            )
+            .await;
+        pause(2.0).await;
+    });
+    let r = raw_upgrade(gate.listen, "/chat", &[]).await.response;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert_eq!(String::from_utf8_lossy(&r.body), "not your room\n");
+    assert_eq!(outcome(&gate, &ECHO, "backend_rejected").await, 1.0);
+    answer.abort();
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
@@ -25,7 +26,7 @@ use crate::proxy::stream::Stream;
 
 /// A client connection as hyper sees it; [`Upgraded`](hyper::upgrade::Upgraded)
 /// downcasts to this.
-pub type ClientIo = TokioIo<FirstHead<Stream>>;
+pub type ClientIo = TokioIo<FirstHead<Rewind<Stream>>>;
 
 /// Shared between a connection's IO wrapper and its service.
 #[derive(Default)]
@@ -155,6 +156,76 @@ impl<S: AsyncWrite> AsyncWrite for FirstHead<S> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A connection whose first bytes were already read (by the listener's own
+    /// HTTP/1.1 path, which answers WebSocket upgrades without hyper): they are
+    /// read again from here before anything new from the socket.
+    pub struct Rewind<S> {
+        prefix: Bytes,
+        #[pin]
+        inner: S,
+    }
+}
+
+impl<S> Rewind<S> {
+    /// `inner`, whose next bytes are `prefix`.
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Rewind { prefix, inner }
+    }
+
+    /// What is left of the prefix, and the connection.
+    pub fn into_parts(self) -> (Bytes, S) {
+        (self.prefix, self.inner)
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Rewind<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if this.prefix.has_remaining() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +260,17 @@ mod tests {
         let mut buf = [0u8; 1];
         io.read_exact(&mut buf).await.unwrap();
         assert!(!state.timed_out());
+    }
+
+    #[tokio::test]
+    async fn rewind_reads_its_prefix_first() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = Rewind::new(Bytes::from_static(b"GET / HT"), server);
+        client.write_all(b"TP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 16];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"GET / HTTP/1.1\r\n");
+        let (rest, _) = io.into_parts();
+        assert!(rest.is_empty());
     }
 }

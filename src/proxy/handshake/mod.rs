@@ -20,7 +20,7 @@ use http::header::{
     SET_COOKIE, UPGRADE,
 };
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 
@@ -35,7 +35,7 @@ use crate::proxy::relay::Relay;
 use crate::proxy::response::{status, Body, TunnelOpened};
 use crate::proxy::route::policy::client_permitted;
 use crate::proxy::route::table::Route;
-use crate::proxy::runtime::RouteRuntime;
+use crate::proxy::runtime::{Admission, RouteRuntime};
 use crate::proxy::stream::{H2Leg, Stream};
 use crate::proxy::trace::RequestTrace;
 use headers::{for_http1, set_forwarded, strip_hop_by_hop};
@@ -80,54 +80,161 @@ pub(crate) fn gateway_answer<B>(
     })
 }
 
-/// Handles an upgrade request (HTTP/1.1) or an extended CONNECT (HTTP/2) end to end,
-/// traced by its SERVER span from the request to the status written.
+/// Decides an upgrade request (HTTP/1.1) or an extended CONNECT (HTTP/2) end to end,
+/// traced by its SERVER span from the request to the status written: the answer
+/// for the client and, when the backend switched protocols, the tunnel that opens
+/// once the answer is out ([`Opening`]). Whoever read the request (hyper's server,
+/// or the listener's own HTTP/1.1 path) writes the answer and hands over the
+/// client's connection; what a handshake means is decided here alone.
 pub async fn websocket(
     proxy: &Arc<Proxy>,
-    req: Request<Incoming>,
+    req: Request<()>,
     client: ClientAddr,
     protocol: ClientProtocol,
-) -> Response<Body> {
+) -> (Response<Body>, Option<Opening>) {
     let found = proxy.route_for(&req, client.gateway_port);
     let route = found.as_ref().map(|(r, _)| &**r);
     let trace = RequestTrace::start(proxy.tracer(), &req, &client, route, "GET");
-    let resp = match found {
+    let (resp, opening) = match found {
         None => {
             proxy
                 .metrics
                 .connections_total
                 .with_label_values(&["", "", "rejected"])
                 .inc();
-            status(StatusCode::NOT_FOUND, "no route for this host and path")
+            (
+                status(StatusCode::NOT_FOUND, "no route for this host and path"),
+                None,
+            )
         }
         Some((route, runtime)) => {
-            upgrade(proxy, req, client, protocol, route, runtime, &trace).await
+            match upgrade(proxy, req, client, protocol, route, runtime, &trace).await {
+                Ok((resp, opening)) => (resp, Some(opening)),
+                Err(resp) => (resp, None),
+            }
         }
     };
     trace.end(&resp);
-    resp
+    (resp, opening)
+}
+
+/// An accepted upgrade whose answer (`101`, or `200` over HTTP/2) is on its way to
+/// the client: what the tunnel needs once both connections switched protocols.
+pub struct Opening {
+    proxy: Arc<Proxy>,
+    route: Arc<Route>,
+    client: ClientAddr,
+    protocol: ClientProtocol,
+    backend: Arc<str>,
+    on_backend: OnUpgrade,
+    admission: Admission,
+    extensions: Extensions,
+    expires: Option<std::time::SystemTime>,
+    trace: RequestTrace,
+}
+
+impl Opening {
+    /// hyper's server read the request: the client's connection comes back from
+    /// hyper once the answer is written.
+    pub async fn after_hyper(self, on_client: OnUpgrade) {
+        let Ok(client) = on_client.await else {
+            return;
+        };
+        // `read_buf` views hyper's whole handshake buffer (8 KiB or more): copy the
+        // (usually empty) rest out so the tunnel does not pin that buffer.
+        let (client, client_early) = match self.protocol {
+            ClientProtocol::H2 => (Stream::H2(Box::new(H2Leg::new(client))), Vec::new()),
+            ClientProtocol::Http1 => match client.downcast::<ClientIo>() {
+                Ok(c) => {
+                    let (rest, stream) = c.io.into_inner().into_inner().into_parts();
+                    let mut early = rest.to_vec();
+                    early.extend_from_slice(&c.read_buf);
+                    (stream, early)
+                }
+                Err(_) => {
+                    tracing::error!("upgraded client connection of an unexpected type");
+                    return;
+                }
+            },
+        };
+        self.open(client, client_early).await;
+    }
+
+    /// Starts the tunnel on the client's connection, whose answer has been written;
+    /// `client_early` is what the client sent after its request head.
+    pub async fn open(self, client: Stream, client_early: Vec<u8>) {
+        let Opening {
+            proxy,
+            route,
+            client: client_addr,
+            protocol,
+            backend,
+            on_backend,
+            admission,
+            extensions,
+            expires,
+            trace,
+        } = self;
+        let Ok(backend_io) = on_backend.await else {
+            return;
+        };
+        let Ok(b) = backend_io.downcast::<TokioIo<Stream>>() else {
+            tracing::error!("upgraded backend connection of an unexpected type");
+            return;
+        };
+        let backend_early = b.read_buf.to_vec();
+        drop(b.read_buf);
+        // The tunnel's span starts once both sides switched protocols.
+        let span = trace.tunnel(&route.key);
+        drop(trace);
+        let info = proxy
+            .registry
+            .open(route, client_addr, protocol, backend, span);
+        if let Some(at) = expires {
+            proxy.registry.expire_at(&info, at);
+        }
+        if !proxy.ready() {
+            proxy.registry.schedule_close(
+                &info,
+                Some(std::time::Instant::now()),
+                CloseReason::Shutdown,
+            );
+        }
+        let relay = Relay {
+            client,
+            backend: b.io.into_inner(),
+            info,
+            admission,
+            extensions,
+            proxy,
+        };
+        // A task of its own, spawned as the bare relay future: the caller's state
+        // (or a wrapper's copy of the relay future — rustc keeps both the local and
+        // the awaited copy) would otherwise double every tunnel's task.
+        tokio::spawn(relay.run(client_early, backend_early));
+    }
 }
 
 async fn upgrade(
     proxy: &Arc<Proxy>,
-    mut req: Request<Incoming>,
+    mut req: Request<()>,
     client: ClientAddr,
     protocol: ClientProtocol,
     route: Arc<Route>,
     runtime: Arc<RouteRuntime>,
     trace: &RequestTrace,
-) -> Response<Body> {
+) -> Result<(Response<Body>, Opening), Response<Body>> {
     let m = &runtime.metrics;
     // First, before anything else is looked at: a denied client learns nothing
     // about the route and no backend hears of it.
     if !client_permitted(route.client_access.as_ref(), client.ip) {
         m.outcome("client_denied");
         tracing::debug!(route = %route.key, %client, "client address denied by clientAccess");
-        return status(StatusCode::FORBIDDEN, "client address not allowed");
+        return Err(status(StatusCode::FORBIDDEN, "client address not allowed"));
     }
     if let Some(answer) = gateway_answer(&route, &req, &client) {
         m.outcome("rejected");
-        return answer;
+        return Err(answer);
     }
     let uri = req.uri().clone();
     for_http1(req.headers_mut(), &uri);
@@ -151,19 +258,19 @@ async fn upgrade(
         Ok(key)
     }) {
         Ok(key) => key,
-        Err(invalid) => return refused(invalid),
+        Err(invalid) => return Err(refused(invalid)),
     };
     // Before the subprotocol check: a token entry is not a protocol the backend sees.
     let verified = match auth::admit(&route, m, &mut req, trace).await {
         Ok(v) => v,
         Err(refusal) => {
             m.outcome("rejected");
-            return refusal;
+            return Err(refusal);
         }
     };
     let offered = match validate::subprotocols(&route, &mut req) {
         Ok(offered) => offered,
-        Err(invalid) => return refused(invalid),
+        Err(invalid) => return Err(refused(invalid)),
     };
 
     let mut admission = match runtime.admit(&route, client.ip) {
@@ -179,23 +286,20 @@ async fn upgrade(
                 },
             );
             let code = StatusCode::from_u16(code).expect("503 or 429");
-            return status(code, "connection limit reached");
+            return Err(status(code, "connection limit reached"));
         }
     };
 
     if let Some(policy) = &route.fleet {
         match fleet::admit(&route, m, policy, client.ip, verified.subject.as_deref()).await {
             Ok(ticket) => admission.set_fleet(ticket),
-            Err(refusal) => return refusal,
+            Err(refusal) => return Err(refusal),
         }
     }
 
-    let (parts, _) = req.into_parts();
-    let choice = balance::choose(&route, &runtime.backends, &parts, client.ip);
-    let mut req = Request::from_parts(parts, ());
-    let on_client = hyper::upgrade::on(&mut req);
     let (parts, ()) = req.into_parts();
-    let mut headers = parts.headers.clone();
+    let choice = balance::choose(&route, &runtime.backends, &parts, client.ip);
+    let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
@@ -280,15 +384,15 @@ async fn upgrade(
             backend_span.end(Err("timeout"));
             m.outcome("timeout");
             tracing::warn!(route = %route.key, "backend did not answer the upgrade in time");
-            return status(
+            return Err(status(
                 StatusCode::GATEWAY_TIMEOUT,
                 "backend did not answer the upgrade in time",
-            );
+            ));
         }
         Ok(Err((code, outcome, why))) => {
             backend_span.end(Err(outcome));
             m.outcome(outcome);
-            return status(code, why);
+            return Err(status(code, why));
         }
         Ok(Ok(r)) => {
             backend_span.end(Ok(r.1.status()));
@@ -306,10 +410,10 @@ async fn upgrade(
         // upgrade with one (a plain web server) must not look like it did.
         m.outcome("backend_rejected");
         tracing::warn!(route = %route.key, status = resp.status().as_u16(), "backend answered the upgrade without switching protocols");
-        return status(
+        return Err(status(
             StatusCode::BAD_GATEWAY,
             "backend sent an invalid WebSocket handshake",
-        );
+        ));
     }
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused: pass its answer on.
@@ -319,7 +423,10 @@ async fn upgrade(
         if let Some(c) = cookie {
             rparts.headers.append(SET_COOKIE, c);
         }
-        return Response::from_parts(rparts, http_body_util::BodyExt::boxed(body));
+        return Err(Response::from_parts(
+            rparts,
+            http_body_util::BodyExt::boxed(body),
+        ));
     }
     let expected = accept_key(&key);
     let accept_ok = resp
@@ -335,10 +442,10 @@ async fn upgrade(
     if !accept_ok || !protocol_ok {
         m.outcome("backend_rejected");
         tracing::warn!(route = %route.key, %backend, accept_ok, protocol_ok, "backend sent an invalid 101");
-        return status(
+        return Err(status(
             StatusCode::BAD_GATEWAY,
             "backend sent an invalid WebSocket handshake",
-        );
+        ));
     }
     admission.set_backend(&backend);
     // Which RSV bits the relay lets through (RFC 6455 §5.2).
@@ -349,7 +456,7 @@ async fn upgrade(
             .map(|v| v.as_bytes()),
     );
 
-    let mut headers = resp.headers().clone();
+    let mut headers = std::mem::take(resp.headers_mut());
     strip_hop_by_hop(&mut headers);
     if h2 {
         // RFC 8441 §5: a 200 without the HTTP/1.1 handshake's headers.
@@ -364,65 +471,19 @@ async fn upgrade(
     if let Some(p) = verified.echo_protocol {
         headers.insert(SEC_WEBSOCKET_PROTOCOL, p);
     }
-    let expires = verified.expires;
-    let on_backend = hyper::upgrade::on(&mut resp);
+    let opening = Opening {
+        proxy: proxy.clone(),
+        route,
+        client,
+        protocol,
+        backend,
+        on_backend: hyper::upgrade::on(&mut resp),
+        admission,
+        extensions,
+        expires: verified.expires,
+        trace: trace.clone(),
+    };
     m.outcome("upgraded");
-
-    let proxy = proxy.clone();
-    let client_addr = client;
-    let trace = trace.clone();
-    tokio::spawn(async move {
-        let (client, backend_io) = match tokio::join!(on_client, on_backend) {
-            (Ok(c), Ok(b)) => (c, b),
-            _ => return,
-        };
-        let Ok(b) = backend_io.downcast::<TokioIo<Stream>>() else {
-            tracing::error!("upgraded backend connection of an unexpected type");
-            return;
-        };
-        // `read_buf` views hyper's whole handshake buffer (8 KiB or more): copy the
-        // (usually empty) rest out so the tunnel does not pin that buffer.
-        let (client, client_early) = match protocol {
-            ClientProtocol::H2 => (Stream::H2(Box::new(H2Leg::new(client))), Vec::new()),
-            ClientProtocol::Http1 => match client.downcast::<ClientIo>() {
-                Ok(c) => (c.io.into_inner().into_inner(), c.read_buf.to_vec()),
-                Err(_) => {
-                    tracing::error!("upgraded client connection of an unexpected type");
-                    return;
-                }
-            },
-        };
-        let backend_early = b.read_buf.to_vec();
-        drop(b.read_buf);
-        // The tunnel's span starts once both sides switched protocols.
-        let span = trace.tunnel(&route.key);
-        drop(trace);
-        let info = proxy
-            .registry
-            .open(route, client_addr, protocol, backend, span);
-        if let Some(at) = expires {
-            proxy.registry.expire_at(&info, at);
-        }
-        if !proxy.ready() {
-            proxy.registry.schedule_close(
-                &info,
-                Some(std::time::Instant::now()),
-                CloseReason::Shutdown,
-            );
-        }
-        let relay = Relay {
-            client,
-            backend: b.io.into_inner(),
-            info,
-            admission,
-            extensions,
-            proxy,
-        };
-        // A task of its own, spawned as the bare relay future: this handshake task's
-        // state (or a wrapper's copy of the relay future — rustc keeps both the
-        // local and the awaited copy) would otherwise double every tunnel's task.
-        tokio::spawn(relay.run(client_early, backend_early));
-    });
 
     let mut out = Response::new(http_body_util::BodyExt::boxed(
         http_body_util::Empty::<Bytes>::new().map_err(|n| match n {}),
@@ -434,7 +495,7 @@ async fn upgrade(
     };
     *out.headers_mut() = headers;
     out.extensions_mut().insert(TunnelOpened);
-    out
+    Ok((out, opening))
 }
 
 use http_body_util::BodyExt as _;

@@ -4,16 +4,19 @@
 
 pub mod gateway;
 mod h2_guard;
+mod http1;
 pub mod limits;
 pub mod proxy_protocol;
 pub(crate) mod tls;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 
 use hyper::body::Incoming;
@@ -27,10 +30,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::proxy::access_log::{loggable_path, Kind, Record};
 use crate::proxy::client::{canonical, ClientAddr, ConnAddr};
-use crate::proxy::first_head::{FirstHead, HeadState};
+use crate::proxy::first_head::{FirstHead, HeadState, Rewind};
 use crate::proxy::handshake::forwarded::ForwardedTrust;
 use crate::proxy::handshake::headers::is_websocket_upgrade;
-use crate::proxy::handshake::{self as upgrade, path, plain_http as http_proxy};
+use crate::proxy::handshake::{self as upgrade, path, plain_http as http_proxy, Opening};
 use crate::proxy::listen::h2_guard::{FloodGuard, Flooded};
 use crate::proxy::live::Proxy;
 use crate::proxy::registry::ClientProtocol;
@@ -38,7 +41,7 @@ use crate::proxy::response::{status, Body, Refusal, TunnelOpened};
 use crate::proxy::route::auth::TokenSource;
 use crate::proxy::route::table::request_host;
 use crate::proxy::stream::Stream;
-use limits::{reject, HeadLimits, Rejection, MIN_HEADER_BYTES};
+use limits::{reject, HeadLimits, Rejection};
 use proxy_protocol::{ProxyProtocol, Refused, Untrusted};
 
 /// TLS handshakes must finish within this.
@@ -205,81 +208,30 @@ async fn connection(
         .with_label_values(&[if h2.is_some() { "h2" } else { "http1" }]);
     gauge.inc();
     let head = Arc::new(HeadState::default());
-    let io = FirstHead::new(
-        stream,
-        head_by.saturating_duration_since(Instant::now()),
-        head.clone(),
-    );
-    let service = service_fn({
-        let proxy = proxy.clone();
-        let head = head.clone();
-        move |mut req: Request<Incoming>| {
-            head.head_done();
-            let proxy = proxy.clone();
-            // One address for the connection (every HTTP/2 stream shares it); the
-            // request's own client may come from a trusted proxy's X-Forwarded-For.
-            let client = forwarded.client_of(&conn, req.headers_mut());
-            async move {
-                let Ok(client) = client else {
-                    return Ok(status(
-                        http::StatusCode::BAD_REQUEST,
-                        "X-Forwarded-For has fewer entries than --trusted-hops",
-                    ));
-                };
-                let upgrade = is_websocket_upgrade(req.headers()) || is_extended_connect(&req);
-                // Routes match, and backends receive, the normalised path.
-                let bad_path = match path::normalize_uri(req.uri()) {
-                    Ok(Some(uri)) => {
-                        *req.uri_mut() = uri;
-                        false
-                    }
-                    Ok(None) => false,
-                    Err(_) => true,
-                };
-                let seen = proxy
-                    .access_log
-                    .enabled()
-                    .then(|| (Seen::of(&req), client.clone()));
-                let resp = if bad_path {
-                    refuse_path(&proxy, upgrade)
-                } else if upgrade {
-                    upgrade::websocket(&proxy, req, client, protocol).await
-                } else {
-                    http_proxy::forward(&proxy, req, client).await
-                };
-                if let Some((seen, client)) = seen {
-                    seen.log(&proxy, &client, upgrade, &resp);
-                }
-                Ok::<_, Infallible>(resp)
-            }
-        }
+    let origin = Arc::new(Origin {
+        proxy: proxy.clone(),
+        conn,
+        forwarded,
+        protocol,
     });
     let flooded = Flooded::default();
     let result = match h2 {
         Some(settings) => {
+            let io = FirstHead::new(
+                Rewind::new(Bytes::new(), stream),
+                head_by.saturating_duration_since(Instant::now()),
+                head.clone(),
+            );
             serve_h2(
                 &proxy,
                 FloodGuard::new(io.silent(), flooded.clone()),
-                service,
+                hyper_service(origin, head.clone()),
                 settings,
                 limits,
             )
             .await
         }
-        None => {
-            // hyper's own timer covers the heads of later requests on a kept-alive
-            // connection; the first one is timed by `FirstHead`, which answers 408.
-            hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.read_timeout)
-                // `max_buf_size` alone is no limit: a head that arrives in one read is
-                // parsed before the buffer size is checked (a 100 KiB header got through).
-                .max_header_size(limits.max_bytes)
-                .max_buf_size(limits.max_bytes.max(MIN_HEADER_BYTES))
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades()
-                .await
-        }
+        None => http1::serve(origin, stream, limits, head_by, head.clone()).await,
     };
     gauge.dec();
     if let Err(e) = result {
@@ -295,6 +247,113 @@ async fn connection(
             None => tracing::debug!(client = %peer, error = %e, "connection ended with an error"),
         }
     }
+}
+
+/// What every request on one client connection shares, whichever path reads it.
+pub(super) struct Origin {
+    proxy: Arc<Proxy>,
+    conn: ConnAddr,
+    forwarded: Arc<ForwardedTrust>,
+    protocol: ClientProtocol,
+}
+
+impl Origin {
+    /// The client, the normalised path and the access log around `serve`, for an
+    /// upgrade and a plain request alike.
+    async fn request<B, F, Fut>(
+        &self,
+        mut req: Request<B>,
+        upgrade: bool,
+        serve: F,
+    ) -> Response<Body>
+    where
+        F: FnOnce(Request<B>, ClientAddr) -> Fut,
+        Fut: Future<Output = Response<Body>>,
+    {
+        let proxy = &self.proxy;
+        // One address for the connection (every HTTP/2 stream shares it); the
+        // request's own client may come from a trusted proxy's X-Forwarded-For.
+        let Ok(client) = self.forwarded.client_of(&self.conn, req.headers_mut()) else {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "X-Forwarded-For has fewer entries than --trusted-hops",
+            );
+        };
+        // Routes match, and backends receive, the normalised path.
+        let bad_path = match path::normalize_uri(req.uri()) {
+            Ok(Some(uri)) => {
+                *req.uri_mut() = uri;
+                false
+            }
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        let seen = proxy
+            .access_log
+            .enabled()
+            .then(|| (Seen::of(&req), client.clone()));
+        let resp = if bad_path {
+            refuse_path(proxy, upgrade)
+        } else {
+            serve(req, client).await
+        };
+        if let Some((seen, client)) = seen {
+            seen.log(proxy, &client, upgrade, &resp);
+        }
+        resp
+    }
+
+    /// A WebSocket upgrade (HTTP/1.1) or extended CONNECT (HTTP/2): the answer, and
+    /// the tunnel to open on the client's connection once the answer is out.
+    pub(super) async fn upgrade(&self, req: Request<()>) -> (Response<Body>, Option<Opening>) {
+        let mut opening = None;
+        let slot = &mut opening;
+        let resp = self
+            .request(req, true, |req, client| async move {
+                let (resp, o) = upgrade::websocket(&self.proxy, req, client, self.protocol).await;
+                *slot = o;
+                resp
+            })
+            .await;
+        (resp, opening)
+    }
+}
+
+/// hyper's service for a client connection: every HTTP/2 stream, and every HTTP/1.1
+/// request the listener's own path did not answer (anything but a first-request
+/// WebSocket upgrade).
+fn hyper_service(
+    origin: Arc<Origin>,
+    head: Arc<HeadState>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Send
+       + Clone {
+    service_fn(move |mut req: Request<Incoming>| {
+        head.head_done();
+        let origin = origin.clone();
+        async move {
+            let resp = if is_websocket_upgrade(req.headers()) || is_extended_connect(&req) {
+                let on_client = hyper::upgrade::on(&mut req);
+                let (resp, opening) = origin.upgrade(req.map(|_| ())).await;
+                if let Some(opening) = opening {
+                    tokio::spawn(opening.after_hyper(on_client));
+                }
+                resp
+            } else {
+                let proxy = &origin.proxy;
+                origin
+                    .request(req, false, |req, client| {
+                        http_proxy::forward(proxy, req, client)
+                    })
+                    .await
+            };
+            Ok::<_, Infallible>(resp)
+        }
+    })
 }
 
 /// Reads a trusted load balancer's PROXY header into `conn` within the timeout;
@@ -327,7 +386,7 @@ async fn proxy_header(
 /// finish: their tunnels get Close 1001 from the drain like any other.
 async fn serve_h2<S>(
     proxy: &Proxy,
-    io: FloodGuard<FirstHead<Stream>>,
+    io: FloodGuard<FirstHead<Rewind<Stream>>>,
     service: S,
     settings: Http2Settings,
     limits: HeadLimits,
