@@ -2,6 +2,7 @@
 //! (RFC 9110 §7.6.1) and the `X-Forwarded-*` / `X-Real-IP` headers users know from
 //! NGINX configs.
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
 
 use crate::proxy::client::ClientAddr;
@@ -17,6 +18,19 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
 ];
+
+/// The header fields httparse found in `head`, as a map whose values share
+/// `head`'s buffer instead of being copied one by one; `None` if a name or value
+/// is not one `http` accepts.
+pub fn parsed_fields(head: &Bytes, fields: &[httparse::Header<'_>]) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(field.value)).ok()?;
+        headers.append(name, value);
+    }
+    Some(headers)
+}
 
 /// True when the request asks for a WebSocket upgrade (`Connection: upgrade` and
 /// `Upgrade: websocket`, tokens compared case-insensitively).

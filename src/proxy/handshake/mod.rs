@@ -4,6 +4,7 @@
 //! [`Relay`](crate::proxy::relay::Relay).
 
 mod auth;
+mod backend;
 mod fleet;
 pub mod forwarded;
 pub(crate) mod headers;
@@ -19,9 +20,8 @@ use http::header::{
     HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
     SET_COOKIE, UPGRADE,
 };
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 
 use crate::proxy::backends::balance::{self, affinity_cookie};
@@ -38,6 +38,7 @@ use crate::proxy::route::table::Route;
 use crate::proxy::runtime::{Admission, RouteRuntime};
 use crate::proxy::stream::{H2Leg, Stream};
 use crate::proxy::trace::RequestTrace;
+use backend::Reply;
 use headers::{for_http1, set_forwarded, strip_hop_by_hop};
 use validate::Invalid;
 
@@ -126,7 +127,8 @@ pub struct Opening {
     client: ClientAddr,
     protocol: ClientProtocol,
     backend: Arc<str>,
-    on_backend: OnUpgrade,
+    backend_io: Stream,
+    backend_early: Vec<u8>,
     admission: Admission,
     extensions: Extensions,
     expires: Option<std::time::SystemTime>,
@@ -169,21 +171,13 @@ impl Opening {
             client: client_addr,
             protocol,
             backend,
-            on_backend,
+            backend_io,
+            backend_early,
             admission,
             extensions,
             expires,
             trace,
         } = self;
-        let Ok(backend_io) = on_backend.await else {
-            return;
-        };
-        let Ok(b) = backend_io.downcast::<TokioIo<Stream>>() else {
-            tracing::error!("upgraded backend connection of an unexpected type");
-            return;
-        };
-        let backend_early = b.read_buf.to_vec();
-        drop(b.read_buf);
         // The tunnel's span starts once both sides switched protocols.
         let span = trace.tunnel(&route.key);
         drop(trace);
@@ -202,7 +196,7 @@ impl Opening {
         }
         let relay = Relay {
             client,
-            backend: b.io.into_inner(),
+            backend: backend_io,
             info,
             admission,
             extensions,
@@ -324,62 +318,40 @@ async fn upgrade(
                 "no backend reachable",
             ));
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<
-            _,
-            http_body_util::Empty<Bytes>,
-        >(TokioIo::new(stream))
-        .await
-        .map_err(|_| {
-            (
-                StatusCode::BAD_GATEWAY,
-                "backend_unavailable",
-                "backend handshake failed",
-            )
-        })?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        let path = path.as_str();
         backend_span.backend(
             &route.backends[index].address,
-            path,
+            &path,
             route.backend_tls.is_some(),
         );
-        let mut breq = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .version(Version::HTTP_11);
-        *breq.headers_mut().expect("fresh builder") = headers;
-        let breq = breq
-            .body(http_body_util::Empty::new())
-            .expect("valid request");
-        let resp = sender.send_request(breq).await.map_err(|e| {
-            // A TLS 1.3 backend refuses our client certificate only after the
-            // handshake: its alert is what this first read meets.
-            let addr = &route.backends[index].address;
-            let why = route.backend_tls.as_ref().and_then(|t| t.explain(&e, addr));
-            match why {
-                Some(why) => {
-                    report(&route.key, addr, &why);
-                    (
-                        StatusCode::BAD_GATEWAY,
-                        "backend_unavailable",
-                        "backend TLS failed",
-                    )
+        let reply = backend::exchange(stream, &path, &headers)
+            .await
+            .map_err(|e| {
+                // A TLS 1.3 backend refuses our client certificate only after the
+                // handshake: its alert is what this first read meets.
+                let addr = &route.backends[index].address;
+                let why = route.backend_tls.as_ref().and_then(|t| t.explain(&e, addr));
+                match why {
+                    Some(why) => {
+                        report(&route.key, addr, &why);
+                        (
+                            StatusCode::BAD_GATEWAY,
+                            "backend_unavailable",
+                            "backend TLS failed",
+                        )
+                    }
+                    None => {
+                        tracing::warn!(route = %route.key, backend = %addr, error = %e, "backend closed the connection before answering the upgrade");
+                        (
+                            StatusCode::BAD_GATEWAY,
+                            "backend_unavailable",
+                            "backend closed the connection",
+                        )
+                    }
                 }
-                None => {
-                    tracing::warn!(route = %route.key, backend = %addr, error = %e, "backend closed the connection before answering the upgrade");
-                    (
-                        StatusCode::BAD_GATEWAY,
-                        "backend_unavailable",
-                        "backend closed the connection",
-                    )
-                }
-            }
-        })?;
-        Ok((index, resp))
+            })?;
+        Ok((index, reply))
     };
-    let (index, mut resp) = match tokio::time::timeout(route.handshake_timeout, exchange).await {
+    let (index, reply) = match tokio::time::timeout(route.handshake_timeout, exchange).await {
         Err(_) => {
             backend_span.end(Err("timeout"));
             m.outcome("timeout");
@@ -405,36 +377,41 @@ async fn upgrade(
         .then(|| affinity_cookie(&route, index))
         .flatten();
 
-    if h2 && resp.status().is_success() {
-        // Over HTTP/2 a 2xx is what opens a tunnel: a backend that answered the
-        // upgrade with one (a plain web server) must not look like it did.
-        m.outcome("backend_rejected");
-        tracing::warn!(route = %route.key, status = resp.status().as_u16(), "backend answered the upgrade without switching protocols");
-        return Err(status(
-            StatusCode::BAD_GATEWAY,
-            "backend sent an invalid WebSocket handshake",
-        ));
-    }
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The backend refused: pass its answer on.
-        m.outcome("backend_rejected");
-        let (mut rparts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
-        if let Some(c) = cookie {
-            rparts.headers.append(SET_COOKIE, c);
+    let (mut resp_headers, backend_io, backend_early) = match reply {
+        Reply::Switched {
+            headers,
+            stream,
+            early,
+        } => (headers, stream, early),
+        Reply::Other(resp) if h2 && resp.status().is_success() => {
+            // Over HTTP/2 a 2xx is what opens a tunnel: a backend that answered the
+            // upgrade with one (a plain web server) must not look like it did.
+            m.outcome("backend_rejected");
+            tracing::warn!(route = %route.key, status = resp.status().as_u16(), "backend answered the upgrade without switching protocols");
+            return Err(status(
+                StatusCode::BAD_GATEWAY,
+                "backend sent an invalid WebSocket handshake",
+            ));
         }
-        return Err(Response::from_parts(
-            rparts,
-            http_body_util::BodyExt::boxed(body),
-        ));
-    }
+        Reply::Other(resp) => {
+            // The backend refused: pass its answer on.
+            m.outcome("backend_rejected");
+            let (mut rparts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut rparts.headers);
+            if let Some(c) = cookie {
+                rparts.headers.append(SET_COOKIE, c);
+            }
+            return Err(Response::from_parts(
+                rparts,
+                http_body_util::BodyExt::boxed(body),
+            ));
+        }
+    };
     let expected = accept_key(&key);
-    let accept_ok = resp
-        .headers()
+    let accept_ok = resp_headers
         .get(SEC_WEBSOCKET_ACCEPT)
         .is_some_and(|a| a.as_bytes() == expected.as_bytes());
-    let chosen = resp
-        .headers()
+    let chosen = resp_headers
         .get(SEC_WEBSOCKET_PROTOCOL)
         .and_then(|p| p.to_str().ok())
         .map(str::to_owned);
@@ -450,13 +427,13 @@ async fn upgrade(
     admission.set_backend(&backend);
     // Which RSV bits the relay lets through (RFC 6455 §5.2).
     let extensions = Extensions::negotiated(
-        resp.headers()
+        resp_headers
             .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
             .iter()
             .map(|v| v.as_bytes()),
     );
 
-    let mut headers = std::mem::take(resp.headers_mut());
+    let mut headers = std::mem::take(&mut resp_headers);
     strip_hop_by_hop(&mut headers);
     if h2 {
         // RFC 8441 §5: a 200 without the HTTP/1.1 handshake's headers.
@@ -477,7 +454,8 @@ async fn upgrade(
         client,
         protocol,
         backend,
-        on_backend: hyper::upgrade::on(&mut resp),
+        backend_io,
+        backend_early,
         admission,
         extensions,
         expires: verified.expires,

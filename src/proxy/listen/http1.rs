@@ -13,13 +13,12 @@
 //! in one place for both paths, [`crate::proxy::handshake::websocket`].
 
 use std::io;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -28,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::limits::{HeadLimits, MIN_HEADER_BYTES};
 use super::{hyper_service, Origin};
 use crate::proxy::first_head::{FirstHead, HeadState, Rewind};
-use crate::proxy::handshake::headers::{has_token, is_websocket_upgrade};
+use crate::proxy::handshake::headers::{has_token, is_websocket_upgrade, parsed_fields};
 use crate::proxy::response::Body;
 use crate::proxy::stream::Stream;
 
@@ -131,39 +130,33 @@ enum Parsed {
 }
 
 /// Parses a first request head. A WebSocket upgrade (`GET`, HTTP/1.1, no body, at
-/// most `max_bytes` and [`MAX_HEADERS`]) is split off the front of `buf`; its
-/// header values share that one buffer rather than being copied one by one.
+/// most `max_bytes` and [`MAX_HEADERS`] fields) is split off the front of `buf`.
 fn parse(buf: &mut BytesMut, max_bytes: usize) -> Parsed {
+    let len = {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut fields);
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Other,
+        };
+        if len > max_bytes || req.method != Some("GET") || req.version != Some(1) {
+            return Parsed::Other;
+        }
+        len
+    };
+    // Parsed again from the frozen head: its fields then share that buffer.
+    let head = buf.split_to(len).freeze();
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
-    };
-    if len > max_bytes || req.method != Some("GET") || req.version != Some(1) {
-        return Parsed::Other;
+    match req.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => unreachable!("the same bytes parsed a moment ago"),
     }
-    let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| -> Range<usize> {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
-    };
-    let Some(path) = req.path.map(|p| at(p.as_bytes())) else {
-        return Parsed::Other;
-    };
-    let mut spans: [(Range<usize>, Range<usize>); MAX_HEADERS] =
-        std::array::from_fn(|_| (0..0, 0..0));
-    let count = req.headers.len();
-    for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
-        *span = (at(field.name.as_bytes()), at(field.value));
-    }
-    let head = buf.split_to(len).freeze();
-    match request(&head, path, &spans[..count]) {
+    match request(&head, &req) {
         Some(req) => Parsed::Upgrade(req),
         None => {
-            // Put the head back for hyper: `head` shares `buf`'s allocation, so
-            // this copies only the head, and only on the rare way out.
+            // Put the head back for hyper: this copies, but only on the rare way out.
             let mut whole = BytesMut::with_capacity(head.len() + buf.len());
             whole.extend_from_slice(&head);
             whole.extend_from_slice(buf);
@@ -174,17 +167,8 @@ fn parse(buf: &mut BytesMut, max_bytes: usize) -> Parsed {
 }
 
 /// The request of a parsed head, if it is a WebSocket upgrade without a body.
-fn request(
-    head: &Bytes,
-    path: Range<usize>,
-    spans: &[(Range<usize>, Range<usize>)],
-) -> Option<Request<()>> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, value) in spans {
-        let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
-        headers.append(name, value);
-    }
+fn request(head: &Bytes, parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
+    let headers = parsed_fields(head, parsed.headers)?;
     let body = headers.contains_key(TRANSFER_ENCODING)
         || headers
             .get_all(CONTENT_LENGTH)
@@ -193,7 +177,7 @@ fn request(
     if body || !is_websocket_upgrade(&headers) {
         return None;
     }
-    let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
+    let uri = Uri::from_maybe_shared(head.slice_ref(parsed.path?.as_bytes())).ok()?;
     let mut req = Request::new(());
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
