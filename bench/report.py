@@ -156,6 +156,39 @@ def h2_collect(work):
     return out
 
 
+def targets_22(res, h2):
+    """Issue 22's targets: wsgate against HAProxy tcp (HTTP/1.1) and HAProxy h2."""
+    g1 = lambda n, k, f: ((res.get(n) or {}).get(k) or {}).get(f)
+    g2 = lambda n, k, f: ((h2.get(n) or {}).get(k) or {}).get(f)
+    W, T, H = "wsgate", "haproxy-tcp", "haproxy-h2"
+    rows = []
+    def row(what, mine, theirs, limit, less=True):
+        r = ratio(mine, theirs)
+        ok = None if r is None else (r <= limit if less else r >= limit)
+        rows.append((what, r, ok))
+    row("CPU per plain handshake <= haproxy-tcp's", g1(W, "handshakes", "proxy_cpu_us_per_handshake"),
+        g1(T, "handshakes", "proxy_cpu_us_per_handshake"), 1.0)
+    row("CPU per relayed message <= 0.9 x haproxy-tcp's", g1(W, "cpu", "cpu_s_per_million_relayed"),
+        g1(T, "cpu", "cpu_s_per_million_relayed"), 0.9)
+    row("... paced", g1(W, "cpu_paced", "cpu_s_per_million_relayed"),
+        g1(T, "cpu_paced", "cpu_s_per_million_relayed"), 0.9)
+    row("p99 added latency <= haproxy-tcp's", g1(W, "latency", "added_p99_us"), g1(T, "latency", "added_p99_us"), 1.0)
+    row("HTTP/2 CPU per relayed message <= haproxy-h2's", g2(W, "cpu", "cpu_s_per_million_relayed"),
+        g2(H, "cpu", "cpu_s_per_million_relayed"), 1.0)
+    row("HTTP/2 handshakes on 1 conn >= 1.2 x haproxy-h2's", g2(W, "handshakes", "per_s"), g2(H, "handshakes", "per_s"),
+        1.2, less=False)
+    return rows
+
+
+def trailing_lines(rows):
+    out = []
+    for what, r, ok in rows:
+        verdict = "n/a" if ok is None else ("met" if ok else "MISSED")
+        shown = "—" if r is None else f"{r:.2f} x"
+        out.append(f"  {what:<50}: {shown}  -> {verdict}")
+    return out
+
+
 EDGE = ["wsgate", "wsgate-pp2", "wsgate-cidr"]
 
 
@@ -535,6 +568,10 @@ def main():
           f"  -> {targets['routes_metrics_mib<=4']['verdict']}")
         p(f"  {routes['routes']} routes: reload live <= 0.5 s         : load {routes['first_load_live_seconds']:.3f} s, reload "
           f"{routes['reload_live_seconds']:.3f} s  -> {targets['routes_reload_live_s<=0.5']['verdict']}")
+    p()
+    p("Where wsgate trailed (issue 22) — ratios from this run; TLS and storm targets: bench/tls.sh, bench/storm.sh")
+    for line in trailing_lines(targets_22(res, h2)):
+        p(line)
     if meta.get("wsgate_note"):
         p(f"  wsgate: {meta['wsgate_note']}")
     warn = []
