@@ -256,7 +256,8 @@ async fn forwarding_headers_reach_the_backend() {
         "GET /chat?room=1 HTTP/1.1\r\nHost: chat.example.com:8443\r\nUpgrade: websocket\r\n\
          Connection: Upgrade, X-Hop-Secret\r\nX-Hop-Secret: must-not-pass\r\n\
          Keep-Alive: timeout=5\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\
-         X-Forwarded-For: 203.0.113.7\r\nX-Custom: kept\r\nCookie: session=abc\r\n\r\n",
+         X-Forwarded-For: 203.0.113.7\r\nX-Custom: kept\r\nCookie: session=abc\r\n\
+         Content-Length: 0\r\n\r\n",
         new_key()
     );
     let up = raw_request(gate.listen, &req).await;
@@ -286,6 +287,47 @@ async fn forwarding_headers_reach_the_backend() {
         h.get("keep-alive").is_none(),
         "Keep-Alive is hop-by-hop: {h}"
     );
+    assert!(
+        h.get("content-length").is_none(),
+        "the backend gets a head alone, with no length to wait for: {h}"
+    );
+}
+
+/// The bytes after an upgrade's head are the tunnel's, so an upgrade that announces
+/// a body is refused; and wsgate is no forward proxy: CONNECT gets 405.
+#[tokio::test]
+async fn an_upgrade_with_a_body_gets_400_and_a_plain_connect_405() {
+    let backend = EchoBackend::start("echo").await;
+    let gate = Wsgate::start(&Route::new("echo").backend(backend.addr).yaml()).await;
+    let host = gate.listen.to_string();
+    let with_body =
+        upgrade_request(&host, "/chat", &new_key(), &[("Content-Length", "5")]) + "hello";
+    let r = raw_request(gate.listen, &with_body).await.response;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "a WebSocket upgrade has no body\n"
+    );
+    let chunked = upgrade_request(
+        &host,
+        "/chat",
+        &new_key(),
+        &[("Transfer-Encoding", "chunked")],
+    ) + "5\r\nhello\r\n0\r\n\r\n";
+    assert_eq!(
+        raw_request(gate.listen, &chunked).await.response.status,
+        400
+    );
+
+    let connect = "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n";
+    let r = raw_request(gate.listen, connect).await.response;
+    assert_eq!(r.status, 405, "{r:?}");
+    assert!(
+        r.header("allow").is_some_and(|a| !a.contains("CONNECT")),
+        "{r:?}"
+    );
+    assert_eq!(backend.accepted(), 0, "nothing reached the backend");
+    assert_eq!(outcome(&gate, &ECHO, "rejected").await, 2.0);
 }
 
 #[tokio::test]

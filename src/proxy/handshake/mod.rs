@@ -295,6 +295,8 @@ async fn upgrade(
     let choice = balance::choose(&route, &runtime.backends, &parts, client.ip);
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    // What goes to the backend is a head alone (`Content-Length: 0` included).
+    headers.remove(http::header::CONTENT_LENGTH);
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     set_forwarded(&mut headers, &client);

@@ -6,8 +6,8 @@
 
 use base64::Engine;
 use http::header::{
-    HeaderMap, HeaderValue, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
-    SEC_WEBSOCKET_VERSION,
+    HeaderMap, HeaderValue, CONTENT_LENGTH, ORIGIN, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, TRANSFER_ENCODING,
 };
 use http::{Method, Request, StatusCode, Version};
 
@@ -43,6 +43,17 @@ pub(super) fn key<B>(req: &mut Request<B>, h2: bool) -> Result<Vec<u8>, Invalid>
                 StatusCode::BAD_REQUEST,
                 "a WebSocket upgrade must be an HTTP/1.1 GET",
             ));
+        }
+        // Bytes after the head are the tunnel's: a body would reach the backend
+        // as frames, and its length as a promise nobody keeps.
+        let body = req.headers().contains_key(TRANSFER_ENCODING)
+            || req
+                .headers()
+                .get_all(CONTENT_LENGTH)
+                .iter()
+                .any(|v| v.as_bytes() != b"0");
+        if body {
+            return Err((StatusCode::BAD_REQUEST, "a WebSocket upgrade has no body"));
         }
         let key = req
             .headers()

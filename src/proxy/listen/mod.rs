@@ -343,6 +343,13 @@ fn hyper_service(
                     tokio::spawn(opening.after_hyper(on_client));
                 }
                 resp
+            } else if req.method() == http::Method::CONNECT {
+                // wsgate is no forward proxy: an HTTP/1.1 CONNECT, or an HTTP/2 one
+                // without `:protocol`, names a host to tunnel to, not a route.
+                let proxy = &origin.proxy;
+                origin
+                    .request(req, false, |_, _| async { refuse_connect(proxy) })
+                    .await
             } else {
                 let proxy = &origin.proxy;
                 origin
@@ -491,6 +498,24 @@ fn refuse_path(proxy: &Proxy, upgrade: bool) -> Response<Body> {
         StatusCode::BAD_REQUEST,
         "encoded / or \\ in the path (%2F, %5C) is not accepted",
     )
+}
+
+/// 405 for a CONNECT that is not a WebSocket's, counted like any refused request.
+fn refuse_connect(proxy: &Proxy) -> Response<Body> {
+    proxy
+        .metrics
+        .http_requests_total
+        .with_label_values(&["", "", "405"])
+        .inc();
+    let mut r = status(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "CONNECT is not proxied: wsgate is a reverse proxy",
+    );
+    r.headers_mut().insert(
+        http::header::ALLOW,
+        http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    r
 }
 
 /// An HTTP/2 extended CONNECT (RFC 8441): `:method CONNECT` with `:protocol`.
