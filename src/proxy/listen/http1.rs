@@ -66,9 +66,12 @@ pub(super) async fn serve(
         let close = has_token(req.headers(), &CONNECTION, "close");
         let (resp, opening) = origin.upgrade(req).await;
         if let Some(opening) = opening {
-            // A 101: the connection is the tunnel's from here.
+            // A 101: the connection is the tunnel's from here. The read buffer is
+            // freed before the tunnel's long-lived allocations are made.
+            let early = buf.to_vec();
+            drop(buf);
             if write_response(&mut stream, resp).await.is_ok() {
-                opening.open(stream, buf.to_vec()).await;
+                opening.open(stream, early).await;
             }
             return Ok(());
         }
