@@ -1,5 +1,6 @@
-//! Listeners: accept, terminate TLS, speak HTTP/1.1 or HTTP/2 with hyper, and send
-//! each request down the upgrade (an HTTP/1.1 Upgrade or an HTTP/2 extended
+//! Listeners: accept, terminate TLS, speak HTTP/1.1 (the first request's WebSocket
+//! upgrade on wsgate's own path, [`http1`], the rest with hyper) or HTTP/2 (hyper),
+//! and send each request down the upgrade (an HTTP/1.1 Upgrade or an HTTP/2 extended
 //! CONNECT) or the plain HTTP path.
 
 pub mod gateway;
@@ -330,8 +331,7 @@ fn hyper_service(
     Response = Response<Body>,
     Error = Infallible,
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
-> + Send
-       + Clone {
+> + Send {
     service_fn(move |mut req: Request<Incoming>| {
         head.head_done();
         let origin = origin.clone();
