@@ -152,11 +152,11 @@ fn parse(buf: &mut BytesMut, max_bytes: usize) -> Parsed {
     let head = buf.split_to(len).freeze();
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
-    match req.parse(&head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => unreachable!("the same bytes parsed a moment ago"),
-    }
-    match request(&head, &req) {
+    let upgrade = match req.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => request(&head, &req),
+        _ => None,
+    };
+    match upgrade {
         Some(req) => Parsed::Upgrade(req),
         None => {
             // Put the head back for hyper: this copies, but only on the rare way out.
@@ -216,9 +216,10 @@ async fn write_response(stream: &mut Stream, resp: Response<Body>) -> io::Result
         );
     }
     let length = parts.headers.contains_key(CONTENT_LENGTH);
-    let chunked = !bodiless && !length && body.size_hint().exact().is_none();
+    let exact = body.size_hint().exact();
+    let chunked = !bodiless && !length && exact.is_none();
     if !bodiless && !length {
-        match body.size_hint().exact() {
+        match exact {
             Some(n) => field(&mut out, "content-length", n.to_string().as_bytes()),
             None => field(&mut out, "transfer-encoding", b"chunked"),
         }
