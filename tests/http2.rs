@@ -896,3 +896,158 @@ async fn access_log_has_one_line_per_h2_tunnel() {
     assert_eq!(lines[0]["close_code"], 1000);
     assert_eq!(lines[0]["outcome"], "upgraded");
 }
+
+/// curl (nghttp2) over h2c, prior knowledge: its HTTP/2 answer for `url`, with the
+/// status, the response's header block and the body written to `out`.
+async fn curl_h2(
+    dial: SocketAddr,
+    url: &str,
+    extra: &[&str],
+    out: &std::path::Path,
+) -> (u16, String) {
+    let host = url.split('/').nth(2).expect("url has a host");
+    let connect_to = format!("{host}:80:{}:{}", dial.ip(), dial.port());
+    let o = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "30",
+            "-D",
+            "-",
+        ])
+        .args([
+            "--connect-to",
+            &connect_to,
+            "-o",
+            &out.display().to_string(),
+        ])
+        .args(["-w", "%{http_version} %{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .await
+        .expect("curl runs (tests/setup.sh installs it)");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "curl failed: {text} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (headers, tail) = text
+        .rsplit_once("\r\n\r\n")
+        .expect("curl wrote the header block");
+    assert!(tail.starts_with("2 "), "not HTTP/2: {text}");
+    (
+        tail[2..].trim().parse().expect("a status"),
+        headers.to_ascii_lowercase(),
+    )
+}
+
+/// Plain HTTP bodies over HTTP/2 stream both ways through wsgate's own HTTP/2
+/// server, well past every flow-control window (4 MiB against a 256 KiB stream
+/// window and 64 KiB initial client windows): with a Content-Length, and without
+/// one (the backend then gets it chunked). Every byte comes back in order.
+#[tokio::test]
+async fn request_and_response_bodies_of_4_mib_stream_through_h2_with_and_without_a_length() {
+    let _shared = MEASURE.read().await;
+    let (mut backend, addr) = node_backend("web", &[]).await;
+    let host = "web.example.test";
+    let gate = Wsgate::start(&Route::new("web").host(host).backend(addr).yaml()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sent = dir.path().join("sent.bin");
+    let body: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&sent, &body).unwrap();
+    let got = dir.path().join("got.bin");
+    let url = format!("http://{host}/echo");
+
+    let with_length = format!("@{}", sent.display());
+    let (status, headers) =
+        curl_h2(gate.listen, &url, &["--data-binary", &with_length], &got).await;
+    assert_eq!(status, 200, "{headers}");
+    assert!(headers.contains("x-backend: web"), "{headers}");
+    assert!(
+        std::fs::read(&got).unwrap() == body,
+        "the echoed body differs"
+    );
+    let seen = backend.expect("http-body", 5.0).await;
+    assert_eq!(seen["bytes"], 4 << 20, "{seen}");
+    assert_eq!(seen["chunked"], false, "{seen}");
+
+    // `-T -` reads stdin: curl cannot know the length, so it sends none.
+    let stdin = std::fs::File::open(&sent).unwrap();
+    let connect_to = format!("{host}:80:{}:{}", gate.listen.ip(), gate.listen.port());
+    let o = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "30",
+            "-X",
+            "POST",
+            "-T",
+            "-",
+        ])
+        .args([
+            "--connect-to",
+            &connect_to,
+            "-o",
+            &got.display().to_string(),
+        ])
+        .args(["-w", "%{http_version} %{http_code}"])
+        .arg(&url)
+        .stdin(stdin)
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "2 200");
+    assert!(
+        std::fs::read(&got).unwrap() == body,
+        "the echoed body differs"
+    );
+    let seen = backend.expect("http-body", 5.0).await;
+    assert_eq!(seen["bytes"], 4 << 20, "{seen}");
+    assert_eq!(seen["chunked"], true, "{seen}");
+}
+
+/// Answers that carry HTTP/1.1's connection-specific fields reach an HTTP/2 client
+/// without them (RFC 9113 §8.2.2 makes a response with them malformed): wsgate's
+/// own 426 (`Upgrade: websocket`) and a backend's chunked answer.
+#[tokio::test]
+async fn http1_only_fields_are_left_out_of_h2_answers() {
+    let _shared = MEASURE.read().await;
+    let (_backend, addr) = node_backend("web", &[]).await;
+    let gate = Wsgate::start(&routes_yaml(&[
+        Route::new("wsonly")
+            .host("ws.example.test")
+            .backend(addr)
+            .set("proxyHttp", "false"),
+        Route::new("web").host("web.example.test").backend(addr),
+    ]))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+
+    let (status, headers) = curl_h2(gate.listen, "http://ws.example.test/page", &[], &out).await;
+    assert_eq!(status, 426, "{headers}");
+    assert!(!headers.contains("upgrade:"), "{headers}");
+    assert!(headers.contains("date:"), "{headers}");
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("only accepts WebSocket"));
+
+    // Node answers /stream chunked, with `Connection: keep-alive` and `Keep-Alive`.
+    let (status, headers) = curl_h2(
+        gate.listen,
+        "http://web.example.test/stream?delay=10",
+        &[],
+        &out,
+    )
+    .await;
+    assert_eq!(status, 200, "{headers}");
+    for field in ["transfer-encoding", "connection:", "keep-alive:"] {
+        assert!(!headers.contains(field), "{field} in {headers}");
+    }
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "chunk-1\nchunk-2\n");
+}

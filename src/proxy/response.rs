@@ -2,15 +2,27 @@
 //! plain-text responses wsgate makes itself, and the markers the access log reads
 //! on a response.
 
-use std::convert::Infallible;
-
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
-/// Response bodies: wsgate's own short texts or a backend's streamed body.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// Whatever a body's source failed with: hyper's (HTTP/1.1, a backend's answer) or
+/// h2's (an HTTP/2 client's request).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Request and response bodies: wsgate's own short texts, a backend's streamed
+/// answer, or a client's streamed request (HTTP/1.1 or HTTP/2).
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Any body as a [`Body`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
 
 /// wsgate's own explanation on a response it made itself (not a backend's): the
 /// access log reads it.
@@ -24,10 +36,7 @@ pub struct TunnelOpened;
 
 /// A short plain-text response from wsgate itself.
 pub fn status(code: StatusCode, message: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("{message}\n")))
-        .map_err(|n: Infallible| match n {})
-        .boxed();
-    let mut r = Response::new(body);
+    let mut r = Response::new(boxed(Full::new(Bytes::from(format!("{message}\n")))));
     *r.status_mut() = code;
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -9,12 +9,12 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{ready, Context, Poll, Wake, Waker};
 
+use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -30,23 +30,28 @@ pub enum Stream {
     H2(Box<H2Leg>),
 }
 
-/// One HTTP/2 stream as a tunnel leg.
+/// One HTTP/2 stream as a tunnel leg: h2's two halves of the stream, with no
+/// task or channel between them and the relay.
 ///
-/// There is no socket to wait on: hyper's stream wakes whichever waker polled it
-/// last. Every read is polled with `read_waker` and every write with `write_waker`,
-/// each of which raises its flag and wakes the relay task, so the relay's readiness
+/// There is no socket to wait on: h2 wakes whichever waker polled a half last.
+/// Every read is polled with `read_waker` and every write with `write_waker`, each
+/// of which raises its flag and wakes the relay task, so the relay's readiness
 /// checks keep their meaning ("something may have changed on this side") and never
 /// spin. A waker that does nothing, as the socket legs use, would lose the wake-up
-/// here: hyper keeps only the last one.
+/// here: h2 keeps only the last one.
 pub struct H2Leg {
-    io: TokioIo<Upgraded>,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// What h2 handed over and the relay has not read yet (its flow-control
+    /// capacity is given back as the relay reads it).
+    unread: Bytes,
     read: Arc<Flag>,
     write: Arc<Flag>,
     read_waker: Waker,
     write_waker: Waker,
 }
 
-/// A wake-up for one direction of an HTTP/2 leg: raised by hyper, cleared by the
+/// A wake-up for one direction of an HTTP/2 leg: raised by h2, cleared by the
 /// relay when it looks.
 struct Flag {
     raised: AtomicBool,
@@ -84,11 +89,13 @@ impl Flag {
 }
 
 impl H2Leg {
-    /// The leg over an upgraded HTTP/2 stream.
-    pub fn new(io: Upgraded) -> H2Leg {
+    /// The leg over an HTTP/2 stream whose `200` has been sent.
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> H2Leg {
         let (read, write) = (Flag::new(), Flag::new());
         H2Leg {
-            io: TokioIo::new(io),
+            send,
+            recv,
+            unread: Bytes::new(),
             read_waker: Waker::from(read.clone()),
             write_waker: Waker::from(write.clone()),
             read,
@@ -96,21 +103,105 @@ impl H2Leg {
         }
     }
 
+    /// Copies what the client sent into `buf`; `Ok(0)` at END_STREAM (or a reset
+    /// that means "done": NO_ERROR, CANCEL).
+    fn poll_read_into(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        read_into(&mut self.recv, &mut self.unread, cx, buf)
+    }
+
+    /// Hands h2 as much of `buf` as the stream's window and send buffer take now.
+    fn poll_write_from(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        write_from(&mut self.send, cx, buf)
+    }
+
+    /// END_STREAM after what was written.
+    fn end(&mut self) -> io::Result<()> {
+        self.send.reserve_capacity(0);
+        self.send.send_data(Bytes::new(), true).map_err(h2_io_error)
+    }
+
     fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut cx = Context::from_waker(&self.read_waker);
-        let mut rb = ReadBuf::new(buf);
-        match Pin::new(&mut self.io).poll_read(&mut cx, &mut rb) {
-            Poll::Ready(r) => r.map(|()| rb.filled().len()),
+        match read_into(&mut self.recv, &mut self.unread, &mut cx, buf) {
+            Poll::Ready(r) => r,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut cx = Context::from_waker(&self.write_waker);
-        match Pin::new(&mut self.io).poll_write(&mut cx, buf) {
+        match write_from(&mut self.send, &mut cx, buf) {
             Poll::Ready(r) => r,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
+    }
+}
+
+/// [`H2Leg`]'s read: what h2 handed over first, then the next DATA.
+fn read_into(
+    recv: &mut RecvStream,
+    unread: &mut Bytes,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<usize>> {
+    while unread.is_empty() {
+        match ready!(recv.poll_data(cx)) {
+            None => return Poll::Ready(Ok(0)),
+            Some(Ok(data)) => *unread = data,
+            Some(Err(e)) => {
+                return Poll::Ready(match e.reason() {
+                    Some(Reason::NO_ERROR | Reason::CANCEL) => Ok(0),
+                    _ => Err(h2_io_error(e)),
+                })
+            }
+        }
+    }
+    let n = buf.len().min(unread.len());
+    buf[..n].copy_from_slice(&unread[..n]);
+    unread.advance(n);
+    // The client may send this much more on the stream (WINDOW_UPDATE).
+    let _ = recv.flow_control().release_capacity(n);
+    Poll::Ready(Ok(n))
+}
+
+/// [`H2Leg`]'s write: as much of `buf` as the stream's window and send buffer take
+/// now (one copy, into the DATA frame's buffer) and never more, so a client that
+/// stops reading holds at most `--http2-stream-send-buffer` per stream.
+fn write_from(
+    send: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<io::Result<usize>> {
+    if buf.is_empty() {
+        return Poll::Ready(Ok(0));
+    }
+    // Capacity is asked for only with bytes in hand: a reservation held while idle
+    // would pin the connection's window (hyper#4003).
+    send.reserve_capacity(buf.len());
+    loop {
+        let room = send.capacity();
+        if room > 0 {
+            let n = room.min(buf.len());
+            send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                .map_err(h2_io_error)?;
+            return Poll::Ready(Ok(n));
+        }
+        match ready!(send.poll_capacity(cx)) {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
+            // No longer sendable: ended or reset.
+            None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+}
+
+/// An h2 stream error as the relay's I/O error.
+fn h2_io_error(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        e.into_io()
+            .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())
+    } else {
+        io::Error::new(io::ErrorKind::BrokenPipe, e)
     }
 }
 
@@ -143,6 +234,8 @@ impl Stream {
     /// Ready when a read may make progress (the task is woken when it may).
     pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match (&*self, self.tcp()) {
+            // Bytes h2 already handed over are readable without a wake-up.
+            (Stream::H2(h), _) if !h.unread.is_empty() => Poll::Ready(Ok(())),
             (Stream::H2(h), _) => h.read.poll(cx),
             (_, Some(tcp)) => tcp.poll_read_ready(cx),
             (_, None) => Poll::Ready(Ok(())),
@@ -202,7 +295,7 @@ impl Stream {
     /// Pushes out bytes the TLS layer holds; true when nothing is left.
     pub fn try_flush(&mut self) -> io::Result<bool> {
         match self {
-            // hyper's stream task sends what a write handed over; nothing is held here.
+            // h2's connection task sends what a write handed over; nothing is held here.
             Stream::Tcp(_) | Stream::H2(_) => Ok(true),
             Stream::Tls(_) | Stream::BackendTls(_) => {
                 match poll_once(|cx| Pin::new(&mut *self).poll_flush(cx)) {
@@ -229,9 +322,12 @@ impl Stream {
             // `max_local_error_reset_streams`, so a long-lived connection whose
             // clients end streams politely would be cut after a few hundred closes.
             Stream::H2(h) => {
-                let done = h.io.shutdown().await;
+                let done = h.end();
                 let mut rest = [0u8; 512];
-                while matches!(h.io.read(&mut rest).await, Ok(n) if n > 0) {}
+                while matches!(
+                    std::future::poll_fn(|cx| h.poll_read_into(cx, &mut rest)).await,
+                    Ok(n) if n > 0
+                ) {}
                 done
             }
         };
@@ -248,7 +344,11 @@ impl AsyncRead for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
             Stream::BackendTls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-            Stream::H2(h) => Pin::new(&mut h.io).poll_read(cx, buf),
+            Stream::H2(h) => {
+                let n = ready!(h.poll_read_into(cx, buf.initialize_unfilled()))?;
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
         }
     }
 }
@@ -263,7 +363,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Stream::BackendTls(s) => Pin::new(&mut **s).poll_write(cx, buf),
-            Stream::H2(h) => Pin::new(&mut h.io).poll_write(cx, buf),
+            Stream::H2(h) => h.poll_write_from(cx, buf),
         }
     }
 
@@ -272,7 +372,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
             Stream::BackendTls(s) => Pin::new(&mut **s).poll_flush(cx),
-            Stream::H2(h) => Pin::new(&mut h.io).poll_flush(cx),
+            Stream::H2(_) => Poll::Ready(Ok(())),
         }
     }
 
@@ -281,7 +381,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
             Stream::BackendTls(s) => Pin::new(&mut **s).poll_shutdown(cx),
-            Stream::H2(h) => Pin::new(&mut h.io).poll_shutdown(cx),
+            Stream::H2(h) => Poll::Ready(h.end()),
         }
     }
 
@@ -294,7 +394,13 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
             Stream::BackendTls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
-            Stream::H2(h) => Pin::new(&mut h.io).poll_write_vectored(cx, bufs),
+            Stream::H2(h) => {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &**b);
+                h.poll_write_from(cx, first)
+            }
         }
     }
 
@@ -303,7 +409,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
             Stream::BackendTls(s) => s.is_write_vectored(),
-            Stream::H2(h) => h.io.is_write_vectored(),
+            Stream::H2(_) => false,
         }
     }
 }

@@ -48,6 +48,15 @@ function peerCertificate(req) {
 const onRequest = (req, res) => {
   emit('http', { method: req.method, url: req.url, version: req.httpVersion, headers: req.headers });
   const url = new URL(req.url, 'http://x');
+  if (url.pathname === '/echo') {
+    // The request body streamed back as it arrives; what arrived is reported.
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'x-backend': name });
+    let bytes = 0;
+    req.on('data', (d) => (bytes += d.length));
+    req.on('end', () => emit('http-body', { bytes, chunked: req.headers['transfer-encoding'] === 'chunked' }));
+    req.pipe(res);
+    return;
+  }
   if (url.pathname === '/stream') {
     res.writeHead(200, { 'content-type': 'text/plain' });
     res.write('chunk-1\n');

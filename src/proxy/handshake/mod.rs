@@ -32,11 +32,11 @@ use crate::proxy::live::Proxy;
 use crate::proxy::registry::{ClientProtocol, CloseReason};
 use crate::proxy::relay::protocol::Extensions;
 use crate::proxy::relay::Relay;
-use crate::proxy::response::{status, Body, TunnelOpened};
+use crate::proxy::response::{boxed, status, Body, TunnelOpened};
 use crate::proxy::route::policy::client_permitted;
 use crate::proxy::route::table::Route;
 use crate::proxy::runtime::{Admission, RouteRuntime};
-use crate::proxy::stream::{H2Leg, Stream};
+use crate::proxy::stream::Stream;
 use crate::proxy::trace::RequestTrace;
 use backend::Reply;
 use headers::{for_http1, set_forwarded, strip_hop_by_hop};
@@ -84,8 +84,8 @@ pub(crate) fn gateway_answer<B>(
 /// Decides an upgrade request (HTTP/1.1) or an extended CONNECT (HTTP/2) end to end,
 /// traced by its SERVER span from the request to the status written: the answer
 /// for the client and, when the backend switched protocols, the tunnel that opens
-/// once the answer is out ([`Opening`]). Whoever read the request (hyper's server,
-/// or the listener's own HTTP/1.1 path) writes the answer and hands over the
+/// once the answer is out ([`Opening`]). Whoever read the request (hyper's HTTP/1.1
+/// server, or the listener's own HTTP/1.1 or HTTP/2 path) writes the answer and hands over the
 /// client's connection; what a handshake means is decided here alone.
 pub async fn websocket(
     proxy: &Arc<Proxy>,
@@ -136,30 +136,23 @@ pub struct Opening {
 }
 
 impl Opening {
-    /// hyper's server read the request: the client's connection comes back from
-    /// hyper once the answer is written.
+    /// hyper's HTTP/1.1 server read the request: the client's connection comes
+    /// back from hyper once the answer is written. (An HTTP/2 stream is handed
+    /// over by the listener's own HTTP/2 server: [`Opening::open`].)
     pub async fn after_hyper(self, on_client: OnUpgrade) {
         let Ok(client) = on_client.await else {
             return;
         };
         // `read_buf` views hyper's whole handshake buffer (8 KiB or more): copy the
         // (usually empty) rest out so the tunnel does not pin that buffer.
-        let (client, client_early) = match self.protocol {
-            ClientProtocol::H2 => (Stream::H2(Box::new(H2Leg::new(client))), Vec::new()),
-            ClientProtocol::Http1 => match client.downcast::<ClientIo>() {
-                Ok(c) => {
-                    let (rest, stream) = c.io.into_inner().into_inner().into_parts();
-                    let mut early = rest.to_vec();
-                    early.extend_from_slice(&c.read_buf);
-                    (stream, early)
-                }
-                Err(_) => {
-                    tracing::error!("upgraded client connection of an unexpected type");
-                    return;
-                }
-            },
+        let Ok(c) = client.downcast::<ClientIo>() else {
+            tracing::error!("upgraded client connection of an unexpected type");
+            return;
         };
-        self.open(client, client_early).await;
+        let (rest, stream) = c.io.into_inner().into_inner().into_parts();
+        let mut early = rest.to_vec();
+        early.extend_from_slice(&c.read_buf);
+        self.open(stream, early).await;
     }
 
     /// Starts the tunnel on the client's connection, whose answer has been written;
@@ -403,10 +396,7 @@ async fn upgrade(
             if let Some(c) = cookie {
                 rparts.headers.append(SET_COOKIE, c);
             }
-            return Err(Response::from_parts(
-                rparts,
-                http_body_util::BodyExt::boxed(body),
-            ));
+            return Err(Response::from_parts(rparts, boxed(body)));
         }
     };
     let expected = accept_key(&key);
@@ -465,9 +455,7 @@ async fn upgrade(
     };
     m.outcome("upgraded");
 
-    let mut out = Response::new(http_body_util::BodyExt::boxed(
-        http_body_util::Empty::<Bytes>::new().map_err(|n| match n {}),
-    ));
+    let mut out = Response::new(boxed(http_body_util::Empty::<Bytes>::new()));
     *out.status_mut() = if h2 {
         StatusCode::OK
     } else {
@@ -477,8 +465,6 @@ async fn upgrade(
     out.extensions_mut().insert(TunnelOpened);
     Ok((out, opening))
 }
-
-use http_body_util::BodyExt as _;
 
 #[cfg(test)]
 mod tests {

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderValue, SET_COOKIE, UPGRADE};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::Body as _;
 use tokio::time::Instant;
 
 use super::headers::{for_http1, set_forwarded, strip_hop_by_hop};
@@ -16,7 +15,7 @@ use crate::proxy::backends::connect::over_tls;
 use crate::proxy::backends::health;
 use crate::proxy::client::ClientAddr;
 use crate::proxy::live::Proxy;
-use crate::proxy::response::{status, Body};
+use crate::proxy::response::{boxed, status, Body};
 use crate::proxy::route::policy::client_permitted;
 use crate::proxy::route::table::Route;
 use crate::proxy::runtime::RouteRuntime;
@@ -24,11 +23,7 @@ use crate::proxy::trace::RequestTrace;
 
 /// Proxies one plain HTTP request, traced by a SERVER span (to the response's
 /// status) and a CLIENT span for the backend request.
-pub async fn forward(
-    proxy: &Arc<Proxy>,
-    req: Request<Incoming>,
-    client: ClientAddr,
-) -> Response<Body> {
+pub async fn forward(proxy: &Arc<Proxy>, req: Request<Body>, client: ClientAddr) -> Response<Body> {
     let found = proxy.route_for(&req, client.gateway_port);
     let route = found.as_ref().map(|(r, _)| &**r);
     let trace = RequestTrace::start(proxy.tracer(), &req, &client, route, req.method().as_str());
@@ -49,7 +44,7 @@ pub async fn forward(
 
 async fn request(
     proxy: &Arc<Proxy>,
-    req: Request<Incoming>,
+    req: Request<Body>,
     client: ClientAddr,
     route: Arc<Route>,
     runtime: Arc<RouteRuntime>,
@@ -103,9 +98,10 @@ async fn request(
         path = g.edit_request(&mut parts.headers, &path, &route.path);
     }
     // A request without a body can be retried on the next backend when a connect
-    // fails; one with a body is sent once (its bytes may already be gone).
-    let bodyless = body_is_empty(&parts.headers);
-    let mut body = Some(body.boxed());
+    // fails; one with a body is sent once (its bytes may already be gone). Over
+    // HTTP/2 a body needs no Content-Length, so the body says, not the headers.
+    let bodyless = body.is_end_stream();
+    let mut body = Some(body);
     for (attempt, &index) in choice.order.iter().enumerate() {
         let backend = &route.backends[index];
         let Some(b) = body.take() else { break };
@@ -158,7 +154,7 @@ async fn request(
                     }
                 }
                 m.http(rparts.status.as_u16());
-                return Response::from_parts(rparts, rbody.boxed());
+                return Response::from_parts(rparts, boxed(rbody));
             }
             Err((unsent, e)) => {
                 // Not sent: the connect (or the TLS handshake) failed.
@@ -169,22 +165,11 @@ async fn request(
                 if !(bodyless && unsent) || attempt + 1 == choice.order.len() {
                     break;
                 }
-                body = Some(
-                    http_body_util::Empty::<Bytes>::new()
-                        .map_err(|n| match n {})
-                        .boxed(),
-                );
+                body = Some(boxed(http_body_util::Empty::<Bytes>::new()));
             }
         }
     }
     backend_span.end(Err("backend_unavailable"));
     m.http(502);
     status(StatusCode::BAD_GATEWAY, "no backend reachable")
-}
-
-fn body_is_empty(headers: &http::HeaderMap) -> bool {
-    let cl = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok());
-    !headers.contains_key(http::header::TRANSFER_ENCODING) && cl.is_none_or(|v| v.trim() == "0")
 }

@@ -23,7 +23,7 @@ pub(super) fn key<B>(req: &mut Request<B>, h2: bool) -> Result<Vec<u8>, Invalid>
     let key = if h2 {
         let websocket = req
             .extensions()
-            .get::<hyper::ext::Protocol>()
+            .get::<h2::ext::Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
         if req.method() != Method::CONNECT || !websocket {
             return Err((

@@ -69,21 +69,22 @@ impl Rejection {
         }
     }
 
-    /// What hyper's error on a server connection says about the client, if anything.
-    pub fn of_hyper_error(e: &hyper::Error) -> Option<Rejection> {
-        // An HTTP/2 connection error wsgate's side raised (not the client's GOAWAY).
-        let h2 = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
-            .find_map(|e| e.downcast_ref::<h2::Error>());
-        if let Some(h2) = h2 {
-            return match h2.reason() {
-                _ if h2.is_remote() || h2.is_io() => None,
-                Some(h2::Reason::ENHANCE_YOUR_CALM) => Some(Rejection::Http2Abuse),
-                Some(h2::Reason::PROTOCOL_ERROR)
-                | Some(h2::Reason::FRAME_SIZE_ERROR)
-                | Some(h2::Reason::COMPRESSION_ERROR) => Some(Rejection::Malformed),
-                _ => None,
-            };
+    /// What an HTTP/2 connection's error says about the client, if anything: an
+    /// error wsgate's side raised (not the client's GOAWAY, not a broken socket).
+    pub fn of_h2_error(e: &h2::Error) -> Option<Rejection> {
+        match e.reason() {
+            _ if e.is_remote() || e.is_io() => None,
+            Some(h2::Reason::ENHANCE_YOUR_CALM) => Some(Rejection::Http2Abuse),
+            Some(h2::Reason::PROTOCOL_ERROR)
+            | Some(h2::Reason::FRAME_SIZE_ERROR)
+            | Some(h2::Reason::COMPRESSION_ERROR) => Some(Rejection::Malformed),
+            _ => None,
         }
+    }
+
+    /// What hyper's error on an HTTP/1.1 server connection says about the client,
+    /// if anything.
+    pub fn of_hyper_error(e: &hyper::Error) -> Option<Rejection> {
         if e.is_parse_too_large() {
             Some(Rejection::HeaderTooLarge)
         } else if e.is_parse() {

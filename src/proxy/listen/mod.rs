@@ -1,11 +1,12 @@
 //! Listeners: accept, terminate TLS, speak HTTP/1.1 (the first request's WebSocket
-//! upgrade on wsgate's own path, [`http1`], the rest with hyper) or HTTP/2 (hyper),
-//! and send each request down the upgrade (an HTTP/1.1 Upgrade or an HTTP/2 extended
-//! CONNECT) or the plain HTTP path.
+//! upgrade on wsgate's own path, [`http1`], the rest with hyper) or HTTP/2 (on the
+//! `h2` crate, [`http2`]), and send each request down the upgrade (an HTTP/1.1
+//! Upgrade or an HTTP/2 extended CONNECT) or the plain HTTP path.
 
 pub mod gateway;
 mod h2_guard;
 mod http1;
+mod http2;
 pub mod limits;
 pub mod proxy_protocol;
 pub(crate) mod tls;
@@ -23,7 +24,6 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -38,7 +38,7 @@ use crate::proxy::handshake::{self as upgrade, path, plain_http as http_proxy, O
 use crate::proxy::listen::h2_guard::{FloodGuard, Flooded};
 use crate::proxy::live::Proxy;
 use crate::proxy::registry::ClientProtocol;
-use crate::proxy::response::{status, Body, Refusal, TunnelOpened};
+use crate::proxy::response::{boxed, status, Body, Refusal, TunnelOpened};
 use crate::proxy::route::auth::TokenSource;
 use crate::proxy::route::table::request_host;
 use crate::proxy::stream::Stream;
@@ -81,21 +81,6 @@ pub struct Http2Settings {
     /// `max_concurrent_streams`.
     pub stream_send_buffer: usize,
 }
-
-/// Each stream's receive window. A tunnel whose backend reads slowly holds at most
-/// this much of its client's data in wsgate; the client's other streams go on.
-const H2_STREAM_WINDOW: u32 = 256 * 1024;
-/// The connection's receive window: sixteen stalled streams' worth, so a few slow
-/// tunnels never stall the rest of a connection.
-const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
-/// Streams a client may reset before wsgate accepted them (rapid reset,
-/// CVE-2023-44487); h2's default, stated so it does not drift.
-const H2_MAX_PENDING_RESETS: usize = 20;
-/// Streams wsgate may reset for a client's errors before it ends the connection.
-const H2_MAX_LOCAL_RESETS: usize = 256;
-/// HTTP/2 PING on an otherwise silent connection, and how long its answer may take:
-/// finds dead clients that hold no tunnel (tunnels have their own WebSocket pings).
-const H2_KEEPALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
 
 /// Accepts connections until shutdown begins.
 pub async fn serve_listener(proxy: Arc<Proxy>, listener: Listener) {
@@ -216,6 +201,8 @@ async fn connection(
         protocol,
     });
     let flooded = Flooded::default();
+    // How the connection ended when not cleanly: what it says about the client
+    // (if anything), and the error.
     let result = match h2 {
         Some(settings) => {
             let io = FirstHead::new(
@@ -223,28 +210,32 @@ async fn connection(
                 head_by.saturating_duration_since(Instant::now()),
                 head.clone(),
             );
-            serve_h2(
-                &proxy,
-                FloodGuard::new(io.silent(), flooded.clone()),
-                hyper_service(origin, head.clone()),
-                settings,
-                limits,
-            )
-            .await
+            let io = FloodGuard::new(io.silent(), flooded.clone());
+            http2::serve(origin, io, settings, limits, head.clone())
+                .await
+                .map_err(|e| {
+                    let reason = match &e {
+                        http2::Ended::H2(e) => Rejection::of_h2_error(e),
+                        http2::Ended::KeepAlive => None,
+                    };
+                    (reason, e.to_string())
+                })
         }
-        None => http1::serve(origin, stream, limits, head_by, head.clone()).await,
+        None => http1::serve(origin, stream, limits, head_by, head.clone())
+            .await
+            .map_err(|e| (Rejection::of_hyper_error(&e), e.to_string())),
     };
     gauge.dec();
-    if let Err(e) = result {
+    if let Err((reason, e)) = result {
         let reason = if head.timed_out() {
             Some(Rejection::HeaderTimeout)
         } else if flooded.get() {
             Some(Rejection::Http2Abuse)
         } else {
-            Rejection::of_hyper_error(&e)
+            reason
         };
         match reason {
-            Some(r) => reject(&proxy.metrics, r, peer, &e.to_string()),
+            Some(r) => reject(&proxy.metrics, r, peer, &e),
             None => tracing::debug!(client = %peer, error = %e, "connection ended with an error"),
         }
     }
@@ -318,11 +309,27 @@ impl Origin {
             .await;
         (resp, opening)
     }
+
+    /// A request that opens no tunnel: a CONNECT that is not a WebSocket's is
+    /// refused, anything else goes to the route's backends.
+    pub(super) async fn plain(&self, req: Request<Body>) -> Response<Body> {
+        let proxy = &self.proxy;
+        if req.method() == http::Method::CONNECT {
+            // wsgate is no forward proxy: an HTTP/1.1 CONNECT, or an HTTP/2 one
+            // without `:protocol`, names a host to tunnel to, not a route.
+            return self
+                .request(req, false, |_, _| async { refuse_connect(proxy) })
+                .await;
+        }
+        self.request(req, false, |req, client| {
+            http_proxy::forward(proxy, req, client)
+        })
+        .await
+    }
 }
 
-/// hyper's service for a client connection: every HTTP/2 stream, and every HTTP/1.1
-/// request the listener's own path did not answer (anything but a first-request
-/// WebSocket upgrade).
+/// hyper's service for an HTTP/1.1 client connection: every request the listener's
+/// own path did not answer (anything but a first-request WebSocket upgrade).
 fn hyper_service(
     origin: Arc<Origin>,
     head: Arc<HeadState>,
@@ -336,27 +343,15 @@ fn hyper_service(
         head.head_done();
         let origin = origin.clone();
         async move {
-            let resp = if is_websocket_upgrade(req.headers()) || is_extended_connect(&req) {
+            let resp = if is_websocket_upgrade(req.headers()) {
                 let on_client = hyper::upgrade::on(&mut req);
                 let (resp, opening) = origin.upgrade(req.map(|_| ())).await;
                 if let Some(opening) = opening {
                     tokio::spawn(opening.after_hyper(on_client));
                 }
                 resp
-            } else if req.method() == http::Method::CONNECT {
-                // wsgate is no forward proxy: an HTTP/1.1 CONNECT, or an HTTP/2 one
-                // without `:protocol`, names a host to tunnel to, not a route.
-                let proxy = &origin.proxy;
-                origin
-                    .request(req, false, |_, _| async { refuse_connect(proxy) })
-                    .await
             } else {
-                let proxy = &origin.proxy;
-                origin
-                    .request(req, false, |req, client| {
-                        http_proxy::forward(proxy, req, client)
-                    })
-                    .await
+                origin.plain(req.map(boxed)).await
             };
             Ok::<_, Infallible>(resp)
         }
@@ -386,46 +381,6 @@ async fn proxy_header(
     conn.tls |= header.tls;
     conn.authority = header.authority.map(Arc::from);
     Ok(())
-}
-
-/// An HTTP/2 connection: hyper's server with extended CONNECT (RFC 8441) on and
-/// h2's abuse limits set. At shutdown it sends GOAWAY and lets the open streams
-/// finish: their tunnels get Close 1001 from the drain like any other.
-async fn serve_h2<S>(
-    proxy: &Proxy,
-    io: FloodGuard<FirstHead<Rewind<Stream>>>,
-    service: S,
-    settings: Http2Settings,
-    limits: HeadLimits,
-) -> Result<(), hyper::Error>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send,
-    S::Future: Send + 'static,
-{
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .max_concurrent_streams(settings.max_concurrent_streams)
-        // Also bounds CONTINUATION frames: h2 ends a connection whose header block
-        // runs past this (GOAWAY ENHANCE_YOUR_CALM).
-        .max_header_list_size(u32::try_from(limits.max_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .max_send_buf_size(settings.stream_send_buffer)
-        .keep_alive_interval(H2_KEEPALIVE.0)
-        .keep_alive_timeout(H2_KEEPALIVE.1);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let mut stop = proxy.shutdown_signal();
-    tokio::select! {
-        r = conn.as_mut() => return r,
-        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {}
-    }
-    conn.as_mut().graceful_shutdown();
-    conn.await
 }
 
 /// Whether a cleartext connection opens with the HTTP/2 preface (h2c with prior
@@ -516,12 +471,6 @@ fn refuse_connect(proxy: &Proxy) -> Response<Body> {
         http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
     );
     r
-}
-
-/// An HTTP/2 extended CONNECT (RFC 8441): `:method CONNECT` with `:protocol`.
-fn is_extended_connect<B>(req: &Request<B>) -> bool {
-    req.method() == http::Method::CONNECT
-        && req.extensions().get::<hyper::ext::Protocol>().is_some()
 }
 
 /// What the access log needs of a request, taken before the request is consumed.
