@@ -5,11 +5,13 @@
 # by what they do and the top functions by their own time. A profile, printed;
 # not a test.
 #
-#   bench/profile-handshakes.sh [--seconds S] [--workers W] [--http2 | --messages]
+#   bench/profile-handshakes.sh [--seconds S] [--workers W] [--http2] [--messages [--unpaced]]
 #
 # --http2 profiles RFC 8441 handshakes on one h2c connection (loadgen h2-handshakes).
 # --messages profiles relayed messages instead: the benchmark's paced load (100
-# tunnels, window 8, 1 KiB echoes, 30,000 messages/s offered).
+# tunnels, window 8, 1 KiB echoes, 30,000 messages/s offered); with --http2, as
+# 100 streams of one h2c connection (loadgen h2-throughput). --unpaced: as fast as
+# the window lets (the benchmark's unpaced row) instead of 30,000/s.
 # Env: KEEP=1 keeps the work directory (perf.data); WSGATE_BIN (default: cargo
 # build --release), CARGO_TARGET_DIR,
 # WSGATE_CACHE (loadgen is built into $WSGATE_CACHE/bench/bin as by bench/run.sh).
@@ -17,13 +19,14 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
-SECONDS_=10 WORKERS=16 H2=0 MESSAGES=0
+SECONDS_=10 WORKERS=16 H2=0 MESSAGES=0 RATE=(--rate 30000)
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) SECONDS_=$2; shift ;;
     --workers) WORKERS=$2; shift ;;
     --http2) H2=1 ;;
     --messages) MESSAGES=1 ;;
+    --unpaced) RATE=() ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -42,8 +45,10 @@ WSGATE_PID=$!
 PIDS+=("$WSGATE_PID")
 "$LOADGEN" wait --target "ws://$LISTEN/" --timeout 20s
 
-if [ "$MESSAGES" = 1 ]; then
-  load=(throughput --target "ws://$LISTEN/" --conns 100 --window 8 --rate 30000 --messages 100000000)
+if [ "$MESSAGES" = 1 ] && [ "$H2" = 1 ]; then
+  load=(h2-throughput --target "$LISTEN" --conns 1 --streams 100 --window 8 "${RATE[@]}" --messages 100000000)
+elif [ "$MESSAGES" = 1 ]; then
+  load=(throughput --target "ws://$LISTEN/" --conns 100 --window 8 "${RATE[@]}" --messages 100000000)
 elif [ "$H2" = 1 ]; then
   load=(h2-handshakes --target "$LISTEN")
 else
@@ -88,6 +93,7 @@ groups = [
     ("SHA-1 and base64 (Sec-WebSocket-Accept)", r"sha1|Sha1|base64|block_data_order"),
     ("tracing and logging", r"tracing|log::|fmt::|Formatter|core::fmt"),
     ("prometheus metrics", r"prometheus|metrics"),
+    ("HTTP/2 (the h2 crate: frames, HPACK, streams, flow control)", r"\bh2::"),
     ("HTTP parsing and headers (httparse, hyper, http)", r"httparse|hyper|::http::|http::header|HeaderMap"),
     ("tokio runtime, I/O driver, timers", r"tokio|mio::|parking_lot|futures"),
     ("wsgate", r"wsgate"),
