@@ -1051,3 +1051,31 @@ async fn http1_only_fields_are_left_out_of_h2_answers() {
     }
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "chunk-1\nchunk-2\n");
 }
+
+/// An HTTP/2 connection that holds no tunnel (one GET, then nothing) still gets a
+/// PING every 30 s: a client that answers keeps its connection, one that does not
+/// (a dead peer behind a NAT that dropped its state, say) has it closed 20 s later.
+#[tokio::test]
+async fn idle_h2_connections_are_pinged_and_closed_when_the_ping_goes_unanswered() {
+    let _shared = MEASURE.read().await;
+    let (_backend, addr) = node_backend("web", &[]).await;
+    let gate = Wsgate::start(&Route::new("web").backend(addr).yaml()).await;
+    let mut answers = py_h2(gate.listen, "idle", &["--seconds", "56"]);
+    let mut silent = py_h2(gate.listen, "idle", &["--seconds", "56", "--no-read"]);
+
+    assert_eq!(answers.expect("response", 10.0).await["status"], 200);
+    let ping = answers.expect("ping", 35.0).await;
+    let at = ping["after"].as_f64().unwrap();
+    assert!(
+        (29.0..33.0).contains(&at),
+        "the first PING came after {at:.1}s"
+    );
+    let closed = silent.expect("closed", 60.0).await;
+    let at = closed["after"].as_f64().unwrap();
+    assert!(
+        (49.0..54.0).contains(&at),
+        "the silent client's connection ended after {at:.1}s"
+    );
+    let open = answers.expect("open", 30.0).await;
+    assert!(open["after"].as_f64().unwrap() >= 55.0, "{open}");
+}

@@ -299,6 +299,50 @@ def handshakes(args):
     )
 
 
+def idle(args):
+    """A connection that makes one GET and then stays idle for `--seconds`: each
+    PING from the server is reported (and answered, as `h2` does), then whether
+    the connection is still open. With `--no-read` nothing is read, so nothing is
+    answered, and the moment the server closes the connection is reported."""
+    start = time.monotonic()
+    get = [(":method", "GET"), (":scheme", "http"), (":authority", args.authority), (":path", args.path)]
+    if args.no_read:
+        sock = socket.create_connection(args.addr, timeout=args.seconds)
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, get, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        # Bytes are taken off the socket (so its window never fills) but never
+        # parsed: no PING is answered.
+        try:
+            while sock.recv(65536):
+                pass
+            emit("closed", after=time.monotonic() - start)
+        except socket.timeout:
+            emit("open", after=time.monotonic() - start)
+        except OSError as e:
+            emit("closed", after=time.monotonic() - start, error=str(e))
+        return
+    c = Client(args.addr, timeout=args.seconds)
+    c.conn.send_headers(1, get, end_stream=True)
+    c.flush()
+    c.sock.settimeout(1.0)
+    while time.monotonic() - start < args.seconds:
+        try:
+            events = c.events()
+        except socket.timeout:
+            continue
+        except (ConnectionError, OSError) as e:
+            emit("closed", after=time.monotonic() - start, error=str(e))
+            return
+        for ev in events:
+            if isinstance(ev, h2.events.PingReceived):
+                emit("ping", after=time.monotonic() - start)
+            elif isinstance(ev, h2.events.ResponseReceived):
+                emit("response", status=int(dict(ev.headers)[":status"]))
+    emit("open", after=time.monotonic() - start)
+
+
 def over_limit(args):
     c = Client(args.addr)
     emit("settings", **c.wait_settings())
@@ -471,6 +515,7 @@ def main():
         "close": close_handshake,
         "handshakes": handshakes,
         "over-limit": over_limit,
+        "idle": idle,
     }
     if args.mode in modes:
         modes[args.mode](args)
