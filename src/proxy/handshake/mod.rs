@@ -85,8 +85,8 @@ pub(crate) fn gateway_answer<B>(
 /// traced by its SERVER span from the request to the status written: the answer
 /// for the client and, when the backend switched protocols, the tunnel that opens
 /// once the answer is out ([`Opening`]). Whoever read the request (hyper's HTTP/1.1
-/// server, or the listener's own HTTP/1.1 or HTTP/2 path) writes the answer and hands over the
-/// client's connection; what a handshake means is decided here alone.
+/// server, or the listener's own HTTP/1.1 or HTTP/2 path) writes the answer and
+/// hands over the client's connection; what a handshake means is decided here alone.
 pub async fn websocket(
     proxy: &Arc<Proxy>,
     req: Request<()>,
