@@ -3,11 +3,11 @@
 //! h2 answers every PING and SETTINGS it reads. It keeps one answer pending at a
 //! time, so a flood costs no memory, but it costs a core: each frame is read,
 //! decoded and answered. h2 offers no knob for it (it has them for resets and
-//! CONTINUATION), so [`FloodGuard`] sits between the client's socket and hyper,
+//! CONTINUATION), so [`FloodGuard`] sits between the client's socket and h2,
 //! reads only the 9-byte frame headers as bytes go by, and counts the frames that
 //! ask for an answer (PING and SETTINGS without the ACK flag). Past
 //! [`MAX_CONTROL_FRAMES`] in [`WINDOW`], it stops reading, finishes the frame
-//! hyper is writing, writes its own GOAWAY `ENHANCE_YOUR_CALM` (debug data
+//! h2 is writing, writes its own GOAWAY `ENHANCE_YOUR_CALM` (debug data
 //! `too_many_control_frames`, like h2's `too_many_resets`) and ends the connection
 //! with a [`ControlFlood`] error; [`Flooded`] tells the listener, which counts it
 //! as `http2_abuse`.
@@ -29,7 +29,7 @@ use tokio::time::{Instant, Sleep};
 pub const MAX_CONTROL_FRAMES: u32 = 100;
 /// The counting window.
 pub const WINDOW: Duration = Duration::from_secs(10);
-/// How long the GOAWAY may wait for hyper to finish a frame and for the client to
+/// How long the GOAWAY may wait for h2 to finish a frame and for the client to
 /// take the bytes before the connection is closed without it.
 const GOAWAY_WAIT: Duration = Duration::from_secs(5);
 
@@ -45,7 +45,7 @@ const DEBUG: &[u8] = b"too_many_control_frames";
 
 /// The error a flooded connection's reads and writes end with. h2 keeps only
 /// an I/O error's kind and text, so the listener learns of a flood from
-/// [`Flooded`], not from hyper's error.
+/// [`Flooded`], not from h2's error.
 #[derive(Debug)]
 pub struct ControlFlood;
 
@@ -169,7 +169,7 @@ enum State {
         window_start: Instant,
         count: u32,
     },
-    /// Over the limit: finishing hyper's frame, then writing `frame[written..]`.
+    /// Over the limit: finishing h2's frame, then writing `frame[written..]`.
     Ending {
         frame: Vec<u8>,
         written: usize,
@@ -183,7 +183,7 @@ pub struct FloodGuard<T> {
     io: T,
     read: FrameCursor,
     write: FrameCursor,
-    /// The highest client stream whose HEADERS hyper has read (GOAWAY's last
+    /// The highest client stream whose HEADERS h2 has read (GOAWAY's last
     /// stream).
     last_stream: u32,
     state: State,
@@ -240,7 +240,7 @@ impl<T> FloodGuard<T> {
 }
 
 impl<T: AsyncWrite + Unpin> FloodGuard<T> {
-    /// Writes the GOAWAY once hyper's frame is out, flushes and shuts the write
+    /// Writes the GOAWAY once h2's frame is out, flushes and shuts the write
     /// side; Ready means the connection is over (with or without the GOAWAY).
     fn poll_goaway(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let State::Ending {
@@ -256,7 +256,7 @@ impl<T: AsyncWrite + Unpin> FloodGuard<T> {
             return Poll::Ready(());
         }
         if !self.write.at_boundary() {
-            // hyper is mid-frame; its next write (the same task) finishes it.
+            // h2 is mid-frame; its next write (the same task) finishes it.
             return Poll::Pending;
         }
         while *written < frame.len() {
@@ -421,7 +421,7 @@ mod tests {
         client_tx.write_all(&hello).await.unwrap();
         let mut got = vec![0; hello.len()];
         guard.read_exact(&mut got).await.unwrap();
-        // hyper is part-way through a DATA frame when the flood arrives.
+        // h2 is part-way through a DATA frame when the flood arrives.
         let data = frame(0, 0, 3, 50);
         guard.write_all(&data[..20]).await.unwrap();
         let mut flood = vec![];
@@ -430,13 +430,10 @@ mod tests {
         }
         assert!(!flooded.get(), "500 ACKs and one SETTINGS are no flood");
         client_tx.write_all(&flood).await.unwrap();
-        // Over the limit mid-frame: the read waits for hyper to finish its frame.
+        // Over the limit mid-frame: the read waits for h2 to finish its frame.
         let mut buf = [0; 4096];
         let read = tokio::time::timeout(Duration::from_millis(100), guard.read(&mut buf));
-        assert!(
-            read.await.is_err(),
-            "the read waits while hyper is mid-frame"
-        );
+        assert!(read.await.is_err(), "the read waits while h2 is mid-frame");
         // The rest of the DATA frame is let through, then nothing more.
         assert_eq!(guard.write(&data[20..]).await.unwrap(), 39);
         let err = guard.read(&mut buf).await.unwrap_err();
