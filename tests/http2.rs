@@ -898,12 +898,14 @@ async fn access_log_has_one_line_per_h2_tunnel() {
 }
 
 /// curl (nghttp2) over h2c, prior knowledge: its HTTP/2 answer for `url`, with the
-/// status, the response's header block and the body written to `out`.
+/// status, the response's header block and the body written to `out`; `stdin`, when
+/// given, is what curl reads for `-T -`.
 async fn curl_h2(
     dial: SocketAddr,
     url: &str,
     extra: &[&str],
     out: &std::path::Path,
+    stdin: Option<&std::path::Path>,
 ) -> (u16, String) {
     let host = url.split('/').nth(2).expect("url has a host");
     let connect_to = format!("{host}:80:{}:{}", dial.ip(), dial.port());
@@ -925,6 +927,10 @@ async fn curl_h2(
         .args(["-w", "%{http_version} %{http_code}"])
         .args(extra)
         .arg(url)
+        .stdin(match stdin {
+            Some(path) => std::fs::File::open(path).unwrap().into(),
+            None => std::process::Stdio::null(),
+        })
         .output()
         .await
         .expect("curl runs (tests/setup.sh installs it)");
@@ -962,8 +968,14 @@ async fn request_and_response_bodies_of_4_mib_stream_through_h2_with_and_without
     let url = format!("http://{host}/echo");
 
     let with_length = format!("@{}", sent.display());
-    let (status, headers) =
-        curl_h2(gate.listen, &url, &["--data-binary", &with_length], &got).await;
+    let (status, headers) = curl_h2(
+        gate.listen,
+        &url,
+        &["--data-binary", &with_length],
+        &got,
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{headers}");
     assert!(headers.contains("x-backend: web"), "{headers}");
     assert!(
@@ -975,33 +987,15 @@ async fn request_and_response_bodies_of_4_mib_stream_through_h2_with_and_without
     assert_eq!(seen["chunked"], false, "{seen}");
 
     // `-T -` reads stdin: curl cannot know the length, so it sends none.
-    let stdin = std::fs::File::open(&sent).unwrap();
-    let connect_to = format!("{host}:80:{}:{}", gate.listen.ip(), gate.listen.port());
-    let o = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--http2-prior-knowledge",
-            "--max-time",
-            "30",
-            "-X",
-            "POST",
-            "-T",
-            "-",
-        ])
-        .args([
-            "--connect-to",
-            &connect_to,
-            "-o",
-            &got.display().to_string(),
-        ])
-        .args(["-w", "%{http_version} %{http_code}"])
-        .arg(&url)
-        .stdin(stdin)
-        .output()
-        .await
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "2 200");
+    let (status, headers) = curl_h2(
+        gate.listen,
+        &url,
+        &["-X", "POST", "-T", "-"],
+        &got,
+        Some(&sent),
+    )
+    .await;
+    assert_eq!(status, 200, "{headers}");
     assert!(
         std::fs::read(&got).unwrap() == body,
         "the echoed body differs"
@@ -1029,7 +1023,8 @@ async fn http1_only_fields_are_left_out_of_h2_answers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
 
-    let (status, headers) = curl_h2(gate.listen, "http://ws.example.test/page", &[], &out).await;
+    let (status, headers) =
+        curl_h2(gate.listen, "http://ws.example.test/page", &[], &out, None).await;
     assert_eq!(status, 426, "{headers}");
     assert!(!headers.contains("upgrade:"), "{headers}");
     assert!(headers.contains("date:"), "{headers}");
@@ -1043,6 +1038,7 @@ async fn http1_only_fields_are_left_out_of_h2_answers() {
         "http://web.example.test/stream?delay=10",
         &[],
         &out,
+        None,
     )
     .await;
     assert_eq!(status, 200, "{headers}");
